@@ -1,0 +1,406 @@
+"""fold / unfold: carry nested UDP tunnel headers in Geneve options so the wire has one UDP level.
+
+``fold(frame)`` takes an Ethernet frame that is already UDP-tunnelled (e.g. a workload's VXLAN packet
+read from the TAP) and returns a Geneve header whose ``FOLD`` options carry the nested tunnel headers
+(Ethernet/IP/UDP/VXLAN-or-GPE-or-Geneve, per level, length and checksum fields zeroed) followed by the
+innermost frame.  ``unfold(payload)`` validates every carried header and rebuilds the original frame,
+restoring lengths from the actual buffer, IPv4 header checksums and nested UDP checksums.
+
+Both are pure (no I/O) and touch headers only: the innermost frame is passed through as a memoryview
+and only read when a nested UDP checksum must be computed (one numpy sum, never a Python loop).
+
+Carrier option data (one per folded level, outermost first; docs/wire-format.md has the diagram)::
+
+    byte 0: version:2 (0) | reserved:3 | encap:3 (1 VXLAN, 2 VXLAN-GPE, 3 Geneve)
+    byte 1: flags  V6 0x80 | UDP_CSUM 0x40 | LEN_ZEROED 0x20 | CSUM_ZEROED 0x10 | RCO 0x08
+    byte 2: L2 length (0, 14 or 18)   byte 3: L3 length   byte 4: tunnel header length   byte 5: 0
+    then L2 + L3 + UDP (8) + tunnel header verbatim, zero padded to a multiple of 4 bytes
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
+
+from .wire import csum
+from .wire.errors import ParseError, Reason
+from .wire.eth import ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, ETH_P_TEB, VLAN_HLEN, parse_eth
+from .wire.geneve import MAX_OPT_DATA, MAX_OPTS_LEN, OPT_HLEN, build_geneve, build_option, parse_geneve
+from .wire.ipv4 import PROTO_UDP, parse_ipv4
+from .wire.ipv6 import IPV6_HLEN, parse_ipv6
+from .wire.options import (
+    DEFAULT_OPT_CLASS,
+    GRO_HINT_PROTO,
+    TYPE_FOLD,
+    GenevePacket,
+    GroHint,
+    parse_packet,
+)
+from .wire.udp import UDP_HLEN, parse_udp
+from .wire.vxlan import GPE_NP_ETHERNET, GPE_NP_IPV4, GPE_NP_IPV6, VXLAN_HLEN, parse_vxlan
+
+
+class Encap(enum.IntEnum):
+    VXLAN = 1
+    VXLAN_GPE = 2
+    GENEVE = 3
+
+
+#: nested tunnels recognised by UDP destination port (configurable per call)
+DEFAULT_PORTS: Mapping[int, Encap] = MappingProxyType(
+    {4789: Encap.VXLAN, 8472: Encap.VXLAN, 4790: Encap.VXLAN_GPE, 6081: Encap.GENEVE}
+)
+DEFAULT_MAX_LEVELS = 3
+
+F_V6 = 0x80
+F_UDP_CSUM = 0x40  # the nested UDP checksum was non-zero: the receiver must regenerate it
+F_LEN_ZEROED = 0x20  # IPv4 total length / IPv6 payload length and UDP length are zero on the wire
+F_CSUM_ZEROED = 0x10  # IPv4 header checksum and UDP checksum are zero on the wire
+F_RCO = 0x08  # remote checksum offload: the innermost transport checksum is a partial sum
+F_KNOWN = F_V6 | F_UDP_CSUM | F_LEN_ZEROED | F_CSUM_ZEROED | F_RCO
+FOLD_META_LEN = 6
+FOLD_VERSION = 0
+_META = struct.Struct("!BBBBBB")
+_GPE_NEXT = {GPE_NP_ETHERNET: ETH_P_TEB, GPE_NP_IPV4: ETH_P_IPV4, GPE_NP_IPV6: ETH_P_IPV6}
+_NEXT_OK = (ETH_P_TEB, ETH_P_IPV4, ETH_P_IPV6)
+_L2_LENS = (0, ETH_HLEN, ETH_HLEN + VLAN_HLEN)
+
+
+class Level(NamedTuple):
+    """One nested tunnel level found in a frame (offsets into that frame)."""
+
+    off: int  # first byte of its L2 header (its L3 header when l2_len == 0)
+    l2_len: int
+    l3_len: int
+    v6: bool
+    tun_len: int
+    encap: Encap
+    next_proto: int  # ethertype of what its tunnel header carries (0x6558: Ethernet)
+    udp_csum: int  # the nested UDP checksum field as found
+
+    @property
+    def udp_off(self) -> int:
+        return self.off + self.l2_len + self.l3_len
+
+    @property
+    def end(self) -> int:
+        return self.udp_off + UDP_HLEN + self.tun_len
+
+    @property
+    def option_size(self) -> int:
+        return OPT_HLEN + _padded(FOLD_META_LEN + self.end - self.off)
+
+
+def _padded(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def find_levels(frame, *, ports: Mapping[int, Encap] = DEFAULT_PORTS, max_levels: int = DEFAULT_MAX_LEVELS,
+                gso: bool = False) -> list[Level]:
+    """The nested UDP tunnel levels at the start of ``frame``, outermost first.
+
+    The walk stops (without raising) at the first header that is not a recognised, foldable tunnel
+    level: not IPv4/IPv6, a fragment, not UDP, an unknown destination port, a tunnel header that does
+    not parse, or a level too large for one option.  Unless ``gso`` is set, the IP and UDP length
+    fields must match the buffer exactly (so unfold's recomputed lengths equal the originals); for GSO
+    super-packets the lengths are taken from the buffer instead.
+    """
+    n = len(frame)
+    levels: list[Level] = []
+    pos, kind = 0, ETH_P_TEB
+    try:
+        while len(levels) < max_levels:
+            if kind == ETH_P_TEB:
+                eth = parse_eth(frame, pos)
+                l2, etype = eth.hdr_len, eth.ethertype
+            else:
+                l2, etype = 0, kind
+            l3off = pos + l2
+            if etype == ETH_P_IPV4:
+                ip4 = parse_ipv4(frame, l3off, check_len=not gso)
+                if ip4.is_fragment or ip4.proto != PROTO_UDP or (not gso and ip4.total_len != n - l3off):
+                    break
+                l3, v6 = ip4.hdr_len, False
+            elif etype == ETH_P_IPV6:
+                ip6 = parse_ipv6(frame, l3off, check_len=not gso)
+                if ip6.fragment or ip6.proto != PROTO_UDP or (not gso and ip6.payload_len != n - l3off - IPV6_HLEN):
+                    break
+                l3, v6 = ip6.hdr_len, True
+            else:
+                break
+            uoff = l3off + l3
+            udp = parse_udp(frame, uoff, check_len=not gso)
+            if not gso and udp.length != n - uoff:
+                break
+            encap = ports.get(udp.dport)
+            toff = uoff + UDP_HLEN
+            if encap is Encap.VXLAN:
+                parse_vxlan(frame, toff)
+                tun, nxt = VXLAN_HLEN, ETH_P_TEB
+            elif encap is Encap.VXLAN_GPE:
+                nxt = _GPE_NEXT.get(parse_vxlan(frame, toff, gpe=True).next_proto)
+                tun = VXLAN_HLEN
+            elif encap is Encap.GENEVE:
+                g = parse_geneve(frame, toff)
+                tun, nxt = g.hdr_len, g.proto
+            else:
+                break
+            if nxt not in _NEXT_OK:
+                break
+            lv = Level(pos, l2, l3, v6, tun, encap, nxt, udp.csum)
+            if lv.option_size - OPT_HLEN > MAX_OPT_DATA:
+                break
+            levels.append(lv)
+            pos, kind = lv.end, nxt
+    except ParseError:
+        pass  # a header that does not parse is not a level we fold: stop here
+    return levels
+
+
+class Folded(NamedTuple):
+    header: bytes  # Geneve header with options
+    inner: memoryview  # the innermost frame (a view of the input, not a copy)
+    levels: int  # how many nested levels were folded (0: plain Geneve of the whole frame)
+
+    @property
+    def payload(self) -> bytes:
+        """The UDP payload to send: Geneve header + options + innermost frame."""
+        return self.header + self.inner
+
+
+def fold(frame, *, vni: int = 0, opt_class: int = DEFAULT_OPT_CLASS, ports: Mapping[int, Encap] = DEFAULT_PORTS,
+         max_levels: int = DEFAULT_MAX_LEVELS, options: bytes = b"", gso: bool = False,
+         rco: bool = False) -> Folded:
+    """Fold every recognised nested UDP tunnel level of ``frame`` into Geneve ``FOLD`` options.
+
+    Levels are folded outermost first while they fit, beside ``options`` (other, already built TLVs),
+    in the 252-byte option space.  ``gso``: the frame is a GSO super-packet (lengths come from the
+    buffer).  ``rco``: mark the innermost transport checksum as a partial sum the receiver must finish.
+    The carried headers are byte-identical for every segment of a super-packet (lengths, checksums
+    zeroed), so UDP GRO can merge the segments again at the receiver.
+    """
+    mv = memoryview(frame)
+    budget = MAX_OPTS_LEN - len(options)
+    parts: list[bytes] = []
+    used = 0
+    last: Level | None = None
+    for lv in find_levels(mv, ports=ports, max_levels=max_levels, gso=gso):
+        if used + lv.option_size > budget:
+            break
+        parts.append(_fold_option(mv, lv, opt_class, rco and last is None))
+        used += lv.option_size
+        last = lv
+    if last is None:
+        return Folded(build_geneve(vni, ETH_P_TEB, options), mv, 0)
+    return Folded(build_geneve(vni, last.next_proto, b"".join(parts) + options), mv[last.end :], len(parts))
+
+
+def _fold_option(mv: memoryview, lv: Level, opt_class: int, rco: bool) -> bytes:
+    h = bytearray(mv[lv.off : lv.end])
+    l3 = lv.l2_len
+    u = l3 + lv.l3_len
+    flags = F_LEN_ZEROED | F_CSUM_ZEROED
+    if lv.v6:
+        flags |= F_V6
+        h[l3 + 4 : l3 + 6] = b"\0\0"  # payload length
+    else:
+        h[l3 + 2 : l3 + 4] = b"\0\0"  # total length
+        h[l3 + 10 : l3 + 12] = b"\0\0"  # header checksum
+    if lv.udp_csum:
+        flags |= F_UDP_CSUM
+    if rco:
+        flags |= F_RCO
+    h[u + 4 : u + 8] = b"\0\0\0\0"  # UDP length, checksum
+    meta = _META.pack((FOLD_VERSION << 6) | lv.encap, flags, lv.l2_len, lv.l3_len, lv.tun_len, 0)
+    data = meta + h
+    return build_option(opt_class, TYPE_FOLD, data + b"\0" * (_padded(len(data)) - len(data)))
+
+
+class _Carried(NamedTuple):
+    hdr: bytes
+    flags: int
+    l2: int
+    l3: int
+    tun: int
+    next_proto: int
+
+
+class Unfolded(NamedTuple):
+    headers: bytes  # the restored nested headers (empty when nothing was folded)
+    inner: memoryview  # the innermost frame, a view of the input
+    levels: int
+    partial_udp_offset: int | None  # offset of the outermost nested UDP header if its csum was left partial
+    rco: bool  # the sender left the innermost transport checksum partial (finish it via NEEDS_CSUM)
+
+    @property
+    def frame(self) -> bytes:
+        return self.headers + self.inner
+
+
+def unfold(payload, *, opt_class: int = DEFAULT_OPT_CLASS, udp_csum: str = "compute",
+           packet: GenevePacket | None = None) -> Unfolded:
+    """Rebuild the Ethernet frame from a received Geneve payload (header + options + frame).
+
+    Every ``FOLD`` option is validated before use; lengths are recomputed from the actual buffer, IPv4
+    header checksums recomputed, and nested UDP checksums that were present regenerated:
+    ``udp_csum="compute"`` computes them, ``"partial"`` leaves the outermost nested one as the
+    pseudo-header sum (``partial_udp_offset`` says where) for the caller to offload through the vnet
+    header.  A payload without ``FOLD`` options is returned as is (it must carry Ethernet).
+    ``packet``: the result of :func:`~udpnest.wire.options.parse_packet` if the caller already has it.
+    Raises :class:`ParseError` only.
+    """
+    if udp_csum not in ("compute", "partial"):
+        raise ValueError(f"udp_csum must be 'compute' or 'partial' (got {udp_csum!r})")
+    mv = memoryview(payload)
+    pkt = packet if packet is not None else parse_packet(mv, opt_class=opt_class)
+    inner = mv[pkt.hdr.hdr_len :]
+    if not pkt.folds:
+        if pkt.hdr.proto != ETH_P_TEB:
+            raise ParseError(Reason.BAD_ETHERTYPE, f"geneve protocol 0x{pkt.hdr.proto:04x} without fold options")
+        return Unfolded(b"", inner, 0, None, False)
+
+    carried: list[_Carried] = []
+    kind = ETH_P_TEB
+    for i, data in enumerate(pkt.folds):
+        c = _decode_fold(data, kind, i)
+        carried.append(c)
+        kind = c.next_proto
+    if kind != pkt.hdr.proto:
+        raise ParseError(Reason.BAD_FOLD_ORDER,
+                         f"innermost fold level carries 0x{kind:04x}, geneve protocol is 0x{pkt.hdr.proto:04x}")
+
+    need_sum = any(c.flags & F_UDP_CSUM and (udp_csum == "compute" or i > 0) for i, c in enumerate(carried))
+    suffix_sum = csum.ones_sum(inner) if need_sum else 0
+    suffix_len = len(inner)
+    out: list[bytes] = []
+    partial_off = None
+    for i in range(len(carried) - 1, -1, -1):
+        c = carried[i]
+        h = bytearray(c.hdr)
+        ip, u = c.l2, c.l2 + c.l3
+        udp_len = UDP_HLEN + c.tun + suffix_len
+        v6 = bool(c.flags & F_V6)
+        if c.flags & F_LEN_ZEROED:
+            if udp_len > 0xFFFF:
+                raise ParseError(Reason.FOLD_TOO_LARGE, f"level {i}: nested UDP length {udp_len} > 65535")
+            if v6:
+                h[ip + 4 : ip + 6] = (c.l3 - IPV6_HLEN + udp_len).to_bytes(2, "big")
+            else:
+                h[ip + 2 : ip + 4] = (c.l3 + udp_len).to_bytes(2, "big")
+            h[u + 4 : u + 6] = udp_len.to_bytes(2, "big")
+        if c.flags & F_CSUM_ZEROED:
+            if not v6:
+                h[ip + 10 : ip + 12] = csum.checksum(h[ip : ip + c.l3]).to_bytes(2, "big")
+            if c.flags & F_UDP_CSUM:
+                if v6:
+                    src, dst = bytes(h[ip + 8 : ip + 24]), bytes(h[ip + 24 : ip + 40])
+                else:
+                    src, dst = bytes(h[ip + 12 : ip + 16]), bytes(h[ip + 16 : ip + 20])
+                pseudo = csum.pseudo_sum(src, dst, PROTO_UDP, udp_len)
+                if udp_csum == "partial" and i == 0:
+                    value = pseudo
+                    partial_off = u
+                else:
+                    value = csum.checksum(h[u:], csum.add(pseudo, suffix_sum)) or 0xFFFF
+                h[u + 6 : u + 8] = value.to_bytes(2, "big")
+        if need_sum:
+            suffix_sum = csum.add(csum.ones_sum(h), suffix_sum)
+        suffix_len += len(h)
+        out.append(bytes(h))
+    out.reverse()
+    rco = bool(carried[0].flags & F_RCO)
+    return Unfolded(b"".join(out), inner, len(carried), partial_off, rco)
+
+
+def _decode_fold(data: bytes, kind: int, index: int) -> _Carried:
+    """Decode and validate one FOLD option; ``kind`` is what the previous level said comes next."""
+    where = f"fold level {index}"
+    if len(data) < FOLD_META_LEN:
+        raise ParseError(Reason.BAD_FOLD_LENGTHS, f"{where}: {len(data)} bytes, metadata needs {FOLD_META_LEN}")
+    b0, flags, l2, l3, tun, rsv = _META.unpack_from(data)
+    if b0 >> 6 != FOLD_VERSION or b0 & 0x38 or rsv or flags & ~F_KNOWN & 0xFF:
+        raise ParseError(
+            Reason.BAD_FOLD_VERSION,
+            f"{where}: version {b0 >> 6}, reserved bits 0x{b0 & 0x38:02x}/0x{rsv:02x}, flags 0x{flags:02x}",
+        )
+    try:
+        encap = Encap(b0 & 0x7)
+    except ValueError:
+        raise ParseError(Reason.BAD_FOLD_ENCAP, f"{where}: encapsulation type {b0 & 0x7}") from None
+    end = FOLD_META_LEN + l2 + l3 + UDP_HLEN + tun
+    if l2 not in _L2_LENS or end > len(data) or len(data) - end > 3 or any(data[end:]):
+        raise ParseError(Reason.BAD_FOLD_LENGTHS,
+                         f"{where}: l2 {l2} l3 {l3} tunnel {tun} do not add up to {len(data)} bytes of option data")
+    if (kind == ETH_P_TEB) != (l2 != 0):
+        raise ParseError(Reason.BAD_FOLD_ORDER, f"{where}: l2 length {l2} but previous level carries 0x{kind:04x}")
+    hdr = data[FOLD_META_LEN:end]
+    try:
+        nxt = _check_carried(hdr, flags, l2, l3, tun, encap, kind)
+    except ParseError as e:
+        raise ParseError(Reason.BAD_FOLD_HEADERS, f"{where}: {e}") from None
+    return _Carried(hdr, flags, l2, l3, tun, nxt)
+
+
+def _check_carried(hdr: bytes, flags: int, l2: int, l3: int, tun: int, encap: Encap, kind: int) -> int:
+    """Check the carried headers agree with the metadata; return the ethertype the tunnel carries."""
+    v6 = bool(flags & F_V6)
+    if l2:
+        eth = parse_eth(hdr)
+        if eth.hdr_len != l2:
+            raise ParseError(Reason.BAD_FOLD_LENGTHS, f"ethernet header is {eth.hdr_len} bytes, metadata says {l2}")
+        etype = eth.ethertype
+    else:
+        etype = kind
+    if etype != (ETH_P_IPV6 if v6 else ETH_P_IPV4):
+        raise ParseError(Reason.BAD_ETHERTYPE, f"ethertype 0x{etype:04x} with V6 flag {v6}")
+    zl, zc = flags & F_LEN_ZEROED, flags & F_CSUM_ZEROED
+    if v6:
+        ip6 = parse_ipv6(hdr[: l2 + l3], l2, check_len=False)
+        if ip6.hdr_len != l3 or ip6.proto != PROTO_UDP or ip6.fragment:
+            raise ParseError(Reason.BAD_FOLD_LENGTHS, f"ipv6 headers {ip6.hdr_len} bytes to proto {ip6.proto}")
+        if zl and ip6.payload_len:
+            raise ParseError(Reason.BAD_IPV6_LENGTH, "payload length not zero though LEN_ZEROED")
+    else:
+        ip4 = parse_ipv4(hdr, l2, check_len=False)
+        if ip4.hdr_len != l3 or ip4.proto != PROTO_UDP or ip4.is_fragment:
+            raise ParseError(Reason.BAD_FOLD_LENGTHS, f"ipv4 header {ip4.hdr_len} bytes, proto {ip4.proto}")
+        if (zl and ip4.total_len) or (zc and ip4.csum):
+            raise ParseError(Reason.BAD_IPV4_LENGTH, "total length/checksum not zero though zeroed flags set")
+    udp = parse_udp(hdr, l2 + l3, check_len=False)
+    if (zl and udp.length) or (zc and udp.csum):
+        raise ParseError(Reason.BAD_UDP_LENGTH, "udp length/checksum not zero though zeroed flags set")
+    toff = l2 + l3 + UDP_HLEN
+    if encap is Encap.GENEVE:
+        g = parse_geneve(hdr, toff)
+        if g.hdr_len != tun:
+            raise ParseError(Reason.BAD_GENEVE_OPTLEN, f"nested geneve header {g.hdr_len} bytes, metadata {tun}")
+        nxt = g.proto
+    else:
+        if tun != VXLAN_HLEN:
+            raise ParseError(Reason.TRUNCATED_VXLAN, f"vxlan header length {tun}")
+        vx = parse_vxlan(hdr, toff, gpe=encap is Encap.VXLAN_GPE)
+        nxt = _GPE_NEXT.get(vx.next_proto, 0) if encap is Encap.VXLAN_GPE else ETH_P_TEB
+    if nxt not in _NEXT_OK:
+        raise ParseError(Reason.BAD_ETHERTYPE, f"nested tunnel carries 0x{nxt:04x}")
+    return nxt
+
+
+# --- hint mode ---------------------------------------------------------------------------------------
+def gro_hint_for(frame, *, ports: Mapping[int, Encap] = DEFAULT_PORTS, gso: bool = False) -> GroHint | None:
+    """The Linux GRO hint describing ``frame``'s nested tunnel (which stays in place), or None.
+
+    Mirrors the conditions of Linux 7.0's TX path and what its RX validation accepts: exactly one
+    nested UDP level, carrying Ethernet, IPv4 or IPv6; a nested IPv4 header without options.
+    """
+    levels = find_levels(frame, ports=ports, max_levels=1, gso=gso)
+    if not levels:
+        return None
+    lv = levels[0]
+    if not lv.v6 and lv.l3_len != 20:
+        return None  # the receiver requires 0x45 and would then refuse GRO for the flow
+    if lv.end > 255:
+        return None
+    return GroHint(GRO_HINT_PROTO.index(lv.next_proto), lv.v6, lv.l2_len, lv.udp_off, lv.end)
