@@ -1,0 +1,273 @@
+"""Underlay UDP socket with UDP GSO (``UDP_SEGMENT``) on send and UDP GRO (``UDP_GRO``) on receive.
+
+Send: one ``sendmsg`` carries up to :data:`UDP_MAX_SEGMENTS` equal-sized datagrams (the last may be
+shorter) and a ``(SOL_UDP, UDP_SEGMENT, u16 gso_size)`` control message; the kernel (or the NIC) cuts it.
+The kernel refuses UDP_SEGMENT with EIO when the egress device cannot checksum (``ethtool -K dev tx off``):
+then GSO is switched off for the socket (``gso_disabled``, ``gso_eio_errors``; wireguard-go's
+``errShouldDisableUDPGSO``) and everything goes out one datagram per syscall.
+
+Receive: with ``UDP_GRO`` enabled the kernel may hand over several same-flow datagrams as one buffer with a
+``(SOL_UDP, UDP_GRO, int gso_size)`` control message: segment ``i`` is ``buf[i*gso_size:(i+1)*gso_size]``
+(the last one may be shorter).  Without the cmsg the buffer is a single datagram (``gso_size`` 0 here).
+
+The outer UDP checksum stays on: UDP_SEGMENT needs checksum offload and UDP GRO never merges datagrams
+whose checksum is 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+from .tap import in_netns
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SO_NO_CHECK = 11
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+#: Datagrams per sendmsg (wireguard-go ``udpSegmentMaxDatagrams``; kernel UDP_MAX_SEGMENTS was 64 until 2024).
+UDP_MAX_SEGMENTS = 64
+#: Largest UDP payload of one sendmsg (IPv4: 65535 - 20 - 8; IPv6: 65535 - 8).
+MAX_PAYLOAD_V4 = 65507
+MAX_PAYLOAD_V6 = 65527
+#: A receive buffer this large holds any GRO-merged datagram.
+RECV_BUF_SIZE = 65536
+
+_U16 = struct.Struct("=H")
+_ANC_SIZE = socket.CMSG_SPACE(8) * 4
+
+
+def segment_cmsg(gso_size: int) -> tuple[int, int, bytes]:
+    """The ancillary item for ``sendmsg``: ``(SOL_UDP, UDP_SEGMENT, u16 gso_size in host order)``."""
+    return (SOL_UDP, UDP_SEGMENT, _U16.pack(gso_size))
+
+
+def parse_gro_cmsg(ancdata) -> int:
+    """``gso_size`` from ``recvmsg`` ancillary data (kernel puts a host-order int); 0 if absent."""
+    for level, typ, data in ancdata:
+        if level == SOL_UDP and typ == UDP_GRO and len(data) in (2, 4):
+            return int.from_bytes(data, sys.byteorder)
+    return 0
+
+
+def iter_segments(buf, nbytes: int, gso_size: int) -> Iterator[memoryview]:
+    """The datagrams of one receive: slices of ``gso_size`` (last may be shorter); all of it if 0."""
+    mv = memoryview(buf)[:nbytes]
+    if gso_size <= 0 or gso_size >= nbytes:
+        yield mv
+        return
+    for off in range(0, nbytes, gso_size):
+        yield mv[off : off + gso_size]
+
+
+class UdpSocket:
+    """A bound UDP socket (IPv4 or IPv6, chosen by ``host``), optionally created inside a named netns.
+
+    Feature probes: ``gso_supported`` (UDP_SEGMENT known), ``gro_supported`` (UDP_GRO enabled).
+    Fallback state: ``gso_disabled`` and ``gso_eio_errors``.  ``truncated`` counts receives that did not
+    fit the caller's buffer (MSG_TRUNC).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 0,
+        *,
+        netns: str | None = None,
+        gro: bool = True,
+        gso: bool = True,
+        bufsize: int | None = None,
+        blocking: bool = False,
+        send_timeout: float = 1.0,
+    ) -> None:
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.netns = netns
+        self.send_timeout = send_timeout
+        self.max_payload = MAX_PAYLOAD_V6 if self.family == socket.AF_INET6 else MAX_PAYLOAD_V4
+        with in_netns(netns):
+            sock = socket.socket(self.family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock = sock
+        try:
+            if bufsize:
+                for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, force, bufsize)
+                    except PermissionError:
+                        sock.setsockopt(socket.SOL_SOCKET, plain, bufsize)
+            if self.family == socket.AF_INET:
+                sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 0)  # the default; stated for the record
+            sock.bind((host, port))
+            sock.setblocking(blocking)
+        except BaseException:
+            sock.close()
+            raise
+        self.gso_supported = self._probe_gso()
+        self.gro_supported = self._enable_gro() if gro else False
+        self.gso_disabled = not (gso and self.gso_supported)
+        self.gso_eio_errors = 0
+        self.truncated = 0
+
+    # -- probes ------------------------------------------------------------------------------------------
+
+    def _probe_gso(self) -> bool:
+        try:
+            self.sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+        except OSError:
+            return False
+        return True
+
+    def _enable_gro(self) -> bool:
+        try:
+            self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            return self.sock.getsockopt(SOL_UDP, UDP_GRO) != 0
+        except OSError:
+            return False
+
+    # -- send --------------------------------------------------------------------------------------------
+
+    def _wait_writable(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("udp send: socket buffer stayed full")
+        select.select([], [self.sock], [], left)
+
+    def _sendmsg(self, bufs, anc, addr) -> int:
+        deadline = 0.0
+        while True:
+            try:
+                if addr is None:
+                    return self.sock.sendmsg(bufs, anc)
+                return self.sock.sendmsg(bufs, anc, 0, addr)
+            except BlockingIOError:
+                if not deadline:
+                    deadline = time.monotonic() + self.send_timeout
+                self._wait_writable(deadline)
+
+    def _send_gso(self, bufs, seg_size: int, addr) -> bool:
+        """One UDP_SEGMENT sendmsg; False (and GSO switched off) if the kernel says EIO."""
+        try:
+            self._sendmsg(bufs, [segment_cmsg(seg_size)], addr)
+            return True
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            self.gso_disabled = True
+            self.gso_eio_errors += 1
+            return False
+
+    def send_segments(self, buf, seg_size: int, addr=None) -> int:
+        """Send ``buf`` as consecutive datagrams of ``seg_size`` bytes (the last may be shorter).
+
+        Uses UDP_SEGMENT (up to :data:`UDP_MAX_SEGMENTS` datagrams and ``max_payload`` bytes per call)
+        unless GSO is off.  Returns the number of send syscalls made.
+        """
+        mv = memoryview(buf).cast("B")
+        n = len(mv)
+        if seg_size <= 0 or seg_size > self.max_payload:
+            raise ValueError(f"segment size {seg_size} out of range 1..{self.max_payload}")
+        if n == 0:
+            self._sendmsg([mv], [], addr)
+            return 1
+        per_call = min(UDP_MAX_SEGMENTS, self.max_payload // seg_size) * seg_size
+        calls = 0
+        off = 0
+        while off < n:
+            if self.gso_disabled or n - off <= seg_size:
+                end = min(off + seg_size, n)
+                self._sendmsg([mv[off:end]], [], addr)
+            else:
+                end = min(off + per_call, n)
+                if not self._send_gso([mv[off:end]], seg_size, addr):
+                    continue  # same chunk again, one datagram at a time
+            calls += 1
+            off = end
+        return calls
+
+    def send_datagrams(self, datagrams: Sequence, addr=None) -> int:
+        """Send separate datagram buffers; runs of equal length (plus one shorter tail) share a sendmsg.
+
+        The buffers are passed as an iovec (no copy).  Returns the number of send syscalls made.
+        """
+        calls = 0
+        i, count = 0, len(datagrams)
+        while i < count:
+            size = len(datagrams[i])
+            j = i + 1
+            if not self.gso_disabled and size > 0:
+                limit = min(UDP_MAX_SEGMENTS, self.max_payload // size)
+                total = size
+                while j < count and j - i < limit and len(datagrams[j]) == size:
+                    total += size
+                    j += 1
+                if j < count and j - i < limit and 0 < len(datagrams[j]) < size:
+                    if total + len(datagrams[j]) <= self.max_payload:
+                        j += 1
+            if j - i > 1:
+                if not self._send_gso(list(datagrams[i:j]), size, addr):
+                    continue
+            else:
+                self._sendmsg([datagrams[i]], [], addr)
+            calls += 1
+            i = j
+        return calls
+
+    # -- receive -----------------------------------------------------------------------------------------
+
+    def recv_into(self, buf) -> tuple[int, int, tuple] | None:
+        """Receive into ``buf`` (>= :data:`RECV_BUF_SIZE`): ``(nbytes, gso_size, peer)`` or ``None``.
+
+        ``gso_size`` is 0 for a single (unmerged) datagram.
+        """
+        try:
+            n, anc, flags, addr = self.sock.recvmsg_into([buf], _ANC_SIZE)
+        except BlockingIOError:
+            return None
+        if flags & socket.MSG_TRUNC:
+            self.truncated += 1
+        return n, parse_gro_cmsg(anc), addr
+
+    def recv_batch(self, bufs: Sequence) -> list[tuple[int, int, tuple]]:
+        """Fill ``bufs[0]``, ``bufs[1]``, ... until the socket is empty; result ``k`` belongs to ``bufs[k]``."""
+        out = []
+        for buf in bufs:
+            r = self.recv_into(buf)
+            if r is None:
+                break
+            out.append(r)
+        return out
+
+    def wait_readable(self, timeout: float | None) -> bool:
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(r)
+
+    # -- misc --------------------------------------------------------------------------------------------
+
+    @property
+    def local_address(self) -> tuple:
+        return self.sock.getsockname()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> UdpSocket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<UdpSocket {self.sock.getsockname() if self.sock.fileno() >= 0 else 'closed'}"
+            f" gso={self.gso_supported and not self.gso_disabled} gro={self.gro_supported}>"
+        )
