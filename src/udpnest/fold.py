@@ -261,7 +261,14 @@ def unfold(payload, *, opt_class: int = DEFAULT_OPT_CLASS, udp_csum: str = "comp
         if pkt.hdr.proto != ETH_P_TEB:
             raise ParseError(Reason.BAD_ETHERTYPE, f"geneve protocol 0x{pkt.hdr.proto:04x} without fold options")
         return Unfolded(b"", inner, 0, None, False)
+    carried = decode_folds(pkt)
+    need_sum = any(c.flags & F_UDP_CSUM and (udp_csum == "compute" or i > 0) for i, c in enumerate(carried))
+    headers, partial_off = restore_headers(carried, len(inner), csum.ones_sum(inner) if need_sum else 0, udp_csum)
+    return Unfolded(headers, inner, len(carried), partial_off, bool(carried[0].flags & F_RCO))
 
+
+def decode_folds(pkt: GenevePacket) -> list[_Carried]:
+    """Decode and validate every FOLD option of ``pkt`` (outermost first); raises ParseError."""
     carried: list[_Carried] = []
     kind = ETH_P_TEB
     for i, data in enumerate(pkt.folds):
@@ -271,10 +278,20 @@ def unfold(payload, *, opt_class: int = DEFAULT_OPT_CLASS, udp_csum: str = "comp
     if kind != pkt.hdr.proto:
         raise ParseError(Reason.BAD_FOLD_ORDER,
                          f"innermost fold level carries 0x{kind:04x}, geneve protocol is 0x{pkt.hdr.proto:04x}")
+    return carried
 
-    need_sum = any(c.flags & F_UDP_CSUM and (udp_csum == "compute" or i > 0) for i, c in enumerate(carried))
-    suffix_sum = csum.ones_sum(inner) if need_sum else 0
-    suffix_len = len(inner)
+
+def restore_headers(carried: list[_Carried], inner_len: int, inner_sum: int = 0,
+                    udp_csum: str = "compute") -> tuple[bytes, int | None]:
+    """Rebuild the nested headers for an innermost frame of ``inner_len`` bytes.
+
+    ``inner_sum`` is the one's complement sum of the innermost frame, needed only where a nested UDP
+    checksum is computed (every level in "compute" mode, levels below the outermost in "partial" mode).
+    Returns the headers and, in "partial" mode, the offset of the outermost nested UDP header whose
+    checksum field holds the pseudo-header sum (None if that level has no checksum).
+    """
+    suffix_sum = inner_sum
+    suffix_len = inner_len
     out: list[bytes] = []
     partial_off = None
     for i in range(len(carried) - 1, -1, -1):
@@ -306,13 +323,11 @@ def unfold(payload, *, opt_class: int = DEFAULT_OPT_CLASS, udp_csum: str = "comp
                 else:
                     value = csum.checksum(h[u:], csum.add(pseudo, suffix_sum)) or 0xFFFF
                 h[u + 6 : u + 8] = value.to_bytes(2, "big")
-        if need_sum:
-            suffix_sum = csum.add(csum.ones_sum(h), suffix_sum)
+        suffix_sum = csum.add(csum.ones_sum(h), suffix_sum)
         suffix_len += len(h)
         out.append(bytes(h))
     out.reverse()
-    rco = bool(carried[0].flags & F_RCO)
-    return Unfolded(b"".join(out), inner, len(carried), partial_off, rco)
+    return b"".join(out), partial_off
 
 
 def _decode_fold(data: bytes, kind: int, index: int) -> _Carried:

@@ -50,6 +50,11 @@ class Reason(enum.Enum):
     BAD_FOLD_HEADERS = "bad_fold_headers"
     BAD_FOLD_ORDER = "bad_fold_order"
     FOLD_TOO_LARGE = "fold_too_large"
+    # dataplane
+    OAM = "oam"  # an OAM packet udpnest has no use for (echo packets are handled, not dropped)
+    NO_PEER = "no_peer"  # a datagram from an address that is not a configured peer
+    TAP_WRITE = "tap_write"  # the TAP refused a frame (errno in the log)
+    SEND_ERROR = "send_error"  # the underlay socket refused a datagram
     # things the transform cannot carry
     FRAGMENT = "fragment"
     NOT_NESTED = "not_nested"
