@@ -55,6 +55,8 @@ class Reason(enum.Enum):
     NO_PEER = "no_peer"  # a datagram from an address that is not a configured peer
     TAP_WRITE = "tap_write"  # the TAP refused a frame (errno in the log)
     SEND_ERROR = "send_error"  # the underlay socket refused a datagram
+    RATE_LIMITED = "rate_limited"  # an echo request beyond the per-peer reply rate
+    UNSOLICITED_REPLY = "unsolicited_reply"  # an echo reply while we are not probing
     # things the transform cannot carry
     FRAGMENT = "fragment"
     NOT_NESTED = "not_nested"

@@ -1,0 +1,505 @@
+"""The endpoint: TAP <-> Geneve over UDP, one thread per direction, a main thread for control and probes.
+
+Data path (docs/architecture.md has the diagram):
+
+* TX thread: ``read(TAP)`` one frame (vnet header + up to 64 KB) -> forwarding table picks the peer(s)
+  -> per peer mode (plain / hint / fold) -> headers built once, payload cut into MTU-sized datagrams by
+  :mod:`udpnest.gso` (numpy, no per-segment Python) -> one ``sendmsg(UDP_SEGMENT)`` per <= 64 datagrams.
+* RX thread: ``recvmsg(UDP_GRO)`` up to 64 KB of datagrams -> :mod:`udpnest.gro` validates, unfolds
+  and coalesces -> one ``writev(TAP)`` per super-packet (GSO vnet header) -> learn the source MAC.
+* Main thread: unix control socket (``udpnest status``), echo probes (:mod:`udpnest.peers`), signals.
+
+Only this module and :mod:`udpnest.io` make syscalls; everything they call is pure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+import zlib
+from collections import Counter
+
+from .config import EndpointConfig
+from .fdb import Fdb
+from .fold import fold, gro_hint_for
+from .gro import Kind, receive
+from .gso import segment_tcp, tcp_layout
+from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
+from .io.udp import RECV_BUF_SIZE, UdpSocket
+from .peers import Prober
+from .wire import csum
+from .wire.errors import ParseError, Reason
+from .wire.geneve import build_geneve
+from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo, build_gro_hint, parse_packet
+from .wire.vnet import GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, VnetHdr
+
+log = logging.getLogger("udpnest")
+
+ETH_P_TEB = 0x6558
+TAP_BUF = VNET_HDR_LEN + 65536 + 64
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2  # <linux/in.h>; not in Python 3.11's socket
+HIST_EDGES = (1, 2, 4, 8, 16, 32, 64)  # segments per super-packet: 1, 2-3, 4-7, ..., 64+
+
+
+def _bucket(n: int) -> int:
+    for i in range(len(HIST_EDGES) - 1, -1, -1):
+        if n >= HIST_EDGES[i]:
+            return i
+    return 0
+
+
+class Stats:
+    """Counters of one thread (each thread owns one; status adds them up)."""
+
+    def __init__(self) -> None:
+        self.c: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.hist = [0] * len(HIST_EDGES)
+
+    def drop(self, reason: Reason, n: int = 1) -> None:
+        self.drops[reason.value] += n
+
+
+def hist_labels() -> list[str]:
+    out = []
+    for i, lo in enumerate(HIST_EDGES):
+        hi = HIST_EDGES[i + 1] - 1 if i + 1 < len(HIST_EDGES) else None
+        out.append(f"{lo}" if hi == lo else (f"{lo}-{hi}" if hi else f"{lo}+"))
+    return out
+
+
+def flow_hash(frame) -> int:
+    """Entropy for the outer UDP source port: the (nested) IP addresses and the following 4 bytes (ports
+    of the nested UDP header, whose source port already hashes the workload's inner flow)."""
+    et = frame[12] << 8 | frame[13]
+    if et == 0x0800 and len(frame) >= 38:
+        return zlib.crc32(frame[26:38])
+    if et == 0x86DD and len(frame) >= 58:
+        return zlib.crc32(frame[22:58])
+    return 0
+
+
+class Endpoint:
+    def __init__(self, cfg: EndpointConfig, *, clock=time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing)
+        self.peers = {p.address: p for p in cfg.remote}
+        self.prober = (Prober(self.peers, interval=cfg.probe_interval, window=cfg.probe_window,
+                              budget=cfg.probe_budget, fallback=cfg.fallback, now=clock())
+                       if cfg.nested == "fold" else None)
+        self.lock = threading.Lock()
+        self.tx_stats, self.rx_stats, self.ctl_stats = Stats(), Stats(), Stats()
+        # with nested off we behave as a legacy endpoint: our options are unknown critical options
+        self.rx_class = cfg.opt_class if cfg.nested != "off" else None
+        self.caps = CAP_FOLD | CAP_HINT
+        self.tap: Tap | None = None
+        self.rx: UdpSocket | None = None
+        self.tx: list[UdpSocket] = []
+        self.ctl: socket.socket | None = None
+        self.threads: list[threading.Thread] = []
+        self.started = time.time()
+
+    # -- lifetime ---------------------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        cfg = self.cfg
+        try:
+            self.tap = Tap(cfg.tap, netns=cfg.tap_netns, offloads=DEFAULT_OFFLOADS & ~_USO, mtu=cfg.tap_mtu,
+                           addresses=cfg.tap_addresses, mac=cfg.tap_mac, up=True)
+            if self.tap.refused:
+                log.warning("TAP %s: kernel refused offloads %s; using %s", self.tap.name,
+                            offload_names(self.tap.refused), offload_names(self.tap.offloads))
+            self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
+                                bufsize=8 << 20)
+            for _ in range(cfg.tx_sockets):
+                s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
+                              bufsize=4 << 20)
+                self._tune_tx(s)
+                self.tx.append(s)
+            self._open_control()
+        except BaseException:
+            self.close()
+            raise
+        log.info("udpnest up: tap %s (offloads %s), %s:%d -> %s, nested %s", self.tap.name,
+                 ",".join(offload_names(self.tap.offloads)), cfg.local, cfg.dstport,
+                 ", ".join(str(p) for p in cfg.remote), cfg.nested)
+
+    def _tune_tx(self, s: UdpSocket) -> None:
+        cfg = self.cfg
+        sk = s.sock
+        if cfg.family_v6:
+            sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, cfg.ttl)
+            sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, cfg.tos)
+        else:
+            sk.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, cfg.ttl)
+            sk.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, cfg.tos)
+            sk.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO if cfg.df == "set" else IP_PMTUDISC_DONT)
+            if not cfg.udpcsum:
+                sk.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK; UDP GRO will not merge these
+
+    def _open_control(self) -> None:
+        path = self.cfg.control_path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        s.bind(path)
+        os.chmod(path, 0o600)
+        s.listen(4)
+        s.setblocking(False)
+        self.ctl = s
+
+    def close(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=5)
+        self.threads = []
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.cfg.control_path)
+        for s in self.tx:
+            s.close()
+        self.tx = []
+        if self.rx is not None:
+            self.rx.close()
+            self.rx = None
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
+
+    def run(self, *, install_signals: bool = True) -> None:
+        """Run until SIGINT/SIGTERM (or :meth:`stop`); always closes what it opened."""
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.stop_event.set())
+        try:
+            self.start_threads()
+            self._main_loop()
+        finally:
+            self.close()
+
+    def start_threads(self) -> None:
+        for name, fn in (("udpnest-tx", self._tx_loop), ("udpnest-rx", self._rx_loop)):
+            t = threading.Thread(target=self._guard, args=(fn,), name=name, daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _guard(self, fn) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("%s crashed; stopping", threading.current_thread().name)
+            self.stop_event.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- main thread: control socket and probes --------------------------------------------------------------
+
+    def _main_loop(self) -> None:
+        while not self.stop_event.is_set():
+            timeout = 0.25
+            if self.prober is not None:
+                with self.lock:
+                    d = self.prober.next_deadline()
+                if d is not None:
+                    timeout = max(0.0, min(timeout, d - self.clock()))
+            r, _, _ = select.select([self.ctl], [], [], timeout)
+            if r:
+                self._serve_control()
+            if self.prober is not None:
+                self._send_probes()
+
+    def _send_probes(self) -> None:
+        now = self.clock()
+        with self.lock:
+            due = self.prober.due(now)
+            echoes = [(k, self.prober.make_echo(k, now, caps=self.caps, max_levels=self.cfg.max_levels,
+                                                max_option_bytes=252)) for k in due]
+        for k, echo in echoes:
+            self._send_echo(k, echo, reply=False)
+
+    def _send_echo(self, key: str, echo: Echo, *, reply: bool) -> None:
+        pkt = build_geneve(self.cfg.id, ETH_P_TEB, build_echo(echo, reply=reply, opt_class=self.cfg.opt_class),
+                           oam=True)
+        try:
+            self.rx.sock.sendto(pkt, self.peers[key].sockaddr)
+            self.ctl_stats.c["echo_replies_sent" if reply else "echo_requests_sent"] += 1
+        except OSError as e:
+            self.ctl_stats.drop(Reason.SEND_ERROR)
+            log.debug("echo to %s: %s", key, e)
+
+    def _serve_control(self) -> None:
+        try:
+            conn, _ = self.ctl.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(self.status()).encode() + b"\n")
+
+    def status(self) -> dict:
+        now = self.clock()
+        tx, rx = self.tx_stats, self.rx_stats
+        drops = Counter()
+        for st in (tx, rx, self.ctl_stats):
+            drops.update(st.drops)
+        labels = hist_labels()
+        with self.lock:
+            if self.prober is not None:
+                peers = {str(self.peers[k]): p.status(now) for k, p in self.prober.peers.items()}
+            else:
+                mode = {"off": "plain", "hint": "hint", "fold": "fold"}[self.cfg.nested]
+                peers = {str(p): {"state": "static", "mode": mode} for p in self.cfg.remote}
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "config": {"id": self.cfg.id, "local": self.cfg.local, "dstport": self.cfg.dstport,
+                       "nested": self.cfg.nested, "fallback": self.cfg.fallback,
+                       "underlay_mtu": self.cfg.underlay_mtu},
+            "tap": {"name": self.tap.name if self.tap else None, "netns": self.cfg.tap_netns,
+                    "offloads": offload_names(self.tap.offloads) if self.tap else [],
+                    "refused": offload_names(self.tap.refused) if self.tap else []},
+            "underlay": {"gso": bool(self.tx and not self.tx[0].gso_disabled),
+                         "gro": bool(self.rx and self.rx.gro_supported),
+                         "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx)},
+            "tx": dict(tx.c), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
+            "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
+            "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
+            "drops": dict(drops),
+            "peers": peers,
+            "fdb": self.fdb.stats(),
+        }
+
+    # -- TX: TAP -> peers ------------------------------------------------------------------------------------
+
+    def _tx_loop(self) -> None:
+        buf = bytearray(TAP_BUF)
+        mv = memoryview(buf)
+        poll = select.poll()
+        poll.register(self.tap.fd, select.POLLIN)
+        while not self.stop_event.is_set():
+            if not poll.poll(250):
+                continue
+            while True:
+                try:
+                    n = self.tap.read_into(buf)
+                except OSError as e:
+                    log.warning("TAP read: %s", e)
+                    break
+                if n == 0:
+                    break
+                self._tx_frame(mv[:n])
+
+    def peer_mode(self, key: str, now: float) -> str:
+        if self.prober is not None:
+            return self.prober.peers[key].mode(now)
+        return {"off": "plain", "hint": "hint", "fold": "fold"}[self.cfg.nested]
+
+    def _tx_frame(self, data: memoryview) -> None:
+        st = self.tx_stats
+        try:
+            vh = VnetHdr.unpack(data)
+        except ParseError as e:
+            st.drop(e.reason)
+            return
+        frame = data[VNET_HDR_LEN:]
+        if len(frame) < 14:
+            st.drop(Reason.TRUNCATED_ETH)
+            return
+        st.c["frames"] += 1
+        st.c["bytes"] += len(frame)
+        now = self.clock()
+        key = self.fdb.lookup(bytes(frame[0:6]), now)
+        targets = [key] if key is not None else list(self.peers)
+        if key is None:
+            st.c["flooded"] += 1
+        built: dict[str, object] = {}
+        for k in targets:
+            mode = self.peer_mode(k, now)
+            if mode not in built:
+                try:
+                    built[mode] = self._build(frame, vh, mode)
+                except ParseError as e:
+                    built[mode] = e
+            out = built[mode]
+            if isinstance(out, ParseError):
+                st.drop(out.reason)
+                continue
+            self._send(out, self.peers[k].sockaddr, flow_hash(frame), mode)
+
+    def _build(self, frame: memoryview, vh: VnetHdr, mode: str):
+        """('gso', Segments) or ('one', [buffers]) for one peer mode."""
+        cfg = self.cfg
+        if vh.is_gso:
+            if vh.base_type not in (GSO_TCPV4, GSO_TCPV6):
+                raise ParseError(Reason.BAD_VNET, f"gso type 0x{vh.gso_type:02x} not supported on TX")
+            udp_offs = (vh.outer_th_offset,) if vh.is_tunnel else ()
+            seg_frame = frame
+            prefix = None
+            if mode == "fold" and vh.is_tunnel:
+                fo = fold(frame, vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
+                          max_levels=cfg.max_levels, gso=True)
+                if fo.levels:
+                    prefix, seg_frame, layout = fo.header, fo.inner, tcp_layout(fo.inner)
+            if prefix is None:
+                prefix = self._plain_prefix(frame, mode, gso=True)
+                layout = tcp_layout(frame, udp_offs)
+            mss = min(vh.gso_size, cfg.max_datagram - len(prefix) - layout.hdr_len)
+            # datagrams a multiple of 4 bytes let the receiver verify TCP checksums over 32-bit words
+            mss -= (len(prefix) + layout.hdr_len + mss) % 4
+            if mss < 64:
+                raise ParseError(Reason.FOLD_TOO_LARGE, f"headers leave {mss} bytes per datagram")
+            return "gso", segment_tcp(prefix, seg_frame, layout, mss)
+        if vh.needs_csum:
+            frame = _finish_csum(frame, vh)
+        if mode == "fold":
+            fo = fold(frame, vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports, max_levels=cfg.max_levels)
+            return "one", [fo.header, fo.inner]
+        return "one", [self._plain_prefix(frame, mode, gso=False), frame]
+
+    def _plain_prefix(self, frame, mode: str, *, gso: bool) -> bytes:
+        opts = b""
+        if mode == "hint":
+            h = gro_hint_for(frame, ports=self.cfg.nested_ports, gso=gso)
+            if h is not None:
+                opts = build_gro_hint(h)
+        return build_geneve(self.cfg.id, ETH_P_TEB, opts)
+
+    def _send(self, out, addr: tuple, fh: int, mode: str) -> None:
+        st = self.tx_stats
+        sock = self.tx[fh % len(self.tx)]
+        kind, obj = out
+        try:
+            if kind == "gso":
+                calls = sock.send_segments(obj.buffer, obj.row_len, addr)
+                st.c["datagrams"] += obj.count
+                st.c["super_packets"] += 1
+                st.hist[_bucket(obj.count)] += 1
+            else:
+                sock._sendmsg(obj, [], addr)
+                calls = 1
+                st.c["datagrams"] += 1
+                st.hist[0] += 1
+            st.c["sendmsg_calls"] += calls
+            st.c[f"mode_{mode}"] += 1
+        except OSError as e:
+            st.drop(Reason.SEND_ERROR)
+            log.debug("send to %s: %s", addr, e)
+
+    # -- RX: peers -> TAP ------------------------------------------------------------------------------------
+
+    def _rx_loop(self) -> None:
+        buf = bytearray(RECV_BUF_SIZE + 64)
+        st = self.rx_stats
+        cfg = self.cfg
+        while not self.stop_event.is_set():
+            if not self.rx.wait_readable(0.25):
+                continue
+            while True:
+                try:
+                    r = self.rx.recv_into(buf)
+                except OSError as e:
+                    log.debug("recv: %s", e)
+                    break
+                if r is None:
+                    break
+                n, gso, addr = r
+                st.c["reads"] += 1
+                st.c["bytes"] += n
+                key = addr[0]
+                if key not in self.peers:
+                    st.drop(Reason.NO_PEER, max(1, -(-n // gso)) if gso else 1)
+                    continue
+                res = receive(buf, n, gso, opt_class=self.rx_class, ports=cfg.nested_ports,
+                              verify_csum=cfg.verify_csum)
+                for reason, cnt in res.drops:
+                    st.drop(reason, cnt)
+                for w in res.writes:
+                    self._tap_write(w, key)
+                for pkt, _dg in res.control:
+                    self._on_echo(pkt, key)
+
+    def _tap_write(self, w, key: str) -> None:
+        st = self.rx_stats
+        try:
+            n = self.tap.writev([w.vnet, *w.parts]) - VNET_HDR_LEN
+        except OSError as e:
+            st.drop(Reason.TAP_WRITE, w.segments)
+            log.debug("TAP write: %s", e)
+            return
+        st.c["datagrams"] += w.segments
+        st.c["tap_writes"] += 1
+        st.c["tap_bytes"] += n
+        st.c[f"kind_{w.kind.value}"] += 1
+        st.hist[_bucket(w.segments)] += 1
+        if w.segments > 1:
+            st.c["super_packets"] += 1
+        first = w.parts[0]
+        if len(first) >= 12:
+            self.fdb.learn(bytes(first[6:12]), key, self.clock())
+
+    def _on_echo(self, pkt, key: str) -> None:
+        now = self.clock()
+        if pkt.echo_request is not None:
+            self.ctl_stats.c["echo_requests_received"] += 1
+            req = pkt.echo_request
+            with self.lock:
+                ok = self.prober.may_reply(key, now) if self.prober is not None else True
+                if self.prober is not None:
+                    self.prober.peers[key].on_echo(req, now)
+            if ok:
+                self._send_echo(key, Echo(req.nonce, req.timestamp, self.cfg.max_levels, 252, self.caps),
+                                reply=True)
+            else:
+                self.ctl_stats.drop(Reason.RATE_LIMITED)
+        if pkt.echo_reply is not None:
+            self.ctl_stats.c["echo_replies_received"] += 1
+            if self.prober is None:
+                self.ctl_stats.drop(Reason.UNSOLICITED_REPLY)
+                return
+            with self.lock:
+                result = self.prober.peers[key].on_reply(pkt.echo_reply, now)
+            self.ctl_stats.c[f"echo_reply_{result.value}"] += 1
+
+
+_USO = 0x20 | 0x40  # TUN_F_USO4 | TUN_F_USO6: not requested until TX segments inner UDP GSO
+
+
+def _finish_csum(frame: memoryview, vh: VnetHdr) -> bytearray:
+    """Complete a CHECKSUM_PARTIAL frame: the field holds the pseudo-header sum; add the data, invert."""
+    f = bytearray(frame)
+    cs, co = vh.csum_start, vh.csum_offset
+    if cs + co + 2 > len(f):
+        raise ParseError(Reason.BAD_VNET, f"csum_start {cs} + csum_offset {co} beyond the frame ({len(f)})")
+    c = csum.checksum(f[cs:])
+    if c == 0 and co == 6:
+        c = 0xFFFF  # UDP
+    f[cs + co : cs + co + 2] = c.to_bytes(2, "big")
+    return f
+
+
+def query_status(path: str, timeout: float = 2.0) -> dict:
+    """Read the status JSON from a running endpoint's control socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return json.loads(data)
+
+
+__all__ = ["Endpoint", "query_status", "flow_hash", "Kind", "parse_packet"]

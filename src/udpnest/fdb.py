@@ -1,0 +1,64 @@
+"""Learning forwarding table: inner source MAC -> peer, as a VXLAN device keeps it (sans-IO).
+
+Entries are learned from frames received from a peer, expire after ``ageing`` seconds without being
+refreshed, and the table holds at most ``max_entries`` (the least recently learned entry is evicted).
+Broadcast, multicast and unknown destinations are flooded to every peer.  Time is passed in (``now``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+
+class Fdb:
+    def __init__(self, max_entries: int = 4096, ageing: float = 300.0) -> None:
+        if max_entries < 1 or ageing <= 0:
+            raise ValueError("max_entries must be >= 1 and ageing > 0")
+        self.max_entries = max_entries
+        self.ageing = ageing
+        self._t: OrderedDict[bytes, tuple[Hashable, float]] = OrderedDict()
+        self.learned = 0
+        self.moved = 0
+        self.evicted = 0
+        self.expired = 0
+
+    def learn(self, mac: bytes, peer: Hashable, now: float) -> None:
+        """Record that ``mac`` lives behind ``peer`` (group/multicast source MACs are ignored)."""
+        if mac[0] & 1:
+            return
+        old = self._t.get(mac)
+        if old is not None:
+            if old[0] != peer:
+                self.moved += 1
+            self._t.move_to_end(mac)
+        else:
+            self.learned += 1
+            if len(self._t) >= self.max_entries:
+                self._t.popitem(last=False)
+                self.evicted += 1
+        self._t[mac] = (peer, now)
+
+    def lookup(self, mac: bytes, now: float) -> Hashable | None:
+        """The peer for unicast ``mac``, or None (flood) for group addresses and unknown/expired entries."""
+        if mac[0] & 1:
+            return None
+        e = self._t.get(mac)
+        if e is None:
+            return None
+        if now - e[1] > self.ageing:
+            del self._t[mac]
+            self.expired += 1
+            return None
+        return e[0]
+
+    def forget_peer(self, peer: Hashable) -> None:
+        for mac in [m for m, (p, _) in self._t.items() if p == peer]:
+            del self._t[mac]
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self._t), "learned": self.learned, "moved": self.moved, "evicted": self.evicted,
+                "expired": self.expired}
