@@ -38,6 +38,7 @@ from .wire.options import (
     GenevePacket,
     GroHint,
     parse_packet,
+    validate_gro_hint,
 )
 from .wire.udp import UDP_HLEN, parse_udp
 from .wire.vxlan import GPE_NP_ETHERNET, GPE_NP_IPV4, GPE_NP_IPV6, VXLAN_HLEN, parse_vxlan
@@ -59,6 +60,8 @@ F_V6 = 0x80
 F_UDP_CSUM = 0x40  # the nested UDP checksum was non-zero: the receiver must regenerate it
 F_LEN_ZEROED = 0x20  # IPv4 total length / IPv6 payload length and UDP length are zero on the wire
 F_CSUM_ZEROED = 0x10  # IPv4 header checksum and UDP checksum are zero on the wire
+# Version 0 always zeroes both (so every segment of a super-packet carries identical bytes): a carrier
+# without LEN_ZEROED and CSUM_ZEROED is rejected, so no carried length or checksum is ever trusted.
 F_RCO = 0x08  # remote checksum offload: the innermost transport checksum is a partial sum
 F_KNOWN = F_V6 | F_UDP_CSUM | F_LEN_ZEROED | F_CSUM_ZEROED | F_RCO
 FOLD_META_LEN = 6
@@ -300,13 +303,14 @@ def restore_headers(carried: list[_Carried], inner_len: int, inner_sum: int = 0,
         ip, u = c.l2, c.l2 + c.l3
         udp_len = UDP_HLEN + c.tun + suffix_len
         v6 = bool(c.flags & F_V6)
+        ip_len = (c.l3 - IPV6_HLEN if v6 else c.l3) + udp_len
+        if udp_len > 0xFFFF or ip_len > 0xFFFF:
+            raise ParseError(Reason.FOLD_TOO_LARGE, f"level {i}: nested UDP length {udp_len}, IP length {ip_len}")
         if c.flags & F_LEN_ZEROED:
-            if udp_len > 0xFFFF:
-                raise ParseError(Reason.FOLD_TOO_LARGE, f"level {i}: nested UDP length {udp_len} > 65535")
             if v6:
-                h[ip + 4 : ip + 6] = (c.l3 - IPV6_HLEN + udp_len).to_bytes(2, "big")
+                h[ip + 4 : ip + 6] = ip_len.to_bytes(2, "big")
             else:
-                h[ip + 2 : ip + 4] = (c.l3 + udp_len).to_bytes(2, "big")
+                h[ip + 2 : ip + 4] = ip_len.to_bytes(2, "big")
             h[u + 4 : u + 6] = udp_len.to_bytes(2, "big")
         if c.flags & F_CSUM_ZEROED:
             if not v6:
@@ -336,7 +340,8 @@ def _decode_fold(data: bytes, kind: int, index: int) -> _Carried:
     if len(data) < FOLD_META_LEN:
         raise ParseError(Reason.BAD_FOLD_LENGTHS, f"{where}: {len(data)} bytes, metadata needs {FOLD_META_LEN}")
     b0, flags, l2, l3, tun, rsv = _META.unpack_from(data)
-    if b0 >> 6 != FOLD_VERSION or b0 & 0x38 or rsv or flags & ~F_KNOWN & 0xFF:
+    zeroed = F_LEN_ZEROED | F_CSUM_ZEROED
+    if b0 >> 6 != FOLD_VERSION or b0 & 0x38 or rsv or flags & ~F_KNOWN & 0xFF or flags & zeroed != zeroed:
         raise ParseError(
             Reason.BAD_FOLD_VERSION,
             f"{where}: version {b0 >> 6}, reserved bits 0x{b0 & 0x38:02x}/0x{rsv:02x}, flags 0x{flags:02x}",
@@ -408,14 +413,21 @@ def gro_hint_for(frame, *, ports: Mapping[int, Encap] = DEFAULT_PORTS, gso: bool
     """The Linux GRO hint describing ``frame``'s nested tunnel (which stays in place), or None.
 
     Mirrors the conditions of Linux 7.0's TX path and what its RX validation accepts: exactly one
-    nested UDP level, carrying Ethernet, IPv4 or IPv6; a nested IPv4 header without options.
+    nested UDP level, carrying Ethernet, IPv4 or IPv6; a nested IPv4 header without options and with a
+    valid checksum.  With two nested levels Linux would fix only the first level's lengths after GRO,
+    so no hint is given.
     """
-    levels = find_levels(frame, ports=ports, max_levels=1, gso=gso)
-    if not levels:
+    levels = find_levels(frame, ports=ports, max_levels=2, gso=gso)
+    if len(levels) != 1:
         return None
     lv = levels[0]
     if not lv.v6 and lv.l3_len != 20:
         return None  # the receiver requires 0x45 and would then refuse GRO for the flow
     if lv.end > 255:
         return None
-    return GroHint(GRO_HINT_PROTO.index(lv.next_proto), lv.v6, lv.l2_len, lv.udp_off, lv.end)
+    hint = GroHint(GRO_HINT_PROTO.index(lv.next_proto), lv.v6, lv.l2_len, lv.udp_off, lv.end)
+    try:
+        validate_gro_hint(frame, hint)
+    except ParseError:
+        return None
+    return hint

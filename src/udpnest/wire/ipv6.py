@@ -27,6 +27,7 @@ NH_AH = 51
 NH_DSTOPTS = 60
 NH_NONE = 59
 _EXT_8 = frozenset((NH_HOPOPTS, NH_ROUTING, NH_DSTOPTS))
+_EXT = _EXT_8 | {NH_FRAGMENT, NH_AH}
 MAX_EXT_HEADERS = 8  # bound the walk: more than this is treated as malformed
 
 _IPV6 = struct.Struct("!IHBB16s16s")
@@ -58,26 +59,25 @@ def parse_ipv6(buf, off: int = 0, *, check_len: bool = True) -> IPv6:
     proto = nh
     pos = off + IPV6_HLEN
     frag = False
-    for _ in range(MAX_EXT_HEADERS):
-        if proto in _EXT_8 or proto == NH_AH or proto == NH_FRAGMENT:
-            if pos + 8 > n:
-                raise ParseError(Reason.TRUNCATED_IPV6, f"ipv6 extension header {proto} truncated")
-            nxt, ln = buf[pos], buf[pos + 1]
-            if proto == NH_FRAGMENT:
-                size = 8
-                frag = True
-            elif proto == NH_AH:
-                size = (ln + 2) * 4
-            else:
-                size = (ln + 1) * 8
-            if pos + size > n:
-                raise ParseError(Reason.TRUNCATED_IPV6, f"ipv6 extension header {proto} truncated")
-            pos += size
-            proto = nxt
+    walked = 0
+    while proto in _EXT:
+        if walked == MAX_EXT_HEADERS:
+            raise ParseError(Reason.BAD_IPV6_EXTENSION, f"more than {MAX_EXT_HEADERS} ipv6 extension headers")
+        if pos + 8 > n:
+            raise ParseError(Reason.TRUNCATED_IPV6, f"ipv6 extension header {proto} truncated")
+        nxt, ln = buf[pos], buf[pos + 1]
+        if proto == NH_FRAGMENT:
+            size = 8
+            frag = True
+        elif proto == NH_AH:
+            size = (ln + 2) * 4
         else:
-            break
-    else:
-        raise ParseError(Reason.BAD_IPV6_EXTENSION, f"more than {MAX_EXT_HEADERS} ipv6 extension headers")
+            size = (ln + 1) * 8
+        if pos + size > n:
+            raise ParseError(Reason.TRUNCATED_IPV6, f"ipv6 extension header {proto} truncated")
+        pos += size
+        proto = nxt
+        walked += 1
     hlen = pos - off
     if check_len and hlen - IPV6_HLEN > plen:
         raise ParseError(Reason.BAD_IPV6_LENGTH, f"ipv6 extension headers ({hlen - 40} B) exceed payload {plen}")
