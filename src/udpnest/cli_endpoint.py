@@ -38,6 +38,11 @@ def register(sub) -> None:
     up.add_argument("--tap-address", dest="tap_addresses", action="append", metavar="ADDR/PREFIX")
     up.add_argument("--tap-mac", dest="tap_mac")
     up.add_argument("--underlay-netns", dest="underlay_netns", help="network namespace of the UDP sockets")
+    up.add_argument("--tx-path", dest="tx_path", choices=("socket", "kernel"),
+                    help="socket: segment in udpnest, send with UDP_SEGMENT (default, no host changes); kernel: "
+                    "hand super-packets to the kernel's UDP-tunnel GSO through a TAP (sets forwarding sysctls "
+                    "in the underlay namespace, restored at stop; see docs/operations.md)")
+    up.add_argument("--tx-tap", dest="tx_tap", help="name of the kernel TX path's TAP (default TAP-tx)")
     up.add_argument("--underlay-mtu", dest="underlay_mtu", help="path MTU towards peers (default 1500)")
     up.add_argument("--probe-interval", dest="probe_interval", help="seconds between echo probes (default 1)")
     up.add_argument("--probe-window", dest="probe_window", help="validity window in intervals (default 3)")

@@ -19,6 +19,7 @@ from .wire.options import DEFAULT_OPT_CLASS
 NESTED_MODES = ("off", "hint", "fold")
 DF_MODES = ("unset", "set")
 FALLBACK_MODES = ("plain", "hint")
+TX_PATHS = ("socket", "kernel")
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,8 @@ class EndpointConfig:
     underlay_netns: str | None = None
     underlay_mtu: int = 1500
     tx_sockets: int = 8
+    tx_path: str = "socket"  # "kernel": hand whole super-packets to the kernel's UDP-tunnel GSO via a TAP
+    tx_tap: str | None = None  # name of that TAP (default: <tap>-tx)
     fdb_max: int = 4096
     fdb_ageing: float = 300.0
     probe_interval: float = 1.0
@@ -74,6 +77,10 @@ class EndpointConfig:
     @property
     def family_v6(self) -> bool:
         return ":" in self.local
+
+    @property
+    def tx_tap_name(self) -> str:
+        return self.tx_tap or (self.tap[:12] + "-tx")
 
     @property
     def control_path(self) -> str:
@@ -167,7 +174,8 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
                          ("tx_sockets", 1, 64), ("fdb_max", 1, 1 << 20), ("probe_window", 1, 100)):
         if name in raw:
             out[name] = _int(name, raw[name], lo, hi)
-    for name, allowed in (("df", DF_MODES), ("nested", NESTED_MODES), ("fallback", FALLBACK_MODES)):
+    for name, allowed in (("df", DF_MODES), ("nested", NESTED_MODES), ("fallback", FALLBACK_MODES),
+                          ("tx_path", TX_PATHS)):
         if name in raw:
             if raw[name] not in allowed:
                 raise ConfigError(name, f"{raw[name]!r} is not one of {', '.join(allowed)}")
@@ -184,11 +192,12 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
             if not f >= lo:
                 raise ConfigError(name, f"{f} is below the minimum {lo}")
             out[name] = f
-    for name in ("tap", "tap_netns", "underlay_netns", "tap_mac", "control"):
+    for name in ("tap", "tap_netns", "underlay_netns", "tap_mac", "control", "tx_tap"):
         if name in raw:
             out[name] = str(raw[name])
-    if len(out.get("tap", "udpnest0").encode()) > 15:
-        raise ConfigError("tap", "interface names are at most 15 bytes")
+    for name in ("tap", "tx_tap"):
+        if len(out.get(name, "").encode()) > 15:
+            raise ConfigError(name, "interface names are at most 15 bytes")
     if "tap_addresses" in raw:
         addrs = raw["tap_addresses"]
         addrs = [addrs] if isinstance(addrs, str) else list(addrs)

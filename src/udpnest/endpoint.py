@@ -15,6 +15,8 @@ Only this module and :mod:`udpnest.io` make syscalls; everything they call is pu
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -31,14 +33,16 @@ from .fdb import Fdb
 from .fold import fold, gro_hint_for
 from .gro import Kind, receive
 from .gso import segment_tcp, tcp_layout
+from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
+from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
 from .peers import Prober
 from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
 from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo, build_gro_hint, parse_packet
-from .wire.vnet import GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, VnetHdr
+from .wire.vnet import GSO_ECN, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, VnetHdr
 
 log = logging.getLogger("udpnest")
 
@@ -105,6 +109,11 @@ class Endpoint:
         self.rx: UdpSocket | None = None
         self.tx: list[UdpSocket] = []
         self.ctl: socket.socket | None = None
+        self.ktx: KernelTx | None = None
+        self.local_bytes = ipaddress.ip_address(cfg.local).packed
+        self.peer_bytes = {k: ipaddress.ip_address(k).packed for k in self.peers}
+        self.outer_len = OUTER_V6_LEN if cfg.family_v6 else OUTER_V4_LEN
+        self.ip_ids = itertools.count()
         self.threads: list[threading.Thread] = []
         self.started = time.time()
 
@@ -125,6 +134,8 @@ class Endpoint:
                               bufsize=4 << 20)
                 self._tune_tx(s)
                 self.tx.append(s)
+            if cfg.tx_path == "kernel":
+                self.ktx = KernelTx(cfg.tx_tap_name, netns=cfg.underlay_netns, v6=cfg.family_v6)
             self._open_control()
         except BaseException:
             self.close()
@@ -171,6 +182,9 @@ class Endpoint:
         for s in self.tx:
             s.close()
         self.tx = []
+        if self.ktx is not None:
+            self.ktx.close()
+            self.ktx = None
         if self.rx is not None:
             self.rx.close()
             self.rx = None
@@ -354,6 +368,15 @@ class Endpoint:
                           max_levels=cfg.max_levels, gso=True)
                 if fo.levels:
                     prefix, seg_frame, layout = fo.header, fo.inner, tcp_layout(fo.inner)
+            elif not vh.is_tunnel and self.ktx is not None:
+                prefix, layout = self._plain_prefix(frame, "plain", gso=True), tcp_layout(frame)
+            if prefix is not None and self.ktx is not None and prefix[2:4] == b"\x65\x58":
+                # nothing tunnelled is left inside: the kernel's UDP-tunnel GSO can cut it (outer.py)
+                mss = min(vh.gso_size, cfg.max_datagram - len(prefix) - layout.hdr_len)
+                mss -= (len(prefix) + layout.hdr_len + mss) % 4
+                if mss < 64:
+                    raise ParseError(Reason.FOLD_TOO_LARGE, f"headers leave {mss} bytes per datagram")
+                return "kernel", (prefix, seg_frame, layout, vh, mss)
             if prefix is None:
                 prefix = self._plain_prefix(frame, mode, gso=True)
                 layout = tcp_layout(frame, udp_offs)
@@ -383,7 +406,13 @@ class Endpoint:
         sock = self.tx[fh % len(self.tx)]
         kind, obj = out
         try:
-            if kind == "gso":
+            if kind == "kernel":
+                calls = self._send_kernel(obj, addr, fh)
+                st.c["datagrams"] += -(-(len(obj[1]) - obj[2].hdr_len) // obj[4])
+                st.c["super_packets"] += 1
+                st.c["kernel_writes"] += 1
+                st.hist[_bucket(-(-(len(obj[1]) - obj[2].hdr_len) // obj[4]))] += 1
+            elif kind == "gso":
                 calls = sock.send_segments(obj.buffer, obj.row_len, addr)
                 st.c["datagrams"] += obj.count
                 st.c["super_packets"] += 1
@@ -398,6 +427,19 @@ class Endpoint:
         except OSError as e:
             st.drop(Reason.SEND_ERROR)
             log.debug("send to %s: %s", addr, e)
+
+    def _send_kernel(self, plan, addr: tuple, fh: int) -> int:
+        prefix, inner, layout, vh, mss = plan
+        cfg = self.cfg
+        outer = outer_headers(dst_mac=self.ktx.mac, src_mac=_TX_SRC_MAC, src=self.local_bytes,
+                              dst=self.peer_bytes[addr[0]], sport=source_port(fh), dport=addr[1],
+                              payload_len=len(prefix) + len(inner), ident=next(self.ip_ids),
+                              ttl=min(255, cfg.ttl + 1), tos=cfg.tos, df=cfg.df == "set", flow_label=fh)
+        vnet = tunnel_gso_vnet(outer_v6=cfg.family_v6, base_type=vh.base_type, ecn=bool(vh.gso_type & GSO_ECN),
+                               mss=mss, outer_len=self.outer_len, geneve_len=len(prefix), inner_nh=layout.tcp_ip,
+                               inner_th=layout.tcp, inner_hdr_end=layout.hdr_len)
+        self.ktx.send([vnet, outer, prefix, inner])
+        return 1
 
     # -- RX: peers -> TAP ------------------------------------------------------------------------------------
 
@@ -424,7 +466,7 @@ class Endpoint:
                     st.drop(Reason.NO_PEER, max(1, -(-n // gso)) if gso else 1)
                     continue
                 res = receive(buf, n, gso, opt_class=self.rx_class, ports=cfg.nested_ports,
-                              verify_csum=cfg.verify_csum)
+                              verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram)
                 for reason, cnt in res.drops:
                     st.drop(reason, cnt)
                 for w in res.writes:
@@ -475,6 +517,7 @@ class Endpoint:
             self.ctl_stats.c[f"echo_reply_{result.value}"] += 1
 
 
+_TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it
 _USO = 0x20 | 0x40  # TUN_F_USO4 | TUN_F_USO6: not requested until TX segments inner UDP GSO
 
 

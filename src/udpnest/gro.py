@@ -37,8 +37,8 @@ from .fold import (
 from .gso import Layout, _fold_arr, tcp_layout
 from .wire import csum
 from .wire.errors import ParseError, Reason
-from .wire.ipv4 import IP_DF, PROTO_TCP
-from .wire.ipv6 import IPV6_HLEN
+from .wire.ipv4 import IP_DF, PROTO_TCP, parse_ipv4
+from .wire.ipv6 import IPV6_HLEN, parse_ipv6
 from .wire.options import DEFAULT_OPT_CLASS, GenevePacket, parse_packet
 from .wire.tcp import ACK, CWR, FIN, PSH, RST, SYN, URG
 from .wire.udp import UDP_HLEN
@@ -88,23 +88,28 @@ def rows_of(n: int, gso_size: int) -> tuple[int, int, int]:
 
 
 def receive(buf, n: int, gso_size: int, *, opt_class: int = DEFAULT_OPT_CLASS,
-            ports: Mapping[int, Encap] = DEFAULT_PORTS, verify_csum: bool = True) -> RxResult:
-    """Process one read of ``n`` bytes from a UDP_GRO socket."""
+            ports: Mapping[int, Encap] = DEFAULT_PORTS, verify_csum: bool = True,
+            max_datagram: int = 1472) -> RxResult:
+    """Process one read of ``n`` bytes from a UDP_GRO socket.
+
+    ``gso_size`` is the UDP_GRO cmsg value (0 when absent).  ``max_datagram`` is the largest datagram the
+    underlay MTU allows: a larger one without a cmsg is a whole super-packet that crossed a veth uncut
+    (the kernel reports gso_size only for UDP_L4 GSO), re-cut by the TAP at the MSS a sender would use.
+    """
     mv = memoryview(buf)[:n]
     res = RxResult([], [], [])
     count, row_len, last_len = rows_of(n, gso_size)
-    if count > 1:
+    if not gso_size and n > max_datagram and _spans_whole(mv, opt_class, ports):
         try:
-            w = _coalesce(mv, count, row_len, last_len, opt_class, ports, verify_csum)
+            w = _whole(mv, max_datagram, opt_class, ports)
         except ParseError:
             w = None
         if w is not None:
             res.writes.append(w)
             return res
-    elif gso_size and n > 0:
-        # one datagram that is itself a whole super-packet (a tunnel-GSO skb that crossed a veth uncut)
+    elif count > 1:
         try:
-            w = _whole(mv, gso_size, opt_class, ports)
+            w = _coalesce(mv, count, row_len, last_len, opt_class, ports, verify_csum)
         except ParseError:
             w = None
         if w is not None:
@@ -114,6 +119,33 @@ def receive(buf, n: int, gso_size: int, *, opt_class: int = DEFAULT_OPT_CLASS,
         start = i * row_len
         _single(mv[start : start + (last_len if i == count - 1 else row_len)], opt_class, res)
     return res
+
+
+def _spans_whole(mv: memoryview, opt_class: int, ports) -> bool:
+    """Does the first frame's IP header describe the whole buffer (rather than one gso_size row)?"""
+    try:
+        info = _frame_info(mv, opt_class, ports)
+    except ParseError:
+        return False
+    if info is None:
+        return False
+    lay, G = info.layout, info.G
+    off = lay.tcp_ip
+    if lay.tcp_ip_v6:
+        return int.from_bytes(mv[G + off + 4 : G + off + 6], "big") == len(mv) - G - off - IPV6_HLEN
+    return int.from_bytes(mv[G + off + 2 : G + off + 4], "big") == len(mv) - G - off
+
+
+def _check_l3(frame) -> None:
+    """The frame's first IP header must fit the frame: a cut or padded frame is refused here rather than
+    handed to the TAP (where the kernel would drop it without a trace in our counters)."""
+    if len(frame) < 14:
+        raise ParseError(Reason.TRUNCATED_ETH, f"frame of {len(frame)} bytes")
+    et = frame[12] << 8 | frame[13]
+    if et == 0x0800:
+        parse_ipv4(frame, 14)
+    elif et == 0x86DD:
+        parse_ipv6(frame, 14)
 
 
 def _single(dg: memoryview, opt_class: int, res: RxResult) -> None:
@@ -126,6 +158,7 @@ def _single(dg: memoryview, opt_class: int, res: RxResult) -> None:
             res.drops.append((Reason.OAM, 1))
             return
         u = unfold(dg, packet=pkt, udp_csum="compute")
+        _check_l3(u.inner)
     except ParseError as e:
         res.drops.append((e.reason, 1))
         return
@@ -296,7 +329,7 @@ def _tcp_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: in
     return csum.ones_sum(last_seg, csum.pseudo_sum(src, dst, PROTO_TCP, len(last_seg))) == 0xFFFF
 
 
-def _whole(mv: memoryview, gso_size: int, opt_class: int, ports) -> TapWrite | None:
+def _whole(mv: memoryview, max_datagram: int, opt_class: int, ports) -> TapWrite | None:
     """A single datagram holding a whole TCP super-packet (lengths describe the whole datagram)."""
     info = _frame_info(mv, opt_class, ports)
     if info is None:
@@ -304,7 +337,9 @@ def _whole(mv: memoryview, gso_size: int, opt_class: int, ports) -> TapWrite | N
     G, lay = info.G, info.layout
     H = lay.hdr_len
     n = len(mv)
-    if n - G - H <= gso_size:
+    gso_size = max_datagram - G - H
+    gso_size -= (G + H + gso_size) % 4  # what a udpnest sender picks for this path MTU
+    if gso_size < 64 or n - G - H <= gso_size:
         return None
     for off in lay.ip4:
         if int.from_bytes(mv[G + off + 2 : G + off + 4], "big") != n - G - off:
