@@ -315,7 +315,9 @@ class Endpoint:
                     break
                 if n == 0:
                     break
+                t0 = time.perf_counter_ns()
                 self._tx_frame(mv[:n])
+                self.tx_stats.c["time_frame_ns"] += time.perf_counter_ns() - t0
 
     def peer_mode(self, key: str, now: float) -> str:
         if self.prober is not None:
@@ -446,11 +448,14 @@ class Endpoint:
     def _rx_loop(self) -> None:
         buf = bytearray(RECV_BUF_SIZE + 64)
         st = self.rx_stats
+        c = st.c
         cfg = self.cfg
+        clock = time.perf_counter_ns
         while not self.stop_event.is_set():
             if not self.rx.wait_readable(0.25):
                 continue
             while True:
+                t0 = clock()
                 try:
                     r = self.rx.recv_into(buf)
                 except OSError as e:
@@ -458,21 +463,26 @@ class Endpoint:
                     break
                 if r is None:
                     break
+                t1 = clock()
                 n, gso, addr = r
-                st.c["reads"] += 1
-                st.c["bytes"] += n
+                c["reads"] += 1
+                c["bytes"] += n
                 key = addr[0]
                 if key not in self.peers:
                     st.drop(Reason.NO_PEER, max(1, -(-n // gso)) if gso else 1)
                     continue
                 res = receive(buf, n, gso, opt_class=self.rx_class, ports=cfg.nested_ports,
                               verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram)
+                t2 = clock()
                 for reason, cnt in res.drops:
                     st.drop(reason, cnt)
                 for w in res.writes:
                     self._tap_write(w, key)
                 for pkt, _dg in res.control:
                     self._on_echo(pkt, key)
+                c["time_recv_ns"] += t1 - t0
+                c["time_process_ns"] += t2 - t1
+                c["time_tap_ns"] += clock() - t2
 
     def _tap_write(self, w, key: str) -> None:
         st = self.rx_stats

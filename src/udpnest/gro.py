@@ -34,7 +34,7 @@ from .fold import (
     restore_headers,
     unfold,
 )
-from .gso import Layout, _fold_arr, tcp_layout
+from .gso import Layout, tcp_layout
 from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.ipv4 import IP_DF, PROTO_TCP, parse_ipv4
@@ -174,14 +174,37 @@ class _Frame(NamedTuple):
     G: int  # Geneve header + options length
 
 
-def _frame_info(row: memoryview, opt_class: int, ports) -> _Frame | None:
+_HDR_CACHE: dict[tuple[bytes, int | None], tuple] = {}
+_HDR_CACHE_MAX = 256
+
+
+def _geneve_info(row: memoryview, opt_class: int | None) -> tuple:
+    """(packet, decoded FOLD levels or None) for the Geneve header + options at the start of ``row``.
+
+    Consecutive reads of a flow carry byte-identical Geneve headers, so the parse and the FOLD validation
+    are cached by those bytes (identical bytes give an identical result; a ParseError is not cached).
+    """
+    if len(row) < 8:
+        parse_packet(row, opt_class=opt_class)  # raises the right ParseError
+    key = (bytes(row[: 8 + (row[0] & 0x3F) * 4]), opt_class)
+    hit = _HDR_CACHE.get(key)
+    if hit is not None:
+        return hit
     pkt = parse_packet(row, opt_class=opt_class)
+    carried = decode_folds(pkt) if pkt.folds else None
+    if len(_HDR_CACHE) >= _HDR_CACHE_MAX:
+        _HDR_CACHE.clear()
+    _HDR_CACHE[key] = (pkt, carried)
+    return pkt, carried
+
+
+def _frame_info(row: memoryview, opt_class: int, ports) -> _Frame | None:
+    pkt, carried = _geneve_info(row, opt_class)
     if pkt.echo_request is not None or pkt.echo_reply is not None or pkt.hdr.oam:
         return None
     G = pkt.hdr.hdr_len
     frame = row[G:]
-    if pkt.folds:
-        carried = decode_folds(pkt)
+    if carried is not None:
         if len(carried) > 1 or carried[0].next_proto != 0x6558:
             return None  # the TAP's tunnel GSO describes exactly one nested UDP level carrying Ethernet
         return _Frame(pkt, carried, tcp_layout(frame), G)
@@ -221,12 +244,9 @@ def _masks(G: int, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([geneve, _mask(layout, layout.hdr_len, lengths=False)]))
 
 
-def _be16(a: np.ndarray, off: int) -> np.ndarray:
-    return a[:, off].astype(np.uint64) << np.uint64(8) | a[:, off + 1].astype(np.uint64)
-
-
-def _be32(a: np.ndarray, off: int) -> np.ndarray:
-    return (_be16(a, off) << np.uint64(16)) | _be16(a, off + 2)
+def _col(mv: memoryview, dtype: str, off: int, count: int, stride: int) -> np.ndarray:
+    """A view of one header field in each of ``count`` rows ``stride`` bytes apart (no copy)."""
+    return np.ndarray((count,), dtype=dtype, buffer=mv, offset=off, strides=(stride,))
 
 
 def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class: int, ports,
@@ -267,20 +287,20 @@ def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class
     for off, _ in lay.udp:
         if int.from_bytes(last[0, G + off + 4 : G + off + 6], "big") != last_len - G - off:
             return None
-    # TCP flags, sequence numbers, IPv4 IDs
+    # TCP flags, sequence numbers, IPv4 IDs: one strided column view per field, all rows incl. the last
     t = G + lay.tcp
-    flags = np.concatenate([all_rows[:, t + 13], last[:, t + 13]])
+    flags = _col(mv, "u1", t + 13, count, row_len)
     base = int(flags[0])
     if base & (_BAD_FLAGS | PSH | FIN) or not base & ACK:
         return None
     if (flags[:-1] != base).any() or (int(flags[-1]) & ~(PSH | FIN)) != base:
         return None
     idx = np.arange(count, dtype=np.uint64)
-    seqs = np.concatenate([_be32(all_rows, t + 4), _be32(last, t + 4)])
+    seqs = _col(mv, ">u4", t + 4, count, row_len).astype(np.uint64)
     if ((seqs - seqs[0]) & np.uint64(0xFFFFFFFF) != idx * np.uint64(mss)).any():
         return None
     for off in lay.ip4:
-        ids = np.concatenate([_be16(all_rows, G + off + 4), _be16(last, G + off + 4)])
+        ids = _col(mv, ">u2", G + off + 4, count, row_len).astype(np.uint64)
         step = (ids - ids[0]) & np.uint64(0xFFFF)
         fixed_ok = bool(row0[G + off + 6] & (IP_DF >> 8)) and not step.any()
         if not fixed_ok and (step != idx & np.uint64(0xFFFF)).any():
@@ -298,31 +318,33 @@ def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class
 
 
 def _tcp_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: int, lay: Layout) -> bool:
-    """Every row's TCP checksum, vectorised: sum(segment) + pseudo-header == 0xFFFF."""
+    """Every row's TCP checksum, vectorised.
+
+    A segment is valid when sum(segment) + pseudo-header is 0 modulo 0xFFFF (one's complement -0).  Sums
+    of little-endian 16-bit words equal the big-endian sum times 256 modulo 0xFFFF, so the check is one
+    ``(256 * le_sum + pseudo) % 0xFFFF`` per row, with no folding.  For even rows the segment sum is the
+    whole row (32-bit words, contiguous) minus the headers in front of TCP.
+    """
     t = G + lay.tcp
     seg_full = row_len - t
     nfull = count - 1
-    if row_len % 4 == 0 and t % 2 == 0:
-        # whole rows as 32-bit words (fast, contiguous), minus the headers in front of TCP
-        rows = np.frombuffer(mv, dtype="<u4", count=nfull * row_len // 4).reshape(nfull, row_len // 4)
-        whole = _fold_arr(rows.sum(axis=1, dtype=np.uint64))
-        head = np.frombuffer(mv, dtype="<u2", count=nfull * row_len // 2).reshape(nfull, row_len // 2)[:, : t // 2]
-        front = _fold_arr(head.sum(axis=1, dtype=np.uint64))
-        seg = _fold_arr(whole + (np.uint64(0xFFFF) - front))  # one's complement subtraction
-        seg = ((seg & np.uint64(0xFF)) << np.uint64(8)) | (seg >> np.uint64(8))  # little-endian words
-    else:
-        a = np.frombuffer(mv, dtype=np.uint8, count=nfull * row_len).reshape(nfull, row_len)[:, t:]
-        hi = a[:, 0::2].sum(axis=1, dtype=np.uint64)
-        lo = a[:, 1::2].sum(axis=1, dtype=np.uint64)
-        seg = hi * np.uint64(256) + lo
     tip = G + lay.tcp_ip
     row0 = mv[:row_len]
     if lay.tcp_ip_v6:
         src, dst = bytes(row0[tip + 8 : tip + 24]), bytes(row0[tip + 24 : tip + 40])
     else:
         src, dst = bytes(row0[tip + 12 : tip + 16]), bytes(row0[tip + 16 : tip + 20])
-    s = _fold_arr(seg + np.uint64(csum.pseudo_sum(src, dst, PROTO_TCP, seg_full)))
-    if (s != 0xFFFF).any():
+    pseudo = np.uint64(csum.pseudo_sum(src, dst, PROTO_TCP, seg_full))
+    if row_len % 4 == 0 and t % 2 == 0:
+        whole = np.frombuffer(mv, dtype="<u4", count=nfull * row_len // 4).reshape(nfull, row_len // 4)
+        head = np.frombuffer(mv, dtype="<u2", count=nfull * row_len // 2).reshape(nfull, row_len // 2)[:, : t // 2]
+        le = whole.sum(axis=1, dtype=np.uint64) - head.sum(axis=1, dtype=np.uint64)
+        ok = not ((le * np.uint64(256) + pseudo) % np.uint64(0xFFFF)).any()
+    else:
+        a = np.frombuffer(mv, dtype=np.uint8, count=nfull * row_len).reshape(nfull, row_len)[:, t:]
+        be = a[:, 0::2].sum(axis=1, dtype=np.uint64) * np.uint64(256) + a[:, 1::2].sum(axis=1, dtype=np.uint64)
+        ok = not ((be + pseudo) % np.uint64(0xFFFF)).any()
+    if not ok:
         return False
     start = nfull * row_len
     last_seg = mv[start + t : start + last_len]

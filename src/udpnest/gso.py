@@ -246,10 +246,12 @@ def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: b
         if not has:
             continue
         addrs = _ip_addrs_before(tmpl, layout, off)
-        for r in {0, count - 1}:
+        # (first row, rows it stands for): the full-sized block, then the short last row if any
+        for r, rows in ((0, slice(0, n_full)), (count - 1, slice(n_full, count))):
+            if rows.start == rows.stop:
+                continue
             n = int(seg_len[r]) - off
             c = csum.checksum(a[r, P + off : P + off + n].tobytes(), csum.pseudo_sum(*addrs, 17, n)) or 0xFFFF
-            rows = slice(0, count - 1 if count > n_full else count) if r == 0 else slice(count - 1, count)
             a[rows, P + off + 6 : P + off + 8] = np.frombuffer(c.to_bytes(2, "big"), dtype=np.uint8)
     return Segments(a, P + int(seg_len[-1]), mss)
 
