@@ -97,10 +97,14 @@ _ENCAP_NAMES = {"vxlan": Encap.VXLAN, "vxlan-gpe": Encap.VXLAN_GPE, "gpe": Encap
 
 
 def _int(field: str, v: Any, lo: int, hi: int) -> int:
-    if isinstance(v, bool):
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
         raise ConfigError(field, f"expected an integer, got {v!r}")
     try:
-        i = int(v, 0) if isinstance(v, str) else int(v)
+        if isinstance(v, str):
+            s = v.strip()
+            i = int(s, 16) if s.lower().startswith("0x") else int(s, 10)
+        else:
+            i = int(v)
     except (TypeError, ValueError):
         raise ConfigError(field, f"expected an integer, got {v!r}") from None
     if not lo <= i <= hi:
@@ -210,7 +214,16 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
     ports = dict(DEFAULT_PORTS)
     if "nested_ports" in raw:
         spec = raw["nested_ports"]
-        items = spec.items() if isinstance(spec, Mapping) else (s.split(":", 1) for s in spec)
+        if isinstance(spec, str):
+            spec = [spec]
+        if isinstance(spec, Mapping):
+            items = list(spec.items())
+        else:
+            items = []
+            for i, entry in enumerate(spec):
+                if not isinstance(entry, str) or entry.count(":") != 1:
+                    raise ConfigError(f"nested_ports[{i}]", f"{entry!r} is not PORT:TYPE (e.g. '6082:vxlan')")
+                items.append(tuple(entry.split(":")))
         for i, (p, kind) in enumerate(items):
             port = _int(f"nested_ports[{i}]", p, 1, 65535)
             if str(kind).lower() not in _ENCAP_NAMES:

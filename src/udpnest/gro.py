@@ -121,6 +121,44 @@ def receive(buf, n: int, gso_size: int, *, opt_class: int = DEFAULT_OPT_CLASS,
     return res
 
 
+def _hdr_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: int, lay: Layout) -> bool:
+    """IPv4 header checksums and non-zero nested UDP checksums of every row (the TCP ones are checked).
+
+    A valid IPv4 header sums to 0xFFFF.  For a nested UDP checksum the TCP segment behind it, whose
+    checksum is valid, sums to minus its pseudo-header, so only the header bytes between the nested UDP
+    header and the TCP header need summing (the same identity the TX side uses, gso.py).
+    """
+    for off in lay.ip4:
+        hl = (mv[G + off] & 0xF) * 4
+        hs = np.ndarray((count, hl // 2), dtype=">u2", buffer=mv, offset=G + off, strides=(row_len, 2))
+        if (hs.sum(axis=1, dtype=np.uint64) % np.uint64(0xFFFF)).any():
+            return False
+    for u, has in lay.udp:
+        if not has:
+            continue
+        nip = max(o for o in lay.ip4 + lay.ip6 if o < u)
+        if nip in lay.ip6:
+            src, dst = bytes(mv[G + nip + 8 : G + nip + 24]), bytes(mv[G + nip + 24 : G + nip + 40])
+        else:
+            src, dst = bytes(mv[G + nip + 12 : G + nip + 16]), bytes(mv[G + nip + 16 : G + nip + 20])
+        tip, t = lay.tcp_ip, lay.tcp
+        if lay.tcp_ip_v6:
+            tsrc, tdst = bytes(mv[G + tip + 8 : G + tip + 24]), bytes(mv[G + tip + 24 : G + tip + 40])
+        else:
+            tsrc, tdst = bytes(mv[G + tip + 12 : G + tip + 16]), bytes(mv[G + tip + 16 : G + tip + 20])
+        for start, rows, length in ((0, count - 1, row_len), ((count - 1) * row_len, 1, last_len)):
+            if rows == 0:
+                continue
+            region = np.ndarray((rows, (t - u) // 2), dtype=">u2", buffer=mv, offset=start + G + u,
+                                strides=(row_len, 2))
+            p_udp = csum.pseudo_sum(src, dst, 17, length - G - u)
+            p_tcp = csum.pseudo_sum(tsrc, tdst, PROTO_TCP, length - G - t)
+            total = region.sum(axis=1, dtype=np.uint64) + np.uint64(0xFFFF - p_tcp + p_udp)
+            if (total % np.uint64(0xFFFF)).any():
+                return False
+    return True
+
+
 def _spans_whole(mv: memoryview, opt_class: int, ports) -> bool:
     """Does the first frame's IP header describe the whole buffer (rather than one gso_size row)?"""
     try:
@@ -305,7 +343,8 @@ def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class
         fixed_ok = bool(row0[G + off + 6] & (IP_DF >> 8)) and not step.any()
         if not fixed_ok and (step != idx & np.uint64(0xFFFF)).any():
             return None
-    if verify_csum and not _tcp_csums_ok(mv, count, row_len, last_len, G, lay):
+    if verify_csum and not (_tcp_csums_ok(mv, count, row_len, last_len, G, lay)
+                            and _hdr_csums_ok(mv, count, row_len, last_len, G, lay)):
         return None
     if info.carried is not None and not info.carried[0].flags & F_CSUM_ZEROED:
         return None

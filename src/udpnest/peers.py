@@ -13,14 +13,16 @@ nonce; a legacy peer drops the request.  Everything that changes a peer's state 
     PROBING    EXPIRE     FALLBACK    a probe went unanswered until the next one was due
     CAPABLE    REPLY      CAPABLE     validity extended to now + window * interval
     CAPABLE    ECHO       CAPABLE
-    CAPABLE    EXPIRE     FALLBACK    validity ran out, or ``misses`` probes in a row went unanswered
+    CAPABLE    EXPIRE     FALLBACK    validity ran out, ``misses`` probes in a row went unanswered, or
+                                      a reply without CAP_FOLD
     FALLBACK   REPLY      CAPABLE
     FALLBACK   ECHO       CAPABLE
     FALLBACK   EXPIRE     FALLBACK
 
 Any other pair raises :class:`LocalProtocolError` (our own bug, not the peer's).  What the peer sends
-wrong (unknown nonce, late reply, no CAP_FOLD) is returned as a :class:`ReplyResult` and counted; it
-never changes the state.  The mode is decided per super-packet at send time with :meth:`Peer.mode`.
+wrong (unknown nonce, late reply) is returned as a :class:`ReplyResult` and counted; it never changes
+the state.  A reply without CAP_FOLD is an answer too: that peer cannot unfold, so it goes to FALLBACK
+at once (EXPIRE).  The mode is decided per super-packet at send time with :meth:`Peer.mode`.
 
 Timing: probes every ``interval`` seconds per peer (+-10 % jitter), spread so that all peers together
 send at most ``budget`` probes per second (1000 peers at 100/s are each probed every 10 s).  A peer is
@@ -136,8 +138,12 @@ class Peer:
             self.counters["replies_late"] += 1
             return ReplyResult.LATE
         if not echo.cap_flags & CAP_FOLD:
+            # the peer is alive but says it cannot unfold (e.g. restarted with folding off): stop now
             del self.outstanding[echo.nonce]
             self.counters["replies_not_capable"] += 1
+            if self.state is not PeerState.UNKNOWN:
+                self.valid_until = 0.0
+                self._go(Event.EXPIRE)
             return ReplyResult.NOT_CAPABLE
         # this reply also settles every older probe (replies can be reordered or lost)
         for n in list(self.outstanding):

@@ -140,6 +140,7 @@ def _system_busy_seconds() -> float:
 def machine_info() -> dict:
     info: dict = {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()}
     try:
+        info["loadavg_at_start"] = os.getloadavg()[0]
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):

@@ -304,7 +304,8 @@ class EndpointPlan:
       VXLAN packets (``nested_family``, UDP dport ``nested_port``, VNI ``nested_vni``) of up to ``tap_mtu``
       bytes of IP, possibly as GSO super-packets;
     * frames written to the TAP must be Ethernet with dst = the TAP's MAC (any unicast src) carrying the
-      unfolded nested packet; the host namespace routes it on to its workload.
+      unfolded nested packet; the host namespace routes it on to its workload.  Until ``plug_udpnest`` has
+      brought the TAP up, writes fail with EIO (the peer may already send): drop those, do not exit.
 
     A folded packet adds (outer IP + UDP + Geneve 8 + option header 4 + the folded IP/UDP/VXLAN headers - the
     nested IP/UDP/VXLAN headers) = outer IP + 20 bytes to the nested packet, so with ``tap_mtu`` chosen as
