@@ -31,7 +31,7 @@ from collections import Counter
 from .config import EndpointConfig
 from .fdb import Fdb
 from .fold import fold, gro_hint_for
-from .gro import Kind, receive
+from .gro import receive
 from .gso import segment_tcp, tcp_layout
 from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
@@ -41,7 +41,7 @@ from .peers import Prober
 from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
-from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo, build_gro_hint, parse_packet
+from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo, build_gro_hint
 from .wire.vnet import GSO_ECN, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, VnetHdr
 
 log = logging.getLogger("udpnest")
@@ -555,4 +555,23 @@ def query_status(path: str, timeout: float = 2.0) -> dict:
     return json.loads(data)
 
 
-__all__ = ["Endpoint", "query_status", "flow_hash", "Kind", "parse_packet"]
+
+
+def lab_argv(plan, nested: str = "fold", tx_path: str = "kernel") -> list[str]:
+    """Command line of one endpoint serving a lab host (``udpnest.lab.topology.EndpointPlan``).
+
+    The TAP stays in the host namespace (the lab routes the workload's nested VXLAN into it); the
+    control socket is named after the namespace so both endpoints can run on one machine.
+    """
+    import sys
+
+    argv = [sys.executable, "-m", "udpnest.cli", "up", "--id", "7", "--local", plan.underlay_local,
+            "--remote", plan.underlay_remote if plan.underlay_family == 4 else f"[{plan.underlay_remote}]",
+            "--dstport", str(plan.geneve_port), "--tap", plan.tap_ifname, "--tap-mtu", str(plan.tap_mtu),
+            "--nested", nested, "--nested-port", f"{plan.nested_port}:vxlan", "--tx-path", tx_path,
+            "--control", lab_control_path(plan)]
+    return argv
+
+
+def lab_control_path(plan) -> str:
+    return f"/run/udpnest/{plan.netns}.sock"

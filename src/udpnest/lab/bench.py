@@ -19,9 +19,11 @@ Result JSON (also written to ``<out>/bench-<stamp>.json``)::
 i.e. ``modes[mode][underlay]``: both underlay settings side by side under each mode.  The numbers are defined
 in :mod:`udpnest.lab.stats`.
 
-The ``udpnest`` mode needs ``udpnest.endpoint.lab_argv(plan: topology.EndpointPlan) -> list[str]``: the command
-line of one endpoint for ``plan``; the bench runs it with ``ip netns exec plan.netns``, waits for the TAP,
-calls :func:`topology.plug_udpnest` and charges the processes' CPU time to the udpnest runs.
+Modes: ``kernel-vxlan`` and ``kernel-vxlan-in-vxlan`` (kernel only), and ``udpnest-plain``, ``udpnest-hint``,
+``udpnest-fold``: a pair of udpnest endpoints (``udpnest.endpoint.lab_argv(plan, nested=...)``, kernel TX
+path) started in the host namespaces for that run and stopped after it; the bench waits for the TAPs, calls
+:func:`topology.plug_udpnest`, waits until fold mode is really folding (the echo probe answered), and charges
+the endpoints' CPU time to the run.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ from pathlib import Path
 from typing import TextIO
 
 from udpnest.lab import stats, topology
-from udpnest.lab.topology import DEFAULT_PREFIX, MODES, UNDERLAYS, LabSpec
+from udpnest.lab.topology import DEFAULT_PREFIX, KERNEL_MODES, UNDERLAYS, LabSpec
 
 ENDPOINT_MODULE = "udpnest.endpoint"
+#: bench mode -> the endpoints' ``--nested`` setting
+UDPNEST_MODES = {"udpnest-plain": "off", "udpnest-hint": "hint", "udpnest-fold": "fold"}
+MODES = KERNEL_MODES + tuple(UDPNEST_MODES)
 IPERF_PORT = 5201
 PINGPONG_PORT = 7007
 
@@ -213,15 +218,16 @@ def _start_servers(spec: LabSpec, tmp: Path, env: dict[str, str]) -> list[subpro
     return procs
 
 
-def _start_endpoints(spec: LabSpec, tmp: Path, timeout: float = 10.0) -> list[subprocess.Popen]:
+def _start_endpoints(spec: LabSpec, tmp: Path, nested: str = "fold", timeout: float = 10.0
+                     ) -> list[subprocess.Popen]:
     mod = importlib.import_module(ENDPOINT_MODULE)
     procs = []
     plans = topology.udpnest_plans(spec)
     try:
         for side, plan in plans.items():
-            with open(tmp / f"endpoint-{side}.log", "w") as log:
-                procs.append(subprocess.Popen(ns_argv(plan.netns, list(mod.lab_argv(plan))), stdout=log,
-                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            with open(tmp / f"endpoint-{side}.log", "a") as log:
+                procs.append(subprocess.Popen(ns_argv(plan.netns, list(mod.lab_argv(plan, nested=nested))),
+                                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               env=_pythonpath_env()))
         for (side, plan), proc in zip(plans.items(), procs, strict=True):
             deadline = time.monotonic() + timeout
@@ -234,10 +240,28 @@ def _start_endpoints(spec: LabSpec, tmp: Path, timeout: float = 10.0) -> list[su
                                        f"{log}")
                 time.sleep(0.05)
             topology.plug_udpnest(plan)
+        if nested == "fold":
+            _wait_folding(mod, plans.values(), timeout)
     except BaseException:
         _stop(procs)
         raise
     return procs
+
+
+def _wait_folding(mod, plans, timeout: float) -> None:
+    """Wait until both endpoints fold towards each other (their echo probes were answered)."""
+    deadline = time.monotonic() + timeout
+    for plan in plans:
+        while True:
+            try:
+                st = mod.query_status(mod.lab_control_path(plan))
+                if all(p["mode"] == "fold" for p in st["peers"].values()):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"udpnest endpoint in {plan.netns} is not folding after {timeout}s")
+            time.sleep(0.1)
 
 
 def run_one(spec: LabSpec, cfg: BenchConfig, rep: int, endpoint_pids: Sequence[int],
@@ -290,7 +314,7 @@ def run(cfg: BenchConfig, stream: TextIO | None = None) -> dict:
     for m in cfg.modes:
         if m not in MODES:
             raise ValueError(f"unknown mode {m!r}; known: {', '.join(MODES)}")
-        if m == "udpnest" and (why := udpnest_unavailable()):
+        if m in UDPNEST_MODES and (why := udpnest_unavailable()):
             skipped[m] = why
             continue
         modes.append(m)
@@ -307,7 +331,7 @@ def run(cfg: BenchConfig, stream: TextIO | None = None) -> dict:
     if not modes:
         return result
     spec = LabSpec(prefix=cfg.prefix, underlay_family=cfg.underlay_family, nested_family=cfg.nested_family,
-                   underlay=cfg.underlays[0], mode=next((m for m in modes if m != "udpnest"), "kernel-vxlan"))
+                   underlay=cfg.underlays[0], mode=next((m for m in modes if m in KERNEL_MODES), "kernel-vxlan"))
     result["config"].update(mtu_underlay=topology.UNDERLAY_MTU, mtu_access=spec.access_mtu,
                             mtu_nested_vxlan=spec.nested_mtu)
     created = not set(spec.namespaces) & set(topology.lab_namespaces(cfg.prefix))
@@ -321,18 +345,22 @@ def run(cfg: BenchConfig, stream: TextIO | None = None) -> dict:
         with tempfile.TemporaryDirectory(prefix="udpnest-bench-") as tmpdir:
             tmp = Path(tmpdir)
             servers = _start_servers(spec, tmp, env)
-            if "udpnest" in modes:
-                progress.say("starting udpnest endpoints")
-                endpoints = _start_endpoints(spec, tmp)
             for rep in range(cfg.reps):
                 for ul in _rotate(cfg.underlays, rep):
                     spec = topology.set_underlay(spec, ul)
                     for mode in _rotate(modes, rep):
-                        spec = topology.set_mode(spec, mode)
+                        if mode in UDPNEST_MODES:
+                            progress.say(f"rep {rep + 1}/{cfg.reps} {mode}/{ul}: starting udpnest endpoints")
+                            endpoints = _start_endpoints(spec, tmp, UDPNEST_MODES[mode])
+                        spec = topology.set_mode(spec, "udpnest" if mode in UDPNEST_MODES else mode)
                         time.sleep(cfg.settle)
                         progress.say(f"rep {rep + 1}/{cfg.reps} {mode}/{ul}: running {cfg.duration:g}s")
-                        eps = [p.pid for p in endpoints] if mode == "udpnest" else []
-                        s = run_one(spec, cfg, rep, eps, env)
+                        try:
+                            s = run_one(spec, cfg, rep, [p.pid for p in endpoints], env)
+                        finally:
+                            _stop(endpoints)
+                            endpoints = []
+                        s = replace(s, mode=mode)
                         samples.append(s)
                         progress.done += 1
                         progress.say(f"rep {rep + 1}/{cfg.reps} {mode}/{ul}: {s.gbps:.2f} Gbit/s, "

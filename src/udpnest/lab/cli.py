@@ -10,7 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from udpnest.lab import bench, stats, topology
-from udpnest.lab.topology import DEFAULT_PREFIX, KERNEL_MODES, MODES, UNDERLAYS, LabSpec
+from udpnest.lab.bench import MODES
+from udpnest.lab.topology import DEFAULT_PREFIX, KERNEL_MODES, UNDERLAYS, LabSpec
 
 DEMO_PREFIX = f"{DEFAULT_PREFIX}-demo"
 

@@ -150,7 +150,14 @@ class LabSpec:
 
     @property
     def nested_mtu(self) -> int:
-        return self.access_mtu - VXLAN_OVERHEAD[self.nested_family]
+        """The workload VXLAN's MTU: small enough that a full-sized nested packet still fits one underlay
+        datagram when udpnest folds it (outer IP/UDP + Geneve + a FOLD option carrying the nested
+        Ethernet/IP/UDP/VXLAN headers + the inner Ethernet header), so every mode has the same MSS."""
+        nested_ip = 20 if self.nested_family == 4 else 40
+        fold_option = 4 + ((6 + 14 + nested_ip + 8 + 8 + 3) & ~3)
+        outer_ip = 20 if self.underlay_family == 4 else 40
+        folded = UNDERLAY_MTU - outer_ip - 8 - 8 - fold_option - 14
+        return min(self.access_mtu - VXLAN_OVERHEAD[self.nested_family], folded)
 
     def inner_address(self, side: str) -> str:
         """Address of workload ``side`` ("a"/"b") inside the nested VXLAN: what benchmarks connect to."""
@@ -253,6 +260,7 @@ def plan(spec: LabSpec) -> Plan:
         _, ul_a, ul_b, ul_len = _net("underlay", fam)
         _, ov_a, ov_b, ov_len = _net("outer", fam)
         _, in_a, in_b, in_len = _net("inner", fam)
+        _, tap_a, tap_b, _ = _net("tap", fam)
         addrs += [
             Addr(wa, IF_ACCESS_WL, wa_addr, acc_a_len), Addr(ha, IF_ACCESS_HOST, ha_addr, acc_a_len),
             Addr(wb, IF_ACCESS_WL, wb_addr, acc_b_len), Addr(hb, IF_ACCESS_HOST, hb_addr, acc_b_len),
@@ -266,7 +274,8 @@ def plan(spec: LabSpec) -> Plan:
         ]
         mode_routes["kernel-vxlan"] += [Route(ha, acc_b, IF_UNDERLAY, ul_b), Route(hb, acc_a, IF_UNDERLAY, ul_a)]
         mode_routes["kernel-vxlan-in-vxlan"] += [Route(ha, acc_b, IF_OUTER, ov_b), Route(hb, acc_a, IF_OUTER, ov_a)]
-        mode_routes["udpnest"] += [Route(ha, acc_b, IF_TAP), Route(hb, acc_a, IF_TAP)]
+        # the TAPs are one Ethernet segment through the endpoints: route via the far TAP's address
+        mode_routes["udpnest"] += [Route(ha, acc_b, IF_TAP, tap_b), Route(hb, acc_a, IF_TAP, tap_a)]
     nwa, nwb = _net("access_a", nf)[1], _net("access_b", nf)[1]
     _, oua, oub, _ = _net("underlay", uf)
     vxlans = (
@@ -297,19 +306,16 @@ class EndpointPlan:
     The endpoint process runs in ``netns``.  It creates the TAP ``tap_ifname`` there itself (IFF_TAP|IFF_NO_PI|
     IFF_VNET_HDR and whatever TUNSETOFFLOAD it wants) and sends/receives Geneve on ``underlay_local`` <->
     ``underlay_remote`` port ``geneve_port``.  Once the TAP exists, :func:`plug_udpnest` configures it: MTU
-    ``tap_mtu``, NOARP (no ARP/ND is ever sent to the endpoint), up, addresses ``tap_addresses``, and routes to
-    the far workload's access networks via the TAP.  Then:
+    ``tap_mtu``, up, addresses ``tap_addresses``, and routes to the far workload's access networks via the
+    TAP.  The two TAPs form one Ethernet segment through the endpoints (Geneve carries Ethernet): ARP and
+    neighbour discovery cross it like any other frame, so frames read from a TAP are addressed to the far
+    TAP's MAC and written unchanged on the far side.  Frames carry the nested VXLAN packets
+    (``nested_family``, UDP dport ``nested_port``, VNI ``nested_vni``), possibly as GSO super-packets.
+    Until the TAP is up, writes may fail with EIO (the peer may already send): an endpoint drops those.
 
-    * frames read from the TAP are Ethernet (dst = the TAP's own MAC, because of NOARP) carrying the nested
-      VXLAN packets (``nested_family``, UDP dport ``nested_port``, VNI ``nested_vni``) of up to ``tap_mtu``
-      bytes of IP, possibly as GSO super-packets;
-    * frames written to the TAP must be Ethernet with dst = the TAP's MAC (any unicast src) carrying the
-      unfolded nested packet; the host namespace routes it on to its workload.  Until ``plug_udpnest`` has
-      brought the TAP up, writes fail with EIO (the peer may already send): drop those, do not exit.
-
-    A folded packet adds (outer IP + UDP + Geneve 8 + option header 4 + the folded IP/UDP/VXLAN headers - the
-    nested IP/UDP/VXLAN headers) = outer IP + 20 bytes to the nested packet, so with ``tap_mtu`` chosen as
-    below every frame fits the 1500-byte underlay with ``wire_headroom`` bytes to spare for option metadata.
+    ``wire_headroom`` is what is left of the 1500-byte underlay by a full-sized nested packet carried as
+    plain Geneve (outer IP + UDP + Geneve + inner Ethernet around ``tap_mtu``); folding adds the FOLD
+    option instead of the nested headers, which :attr:`LabSpec.nested_mtu` leaves room for.
     """
 
     side: str  # "a" or "b"
@@ -340,7 +346,7 @@ def udpnest_plans(spec: LabSpec) -> dict[str, EndpointPlan]:
             _, ta, tb, tl = _net("tap", fam)
             taps.append(f"{ta if side == 'a' else tb}/{tl}")
         outer_ip = 20 if uf == 4 else 40
-        wire = spec.access_mtu + outer_ip + 20
+        wire = spec.access_mtu + 14 + outer_ip + 8 + 8
         out[side] = EndpointPlan(
             side=side,
             netns=spec.ns(role),
@@ -365,7 +371,7 @@ def plug_udpnest(plan_: EndpointPlan, tap_ifname: str | None = None, timeout: fl
     """Wire an endpoint's TAP into its host namespace; returns the TAP's ifindex.
 
     Call after the endpoint created ``tap_ifname`` (default ``plan_.tap_ifname``) in ``plan_.netns``; waits up
-    to ``timeout`` seconds for it to appear.  Sets MTU, NOARP, up and the TAP addresses.  The routes into the
+    to ``timeout`` seconds for it to appear.  Sets MTU, up and the TAP addresses.  The routes into the
     TAP are installed by ``set_mode(spec, "udpnest")``.  Idempotent.
     """
     from pyroute2 import IPRoute
@@ -378,9 +384,7 @@ def plug_udpnest(plan_: EndpointPlan, tap_ifname: str | None = None, timeout: fl
                 raise TimeoutError(f"TAP {name} did not appear in {plan_.netns}")
             time.sleep(0.05)
         index = idx[0]
-        flags = ip.get_links(index)[0]["flags"]
-        IFF_NOARP = 0x80
-        ip.link("set", index=index, mtu=plan_.tap_mtu, flags=flags | IFF_NOARP, change=IFF_NOARP)
+        ip.link("set", index=index, mtu=plan_.tap_mtu)
         ip.link("set", index=index, state="up")
         for cidr in plan_.tap_addresses:
             address, prefixlen = cidr.split("/")
@@ -448,9 +452,10 @@ def _existing_alias(spec: LabSpec) -> str | None:
 def up(spec: LabSpec) -> bool:
     """Build the lab; returns False if an identical lab is already up.  A different/partial lab is rebuilt."""
     alias = _existing_alias(spec)
-    if alias == spec.alias() and all(n in _listnetns() for n in spec.namespaces):
+    complete = all(n in _listnetns() for n in spec.namespaces)
+    if alias == spec.alias() and complete:
         return False
-    if alias is not None and alias.startswith(ALIAS_TAG) and _same_topology(alias, spec):
+    if complete and alias is not None and alias.startswith(ALIAS_TAG) and _same_topology(alias, spec):
         # Same addresses and links; only mode and/or underlay setting differ.
         set_underlay(spec, spec.underlay)
         set_mode(spec, spec.mode)
