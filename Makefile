@@ -1,9 +1,10 @@
-# The two commands the README starts with.  Both create .venv and install pinned dependencies first.
+# The two commands the README starts with.  Both install what they need first (pinned Debian packages,
+# a .venv with pinned Python packages); both need root (network namespaces, TAP devices).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint deps venv clean
 
 $(BIN)/udpnest: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,14 +13,17 @@ $(BIN)/udpnest: pyproject.toml
 
 venv: $(BIN)/udpnest
 
-test: venv
+deps:
+	bash scripts/install-deps.sh
+
+test: deps venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check src tests bench
 
-demo: venv
+demo: deps venv
 	$(BIN)/udpnest demo
 
 clean:
