@@ -72,6 +72,7 @@ class EndpointConfig:
     probe_window: int = 3
     probe_budget: float = 100.0  # probes per second, all peers together
     verify_csum: bool = True
+    rx_process: bool = True  # run the RX loop in a forked process (no GIL shared with TX)
     control: str | None = None  # unix socket path; default /run/udpnest/<tap>.sock
 
     @property
@@ -184,7 +185,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
             if raw[name] not in allowed:
                 raise ConfigError(name, f"{raw[name]!r} is not one of {', '.join(allowed)}")
             out[name] = raw[name]
-    for name in ("udpcsum", "verify_csum"):
+    for name in ("udpcsum", "verify_csum", "rx_process"):
         if name in raw:
             out[name] = _bool(name, raw[name])
     for name, lo in (("fdb_ageing", 1.0), ("probe_interval", 0.01), ("probe_budget", 0.1)):

@@ -19,7 +19,9 @@ import ipaddress
 import itertools
 import json
 import logging
+import mmap
 import os
+import pickle
 import select
 import signal
 import socket
@@ -114,6 +116,16 @@ class Endpoint:
         self.peer_bytes = {k: ipaddress.ip_address(k).packed for k in self.peers}
         self.outer_len = OUTER_V6_LEN if cfg.family_v6 else OUTER_V4_LEN
         self.ip_ids = itertools.count()
+        # RX in a child process (no GIL shared with TX); it reports learned MACs, echo packets and its
+        # counters to the main loop over a datagram socketpair
+        self.rx_pid: int | None = None
+        self.rx_chan: socket.socket | None = None  # parent's end
+        self.rx_child = False  # True in the RX child
+        self.rx_snapshot: dict = {}
+        self._stop_flag = mmap.mmap(-1, 1)
+        self._learned: dict[bytes, tuple[str, float]] = {}
+        self._pushed_reads = 0
+        self._last_push_ns = 0
         self.threads: list[threading.Thread] = []
         self.started = time.time()
 
@@ -127,8 +139,10 @@ class Endpoint:
             if self.tap.refused:
                 log.warning("TAP %s: kernel refused offloads %s; using %s", self.tap.name,
                             offload_names(self.tap.refused), offload_names(self.tap.offloads))
+            # blocking: the RX thread sleeps in recvmsg itself (no select per datagram); close() wakes it
+            # with shutdown(SHUT_RD)
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
-                                bufsize=8 << 20)
+                                bufsize=8 << 20, blocking=True)
             for _ in range(cfg.tx_sockets):
                 s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
                               bufsize=4 << 20)
@@ -171,6 +185,16 @@ class Endpoint:
 
     def close(self) -> None:
         self.stop_event.set()
+        self._stop_flag[0] = 1
+        if self.rx is not None:
+            with contextlib.suppress(OSError):  # ENOTCONN, but the shutdown still wakes recvmsg
+                self.rx.sock.shutdown(socket.SHUT_RD)
+        if self.rx_pid is not None:
+            _reap(self.rx_pid, timeout=3.0)
+            self.rx_pid = None
+        if self.rx_chan is not None:
+            self.rx_chan.close()
+            self.rx_chan = None
         for t in self.threads:
             t.join(timeout=5)
         self.threads = []
@@ -204,10 +228,39 @@ class Endpoint:
             self.close()
 
     def start_threads(self) -> None:
-        for name, fn in (("udpnest-tx", self._tx_loop), ("udpnest-rx", self._rx_loop)):
+        loops = [("udpnest-tx", self._tx_loop)]
+        if self.cfg.rx_process:
+            self._fork_rx()
+        else:
+            loops.append(("udpnest-rx", self._rx_loop))
+        for name, fn in loops:
             t = threading.Thread(target=self._guard, args=(fn,), name=name, daemon=True)
             t.start()
             self.threads.append(t)
+
+    def _fork_rx(self) -> None:
+        """Fork the RX loop into its own process (before any thread starts)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for sk in (parent, child):
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        pid = os.fork()
+        if pid == 0:  # the RX child: never returns
+            code = 0
+            try:
+                parent.close()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, lambda *_: self._stop_flag.__setitem__(0, 1))
+                self.rx_child, self.rx_chan = True, child
+                self.rx.sock.settimeout(0.25)  # wake up to report counters and to notice stop / orphaning
+                self._rx_loop()
+            except BaseException:
+                log.exception("udpnest-rx process crashed")
+                code = 1
+            finally:
+                os._exit(code)
+        child.close()
+        parent.setblocking(False)
+        self.rx_pid, self.rx_chan = pid, parent
 
     def _guard(self, fn) -> None:
         try:
@@ -229,11 +282,43 @@ class Endpoint:
                     d = self.prober.next_deadline()
                 if d is not None:
                     timeout = max(0.0, min(timeout, d - self.clock()))
-            r, _, _ = select.select([self.ctl], [], [], timeout)
-            if r:
+            fds = [self.ctl] if self.rx_chan is None else [self.ctl, self.rx_chan]
+            r, _, _ = select.select(fds, [], [], timeout)
+            if self.rx_chan in r:
+                self._drain_rx_channel()
+            if self.ctl in r:
                 self._serve_control()
+            if self.rx_pid is not None and os.waitpid(self.rx_pid, os.WNOHANG)[0]:
+                self.rx_pid = None
+                log.error("udpnest-rx process exited; stopping")
+                self.stop_event.set()
             if self.prober is not None:
                 self._send_probes()
+
+    def _drain_rx_channel(self) -> None:
+        while True:
+            try:
+                msg = pickle.loads(self.rx_chan.recv(1 << 20))
+            except (BlockingIOError, InterruptedError):
+                return
+            kind = msg[0]
+            if kind == "learn":
+                self.fdb.learn(msg[1], msg[2], self.clock())
+            elif kind == "echo":
+                self._on_echo(msg[1], msg[2])
+            elif kind == "stats":
+                self.rx_snapshot = msg[1]
+
+    def _to_parent(self, msg) -> None:
+        try:
+            self.rx_chan.send(pickle.dumps(msg))
+        except OSError as e:
+            log.debug("rx channel: %s", e)
+
+    def _push_stats(self) -> None:
+        st = self.rx_stats
+        self._to_parent(("stats", {"c": dict(st.c), "drops": dict(st.drops), "hist": list(st.hist)}))
+        self._pushed_reads = st.c["reads"]
 
     def _send_probes(self) -> None:
         now = self.clock()
@@ -267,6 +352,11 @@ class Endpoint:
     def status(self) -> dict:
         now = self.clock()
         tx, rx = self.tx_stats, self.rx_stats
+        if self.rx_pid is not None or self.rx_snapshot:
+            rx = Stats()
+            rx.c.update(self.rx_snapshot.get("c", {}))
+            rx.drops.update(self.rx_snapshot.get("drops", {}))
+            rx.hist = list(self.rx_snapshot.get("hist", rx.hist))
         drops = Counter()
         for st in (tx, rx, self.ctl_stats):
             drops.update(st.drops)
@@ -451,38 +541,50 @@ class Endpoint:
         c = st.c
         cfg = self.cfg
         clock = time.perf_counter_ns
-        while not self.stop_event.is_set():
-            if not self.rx.wait_readable(0.25):
+        child = self.rx_child
+        ppid = os.getppid()
+        while True:
+            try:
+                n, gso, addr = self.rx.recv_into(buf)
+            except TimeoutError:  # only in the child (socket timeout): report, check on the parent
+                if self._stop_flag[0] or os.getppid() != ppid:
+                    return
+                if c["reads"] != self._pushed_reads:
+                    self._push_stats()
                 continue
-            while True:
-                t0 = clock()
-                try:
-                    r = self.rx.recv_into(buf)
-                except OSError as e:
-                    log.debug("recv: %s", e)
-                    break
-                if r is None:
-                    break
-                t1 = clock()
-                n, gso, addr = r
-                c["reads"] += 1
-                c["bytes"] += n
-                key = addr[0]
-                if key not in self.peers:
-                    st.drop(Reason.NO_PEER, max(1, -(-n // gso)) if gso else 1)
-                    continue
-                res = receive(buf, n, gso, opt_class=self.rx_class, ports=cfg.nested_ports,
-                              verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram)
-                t2 = clock()
-                for reason, cnt in res.drops:
-                    st.drop(reason, cnt)
-                for w in res.writes:
-                    self._tap_write(w, key)
-                for pkt, _dg in res.control:
+            except OSError as e:
+                if self.stop_event.is_set() or self._stop_flag[0]:
+                    return
+                log.debug("recv: %s", e)
+                continue
+            if self.stop_event.is_set() or self._stop_flag[0]:
+                if child:
+                    self._push_stats()
+                return
+            t1 = clock()
+            c["reads"] += 1
+            c["bytes"] += n
+            key = addr[0]
+            if key not in self.peers:
+                st.drop(Reason.NO_PEER, max(1, -(-n // gso)) if gso else 1)
+                continue
+            res = receive(buf, n, gso, opt_class=self.rx_class, ports=cfg.nested_ports,
+                          verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram)
+            t2 = clock()
+            for reason, cnt in res.drops:
+                st.drop(reason, cnt)
+            for w in res.writes:
+                self._tap_write(w, key)
+            for pkt, _dg in res.control:
+                if child:
+                    self._to_parent(("echo", pkt, key))
+                else:
                     self._on_echo(pkt, key)
-                c["time_recv_ns"] += t1 - t0
-                c["time_process_ns"] += t2 - t1
-                c["time_tap_ns"] += clock() - t2
+            c["time_process_ns"] += t2 - t1
+            c["time_tap_ns"] += clock() - t2
+            if child and t2 - self._last_push_ns > 250_000_000:
+                self._last_push_ns = t2
+                self._push_stats()
 
     def _tap_write(self, w, key: str) -> None:
         st = self.rx_stats
@@ -501,7 +603,16 @@ class Endpoint:
             st.c["super_packets"] += 1
         first = w.parts[0]
         if len(first) >= 12:
-            self.fdb.learn(bytes(first[6:12]), key, self.clock())
+            mac = bytes(first[6:12])
+            if not self.rx_child:
+                self.fdb.learn(mac, key, self.clock())
+                return
+            # tell the main loop only what changed, and refresh well within the ageing time
+            now = self.clock()
+            old = self._learned.get(mac)
+            if old is None or old[0] != key or now - old[1] > self.cfg.fdb_ageing / 4:
+                self._learned[mac] = (key, now)
+                self._to_parent(("learn", mac, key))
 
     def _on_echo(self, pkt, key: str) -> None:
         now = self.clock()
@@ -529,6 +640,22 @@ class Endpoint:
 
 _TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it
 _USO = 0x20 | 0x40  # TUN_F_USO4 | TUN_F_USO6: not requested until TX segments inner UDP GSO
+
+
+def _reap(pid: int, timeout: float) -> None:
+    """Wait for the RX child; SIGKILL it if it does not exit in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _finish_csum(frame: memoryview, vh: VnetHdr) -> bytearray:

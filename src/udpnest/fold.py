@@ -244,7 +244,7 @@ class Unfolded(NamedTuple):
 
 
 def unfold(payload, *, opt_class: int = DEFAULT_OPT_CLASS, udp_csum: str = "compute",
-           packet: GenevePacket | None = None) -> Unfolded:
+           packet: GenevePacket | None = None, carried: list | None = None) -> Unfolded:
     """Rebuild the Ethernet frame from a received Geneve payload (header + options + frame).
 
     Every ``FOLD`` option is validated before use; lengths are recomputed from the actual buffer, IPv4
@@ -252,7 +252,8 @@ def unfold(payload, *, opt_class: int = DEFAULT_OPT_CLASS, udp_csum: str = "comp
     ``udp_csum="compute"`` computes them, ``"partial"`` leaves the outermost nested one as the
     pseudo-header sum (``partial_udp_offset`` says where) for the caller to offload through the vnet
     header.  A payload without ``FOLD`` options is returned as is (it must carry Ethernet).
-    ``packet``: the result of :func:`~udpnest.wire.options.parse_packet` if the caller already has it.
+    ``packet``: the result of :func:`~udpnest.wire.options.parse_packet` if the caller already has it;
+    ``carried``: :func:`decode_folds` of that packet, likewise (the dataplane caches both by header bytes).
     Raises :class:`ParseError` only.
     """
     if udp_csum not in ("compute", "partial"):
@@ -264,7 +265,8 @@ def unfold(payload, *, opt_class: int = DEFAULT_OPT_CLASS, udp_csum: str = "comp
         if pkt.hdr.proto != ETH_P_TEB:
             raise ParseError(Reason.BAD_ETHERTYPE, f"geneve protocol 0x{pkt.hdr.proto:04x} without fold options")
         return Unfolded(b"", inner, 0, None, False)
-    carried = decode_folds(pkt)
+    if carried is None:
+        carried = decode_folds(pkt)
     need_sum = any(c.flags & F_UDP_CSUM and (udp_csum == "compute" or i > 0) for i, c in enumerate(carried))
     headers, partial_off = restore_headers(carried, len(inner), csum.ones_sum(inner) if need_sum else 0, udp_csum)
     return Unfolded(headers, inner, len(carried), partial_off, bool(carried[0].flags & F_RCO))

@@ -188,14 +188,14 @@ def _check_l3(frame) -> None:
 
 def _single(dg: memoryview, opt_class: int, res: RxResult) -> None:
     try:
-        pkt = parse_packet(dg, opt_class=opt_class)
+        pkt, carried = _geneve_info(dg, opt_class)
         if pkt.echo_request is not None or pkt.echo_reply is not None:
             res.control.append((pkt, dg))
             return
         if pkt.hdr.oam:
             res.drops.append((Reason.OAM, 1))
             return
-        u = unfold(dg, packet=pkt, udp_csum="compute")
+        u = unfold(dg, packet=pkt, carried=carried, udp_csum="compute")
         _check_l3(u.inner)
     except ParseError as e:
         res.drops.append((e.reason, 1))
