@@ -33,7 +33,7 @@ from collections import Counter
 from .config import EndpointConfig
 from .fdb import Fdb
 from .fold import fold, gro_hint_for
-from .gro import receive
+from .gro import finish, merge, receive
 from .gso import segment_tcp, tcp_layout
 from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
@@ -124,8 +124,6 @@ class Endpoint:
         self.rx_snapshot: dict = {}
         self._stop_flag = mmap.mmap(-1, 1)
         self._learned: dict[bytes, tuple[str, float]] = {}
-        self._pushed_reads = 0
-        self._last_push_ns = 0
         self.threads: list[threading.Thread] = []
         self.started = time.time()
 
@@ -251,7 +249,7 @@ class Endpoint:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, lambda *_: self._stop_flag.__setitem__(0, 1))
                 self.rx_child, self.rx_chan = True, child
-                self.rx.sock.settimeout(0.25)  # wake up to report counters and to notice stop / orphaning
+                _die_with_parent()
                 self._rx_loop()
             except BaseException:
                 log.exception("udpnest-rx process crashed")
@@ -318,7 +316,6 @@ class Endpoint:
     def _push_stats(self) -> None:
         st = self.rx_stats
         self._to_parent(("stats", {"c": dict(st.c), "drops": dict(st.drops), "hist": list(st.hist)}))
-        self._pushed_reads = st.c["reads"]
 
     def _send_probes(self) -> None:
         now = self.clock()
@@ -349,7 +346,20 @@ class Endpoint:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(self.status()).encode() + b"\n")
 
+    def _refresh_rx_stats(self, timeout: float = 0.3) -> None:
+        """Ask the RX child for its counters (an empty datagram to our own port wakes it) and wait."""
+        before = self.rx_snapshot
+        with contextlib.suppress(OSError):
+            self.rx.sock.sendto(b"", (self.cfg.local, self.cfg.dstport))
+        deadline = time.monotonic() + timeout
+        while self.rx_snapshot is before and time.monotonic() < deadline:
+            r, _, _ = select.select([self.rx_chan], [], [], max(0.0, deadline - time.monotonic()))
+            if r:
+                self._drain_rx_channel()
+
     def status(self) -> dict:
+        if self.rx_pid is not None:
+            self._refresh_rx_stats()
         now = self.clock()
         tx, rx = self.tx_stats, self.rx_stats
         if self.rx_pid is not None or self.rx_snapshot:
@@ -536,31 +546,37 @@ class Endpoint:
     # -- RX: peers -> TAP ------------------------------------------------------------------------------------
 
     def _rx_loop(self) -> None:
+        """Receive, process, write.  A coalesced super-packet is held while the next read is already
+        waiting (MSG_DONTWAIT) so that the two halves of a sender's 64 KB super-packet (more than one
+        UDP GRO aggregate) become one TAP write; it is written as soon as nothing more is waiting."""
         buf = bytearray(RECV_BUF_SIZE + 64)
         st = self.rx_stats
         c = st.c
         cfg = self.cfg
         clock = time.perf_counter_ns
         child = self.rx_child
-        ppid = os.getppid()
+        wake = (cfg.local, cfg.dstport)
+        pending = None  # (Run, peer key)
         while True:
             try:
-                n, gso, addr = self.rx.recv_into(buf)
-            except TimeoutError:  # only in the child (socket timeout): report, check on the parent
-                if self._stop_flag[0] or os.getppid() != ppid:
-                    return
-                if c["reads"] != self._pushed_reads:
-                    self._push_stats()
-                continue
+                r = self.rx.recv_into(buf, nowait=pending is not None)
             except OSError as e:
                 if self.stop_event.is_set() or self._stop_flag[0]:
                     return
                 log.debug("recv: %s", e)
                 continue
+            if r is None:  # nothing more waiting: the held super-packet goes out now
+                self._write_run(*pending)
+                pending = None
+                continue
             if self.stop_event.is_set() or self._stop_flag[0]:
                 if child:
                     self._push_stats()
                 return
+            n, gso, addr = r
+            if child and n == 0 and addr[:2] == wake:
+                self._push_stats()  # the main loop wants fresh counters (udpnest status)
+                continue
             t1 = clock()
             c["reads"] += 1
             c["bytes"] += n
@@ -569,7 +585,24 @@ class Endpoint:
                 st.drop(Reason.NO_PEER, max(1, -(-n // gso)) if gso else 1)
                 continue
             res = receive(buf, n, gso, opt_class=self.rx_class, ports=cfg.nested_ports,
-                          verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram)
+                          verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram, hold=True)
+            run = res.run
+            if pending is not None:
+                joined = merge(pending[0], run) if run is not None and pending[1] == key else None
+                if joined is not None:
+                    c["merged_reads"] += 1
+                    run = joined
+                else:
+                    self._write_run(*pending)
+                pending = None
+            if run is not None:
+                # the payload views point into buf: copy them out before the next read reuses it
+                run = run._replace(payloads=tuple(bytes(p) if isinstance(p, memoryview) else p
+                                                  for p in run.payloads))
+                if run.extendable:
+                    pending = (run, key)
+                else:
+                    self._write_run(run, key)
             t2 = clock()
             for reason, cnt in res.drops:
                 st.drop(reason, cnt)
@@ -582,9 +615,13 @@ class Endpoint:
                     self._on_echo(pkt, key)
             c["time_process_ns"] += t2 - t1
             c["time_tap_ns"] += clock() - t2
-            if child and t2 - self._last_push_ns > 250_000_000:
-                self._last_push_ns = t2
-                self._push_stats()
+
+    def _write_run(self, run, key: str) -> None:
+        w = finish(run)
+        if w is None:
+            self.rx_stats.drop(Reason.FOLD_TOO_LARGE, run.segments)
+            return
+        self._tap_write(w, key)
 
     def _tap_write(self, w, key: str) -> None:
         st = self.rx_stats
@@ -640,6 +677,14 @@ class Endpoint:
 
 _TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it
 _USO = 0x20 | 0x40  # TUN_F_USO4 | TUN_F_USO6: not requested until TX segments inner UDP GSO
+
+
+def _die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): the RX child must not outlive a killed endpoint."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 def _reap(pid: int, timeout: float) -> None:

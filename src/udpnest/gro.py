@@ -74,6 +74,29 @@ class RxResult(NamedTuple):
     writes: list[TapWrite]
     drops: list[tuple[Reason, int]]  # reason, datagram count
     control: list[tuple[GenevePacket, memoryview]]  # echo request/reply packets for the endpoint
+    run: Run | None = None  # with hold=True: the coalesced super-packet, not yet in ``writes``
+
+
+class Run(NamedTuple):
+    """A coalesced TCP super-packet that the next read may continue (see :func:`merge`).
+
+    A sender's 64 KB super-packet is often more than one UDP GRO aggregate (65535 bytes with every
+    datagram's headers), so it arrives as two reads; merging them gives the workload one super-packet
+    instead of two, as the sender's kernel had it.
+    """
+
+    info: _Frame
+    hdr: bytes  # frame headers of the first segment, TCP flags of the last
+    payloads: tuple  # payload buffers, in order
+    payload_len: int
+    mss: int
+    segments: int
+    seq0: int
+    next_seq: int
+    first_ids: tuple[int, ...]  # IPv4 ID of the first / last segment, per IPv4 header of the layout
+    last_ids: tuple[int, ...]
+    ref: bytes  # Geneve header + headers of the first (full-sized) datagram
+    extendable: bool  # the last segment was full-sized and carried no PSH/FIN
 
 
 _BAD_FLAGS = SYN | RST | URG | CWR
@@ -89,12 +112,14 @@ def rows_of(n: int, gso_size: int) -> tuple[int, int, int]:
 
 def receive(buf, n: int, gso_size: int, *, opt_class: int = DEFAULT_OPT_CLASS,
             ports: Mapping[int, Encap] = DEFAULT_PORTS, verify_csum: bool = True,
-            max_datagram: int = 1472) -> RxResult:
+            max_datagram: int = 1472, hold: bool = False) -> RxResult:
     """Process one read of ``n`` bytes from a UDP_GRO socket.
 
     ``gso_size`` is the UDP_GRO cmsg value (0 when absent).  ``max_datagram`` is the largest datagram the
     underlay MTU allows: a larger one without a cmsg is a whole super-packet that crossed a veth uncut
     (the kernel reports gso_size only for UDP_L4 GSO), re-cut by the TAP at the MSS a sender would use.
+    ``hold``: return a coalesced super-packet as ``run`` (not in ``writes``) so the caller can
+    :func:`merge` it with the next read's before writing it with :func:`finish`.
     """
     mv = memoryview(buf)[:n]
     res = RxResult([], [], [])
@@ -109,12 +134,16 @@ def receive(buf, n: int, gso_size: int, *, opt_class: int = DEFAULT_OPT_CLASS,
             return res
     elif count > 1:
         try:
-            w = _coalesce(mv, count, row_len, last_len, opt_class, ports, verify_csum)
+            run = _coalesce(mv, count, row_len, last_len, opt_class, ports, verify_csum)
         except ParseError:
-            w = None
-        if w is not None:
-            res.writes.append(w)
-            return res
+            run = None
+        if run is not None:
+            if hold:
+                return res._replace(run=run)
+            w = finish(run)
+            if w is not None:
+                res.writes.append(w)
+                return res
     for i in range(count):
         start = i * row_len
         _single(mv[start : start + (last_len if i == count - 1 else row_len)], opt_class, res)
@@ -288,7 +317,7 @@ def _col(mv: memoryview, dtype: str, off: int, count: int, stride: int) -> np.nd
 
 
 def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class: int, ports,
-              verify_csum: bool) -> TapWrite | None:
+              verify_csum: bool) -> Run | None:
     info = _frame_info(mv[:row_len], opt_class, ports)
     if info is None:
         return None
@@ -353,7 +382,47 @@ def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class
     total_payload = (count - 1) * mss + last_payload
     hdr = bytearray(row0[G : G + H])
     hdr[lay.tcp + 13] = int(flags[-1])  # PSH/FIN of the last segment
-    return _super_write(info, bytes(hdr), payload, total_payload, mss, count)
+    ids = [(int(row0[G + off + 4]) << 8 | int(row0[G + off + 5]),
+            int(last[0, G + off + 4]) << 8 | int(last[0, G + off + 5])) for off in lay.ip4]
+    return Run(info, bytes(hdr), (payload,), total_payload, mss, count, int(seqs[0]),
+               (int(seqs[0]) + total_payload) & 0xFFFFFFFF, tuple(i[0] for i in ids), tuple(i[1] for i in ids),
+               bytes(ref), last_payload == mss and not int(flags[-1]) & (PSH | FIN))
+
+
+def finish(run: Run) -> TapWrite | None:
+    """The TAP write for a (possibly merged) run; None if it cannot be one super-packet."""
+    return _super_write(run.info, run.hdr, run.payloads, run.payload_len, run.mss, run.segments)
+
+
+def merge(a: Run, b: Run) -> Run | None:
+    """``a`` continued by ``b`` (the next read) as one run, or None if ``b`` does not continue ``a``.
+
+    The same checks as within one read: identical Geneve header and headers outside the per-segment
+    fields (lengths included: both first datagrams are full-sized), the same segment size, contiguous
+    sequence numbers, IPv4 IDs continuing (or fixed with DF), ``a`` ending without PSH/FIN on a full
+    segment; and the result must stay within the 64 KB a GSO super-packet may carry.
+    """
+    if not a.extendable or b.mss != a.mss or b.seq0 != a.next_seq or len(a.ref) != len(b.ref):
+        return None
+    if a.info.G != b.info.G or a.info.layout != b.info.layout:
+        return None
+    keep_full, _ = _masks(a.info.G, a.info.layout)
+    ra = np.frombuffer(a.ref, dtype=np.uint8)
+    rb = np.frombuffer(b.ref, dtype=np.uint8)
+    if ((ra != rb) & keep_full).any():
+        return None
+    for off, la, fb in zip(a.info.layout.ip4, a.last_ids, b.first_ids, strict=True):
+        fixed = bool(a.ref[a.info.G + off + 6] & (IP_DF >> 8)) and la == fb
+        if not fixed and fb != (la + 1) & 0xFFFF:
+            return None
+    if a.info.layout.hdr_len + a.payload_len + b.payload_len > GSO_MAX_FRAME - 64:
+        return None
+    hdr = bytearray(a.hdr)
+    t = a.info.layout.tcp
+    hdr[t + 13] = b.hdr[t + 13]
+    return a._replace(hdr=bytes(hdr), payloads=a.payloads + b.payloads, payload_len=a.payload_len + b.payload_len,
+                      segments=a.segments + b.segments, next_seq=b.next_seq, last_ids=b.last_ids,
+                      extendable=b.extendable)
 
 
 def _tcp_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: int, lay: Layout) -> bool:
@@ -408,10 +477,12 @@ def _whole(mv: memoryview, max_datagram: int, opt_class: int, ports) -> TapWrite
     flags = mv[G + lay.tcp + 13]
     if flags & _BAD_FLAGS:
         return None
-    return _super_write(info, bytes(mv[G : G + H]), mv[G + H :], n - G - H, gso_size, -(-(n - G - H) // gso_size))
+    return _super_write(info, bytes(mv[G : G + H]), (mv[G + H :],), n - G - H, gso_size,
+                        -(-(n - G - H) // gso_size))
 
 
-def _super_write(info: _Frame, hdr: bytes, payload, payload_len: int, mss: int, segments: int) -> TapWrite | None:
+def _super_write(info: _Frame, hdr: bytes, payloads: tuple, payload_len: int, mss: int,
+                 segments: int) -> TapWrite | None:
     """Headers of the coalesced super-packet: lengths for the whole, partial TCP/nested-UDP checksums."""
     lay = info.layout
     H = lay.hdr_len
@@ -466,5 +537,5 @@ def _super_write(info: _Frame, hdr: bytes, payload, payload_len: int, mss: int, 
     vnet = VnetHdr(flags=flags, gso_type=gso_type, hdr_len=shift + H, gso_size=mss, csum_start=shift + t,
                    csum_offset=16, outer_th_offset=outer_th, inner_nh_offset=inner_nh).pack()
     kind = Kind.FOLD if info.carried is not None else (Kind.HINT if info.pkt.gro_hint is not None else Kind.PLAIN)
-    parts = (nested, bytes(h), payload) if nested else (bytes(h), payload)
+    parts = (nested, bytes(h), *payloads) if nested else (bytes(h), *payloads)
     return TapWrite(vnet, parts, kind, segments)

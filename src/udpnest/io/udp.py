@@ -221,13 +221,13 @@ class UdpSocket:
 
     # -- receive -----------------------------------------------------------------------------------------
 
-    def recv_into(self, buf) -> tuple[int, int, tuple] | None:
+    def recv_into(self, buf, *, nowait: bool = False) -> tuple[int, int, tuple] | None:
         """Receive into ``buf`` (>= :data:`RECV_BUF_SIZE`): ``(nbytes, gso_size, peer)`` or ``None``.
 
-        ``gso_size`` is 0 for a single (unmerged) datagram.
+        ``gso_size`` is 0 for a single (unmerged) datagram.  ``nowait``: MSG_DONTWAIT on a blocking socket.
         """
         try:
-            n, anc, flags, addr = self.sock.recvmsg_into([buf], _ANC_SIZE)
+            n, anc, flags, addr = self.sock.recvmsg_into([buf], _ANC_SIZE, socket.MSG_DONTWAIT if nowait else 0)
         except BlockingIOError:
             return None
         if flags & socket.MSG_TRUNC:
