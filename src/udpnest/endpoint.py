@@ -44,7 +44,7 @@ from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
 from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo, build_gro_hint
-from .wire.vnet import GSO_ECN, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, VnetHdr
+from .wire.vnet import GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr
 
 log = logging.getLogger("udpnest")
 
@@ -132,7 +132,7 @@ class Endpoint:
     def open(self) -> None:
         cfg = self.cfg
         try:
-            self.tap = Tap(cfg.tap, netns=cfg.tap_netns, offloads=DEFAULT_OFFLOADS & ~_USO, mtu=cfg.tap_mtu,
+            self.tap = Tap(cfg.tap, netns=cfg.tap_netns, offloads=DEFAULT_OFFLOADS, mtu=cfg.tap_mtu,
                            addresses=cfg.tap_addresses, mac=cfg.tap_mac, up=True)
             if self.tap.refused:
                 log.warning("TAP %s: kernel refused offloads %s; using %s", self.tap.name,
@@ -460,8 +460,9 @@ class Endpoint:
         """('gso', Segments) or ('one', [buffers]) for one peer mode."""
         cfg = self.cfg
         if vh.is_gso:
-            if vh.base_type not in (GSO_TCPV4, GSO_TCPV6):
+            if vh.base_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
                 raise ParseError(Reason.BAD_VNET, f"gso type 0x{vh.gso_type:02x} not supported on TX")
+            uso = vh.base_type == GSO_UDP_L4
             udp_offs = (vh.outer_th_offset,) if vh.is_tunnel else ()
             seg_frame = frame
             prefix = None
@@ -469,24 +470,16 @@ class Endpoint:
                 fo = fold(frame, vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
                           max_levels=cfg.max_levels, gso=True)
                 if fo.levels:
-                    prefix, seg_frame, layout = fo.header, fo.inner, tcp_layout(fo.inner)
+                    prefix, seg_frame, layout = fo.header, fo.inner, tcp_layout(fo.inner, inner_udp=uso)
             elif not vh.is_tunnel and self.ktx is not None:
-                prefix, layout = self._plain_prefix(frame, "plain", gso=True), tcp_layout(frame)
+                prefix, layout = self._plain_prefix(frame, "plain", gso=True), tcp_layout(frame, inner_udp=uso)
             if prefix is not None and self.ktx is not None and prefix[2:4] == b"\x65\x58":
                 # nothing tunnelled is left inside: the kernel's UDP-tunnel GSO can cut it (outer.py)
-                mss = min(vh.gso_size, cfg.max_datagram - len(prefix) - layout.hdr_len)
-                mss -= (len(prefix) + layout.hdr_len + mss) % 4
-                if mss < 64:
-                    raise ParseError(Reason.FOLD_TOO_LARGE, f"headers leave {mss} bytes per datagram")
-                return "kernel", (prefix, seg_frame, layout, vh, mss)
+                return "kernel", (prefix, seg_frame, layout, vh, self._segment_size(vh, prefix, layout))
             if prefix is None:
                 prefix = self._plain_prefix(frame, mode, gso=True)
-                layout = tcp_layout(frame, udp_offs)
-            mss = min(vh.gso_size, cfg.max_datagram - len(prefix) - layout.hdr_len)
-            # datagrams a multiple of 4 bytes let the receiver verify TCP checksums over 32-bit words
-            mss -= (len(prefix) + layout.hdr_len + mss) % 4
-            if mss < 64:
-                raise ParseError(Reason.FOLD_TOO_LARGE, f"headers leave {mss} bytes per datagram")
+                layout = tcp_layout(frame, udp_offs, inner_udp=uso)
+            mss = self._segment_size(vh, prefix, layout)
             return "gso", segment_tcp(prefix, seg_frame, layout, mss)
         if vh.needs_csum:
             frame = _finish_csum(frame, vh)
@@ -494,6 +487,18 @@ class Endpoint:
             fo = fold(frame, vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports, max_levels=cfg.max_levels)
             return "one", [fo.header, fo.inner]
         return "one", [self._plain_prefix(frame, mode, gso=False), frame]
+
+    def _segment_size(self, vh: VnetHdr, prefix: bytes, layout) -> int:
+        """TCP: the largest segment that fits the underlay MTU (never more than the workload's MSS),
+        rounded so datagrams are a multiple of 4 bytes (the receiver then checks checksums over 32-bit
+        words).  UDP (USO): the application's datagram size, always: its boundaries are the messages."""
+        if layout.l4_proto == 17:
+            return vh.gso_size
+        mss = min(vh.gso_size, self.cfg.max_datagram - len(prefix) - layout.hdr_len)
+        mss -= (len(prefix) + layout.hdr_len + mss) % 4
+        if mss < 64:
+            raise ParseError(Reason.FOLD_TOO_LARGE, f"headers leave {mss} bytes per datagram")
+        return mss
 
     def _plain_prefix(self, frame, mode: str, *, gso: bool) -> bytes:
         opts = b""
@@ -539,7 +544,8 @@ class Endpoint:
                               ttl=min(255, cfg.ttl + 1), tos=cfg.tos, df=cfg.df == "set", flow_label=fh)
         vnet = tunnel_gso_vnet(outer_v6=cfg.family_v6, base_type=vh.base_type, ecn=bool(vh.gso_type & GSO_ECN),
                                mss=mss, outer_len=self.outer_len, geneve_len=len(prefix), inner_nh=layout.tcp_ip,
-                               inner_th=layout.tcp, inner_hdr_end=layout.hdr_len)
+                               inner_th=layout.tcp, inner_hdr_end=layout.hdr_len,
+                               csum_offset=6 if layout.l4_proto == 17 else 16)
         self.ktx.send([vnet, outer, prefix, inner])
         return 1
 
@@ -676,7 +682,6 @@ class Endpoint:
 
 
 _TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it
-_USO = 0x20 | 0x40  # TUN_F_USO4 | TUN_F_USO6: not requested until TX segments inner UDP GSO
 
 
 def _die_with_parent() -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.eth import ETH_P_IPV4, ETH_P_IPV6, parse_eth
-from .wire.ipv4 import IP_DF, PROTO_TCP, parse_ipv4
+from .wire.ipv4 import IP_DF, PROTO_TCP, PROTO_UDP, parse_ipv4
 from .wire.ipv6 import IPV6_HLEN, parse_ipv6
 from .wire.tcp import CWR, FIN, PSH, parse_tcp
 from .wire.udp import UDP_HLEN, parse_udp
@@ -37,14 +37,16 @@ class Layout(NamedTuple):
     udp: tuple[tuple[int, bool], ...]  # nested UDP headers (offset, has checksum), outermost first
     tcp_ip: int  # offset of the IP header the TCP checksum's pseudo-header comes from
     tcp_ip_v6: bool
-    tcp: int  # TCP header offset
+    tcp: int  # TCP header offset (the innermost UDP header's with l4_proto 17)
     hdr_len: int  # headers up to the TCP payload
+    l4_proto: int = PROTO_TCP  # 6, or 17 for a UDP super-packet (USO)
 
 
-def tcp_layout(frame, udp_offsets: tuple[int, ...] = ()) -> Layout:
+def tcp_layout(frame, udp_offsets: tuple[int, ...] = (), *, inner_udp: bool = False) -> Layout:
     """Find the IP/UDP/TCP headers of ``frame``: Ethernet, then IP (/UDP at one of ``udp_offsets``/tunnel
     header/[Ethernet]/IP ...) down to TCP.  ``udp_offsets`` are the nested UDP header offsets (from the
-    vnet header's outer_th_offset, or from :func:`udpnest.fold.find_levels`).  Raises ParseError.
+    vnet header's outer_th_offset, or from :func:`udpnest.fold.find_levels`).  ``inner_udp``: the
+    innermost transport may be UDP (a USO super-packet) instead of TCP.  Raises ParseError.
     """
     eth = parse_eth(frame, 0)
     pos, etype = eth.hdr_len, eth.ethertype
@@ -70,6 +72,9 @@ def tcp_layout(frame, udp_offsets: tuple[int, ...] = ()) -> Layout:
         if proto == PROTO_TCP and not todo:
             t = parse_tcp(frame, l4)
             return Layout(tuple(ip4), tuple(ip6), tuple(udps), pos, v6, l4, l4 + t.hdr_len)
+        if proto == PROTO_UDP and not todo and inner_udp:
+            parse_udp(frame, l4, check_len=False)
+            return Layout(tuple(ip4), tuple(ip6), tuple(udps), pos, v6, l4, l4 + UDP_HLEN, PROTO_UDP)
         if not todo or todo[0] != l4:
             raise ParseError(Reason.NOT_NESTED, f"expected nested UDP at {todo[:1]}, found proto {proto} at {l4}")
         u = parse_udp(frame, l4, check_len=False)
@@ -164,6 +169,9 @@ class Segments(NamedTuple):
 def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: bool = True) -> Segments:
     """Cut the TCP super-packet ``frame`` into ``mss``-byte segments, each behind ``prefix``.
 
+    With a UDP layout (``l4_proto`` 17, a USO super-packet) the UDP payload is cut into ``mss``-byte
+    datagrams instead, each with its own UDP length and checksum.
+
     ``frame`` headers may carry any length/checksum values (kernel GSO frames carry partial sums): all
     are rewritten.  IPv4 IDs increase by one per segment from the super-packet's (as the kernel's GSO
     does) unless ``fix_ip_ids`` is false and DF is set.
@@ -181,12 +189,17 @@ def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: b
     W = P + H + mss
     tmpl = bytearray(mv[:H])
     tcp = layout.tcp
-    seq0 = int.from_bytes(tmpl[tcp + 4 : tcp + 8], "big")
-    flags0 = tmpl[tcp + 13]
-    mid_flags = flags0 & ~(FIN | PSH | CWR)
-    tmpl[tcp + 13] = mid_flags
-    tmpl[tcp + 4 : tcp + 8] = b"\0\0\0\0"
-    tmpl[tcp + 16 : tcp + 18] = b"\0\0"
+    is_udp = layout.l4_proto == PROTO_UDP
+    if is_udp:
+        seq0 = flags0 = mid_flags = 0
+        tmpl[tcp + 4 : tcp + 8] = b"\0\0\0\0"  # length and checksum, rewritten per row
+    else:
+        seq0 = int.from_bytes(tmpl[tcp + 4 : tcp + 8], "big")
+        flags0 = tmpl[tcp + 13]
+        mid_flags = flags0 & ~(FIN | PSH | CWR)
+        tmpl[tcp + 13] = mid_flags
+        tmpl[tcp + 4 : tcp + 8] = b"\0\0\0\0"
+        tmpl[tcp + 16 : tcp + 18] = b"\0\0"
     ids0 = []
     for off in layout.ip4:
         ids0.append(int.from_bytes(tmpl[off + 4 : off + 6], "big"))
@@ -219,7 +232,45 @@ def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: b
         _put16(a, P + off + 4, ids)
         base = np.uint64(csum.ones_sum(tmpl[off : off + (tmpl[off] & 0xF) * 4]))
         _put16(a, P + off + 10, ~_fold_arr(base + ids + seg_len - np.uint64(off)) & np.uint64(0xFFFF))
-    # TCP: sequence numbers, flags (CWR on the first segment only, FIN/PSH on the last only), checksum
+    if is_udp:
+        _segment_udp_csums(a, P, tmpl, layout, mv, seg_len, n_full, count, mss)
+    else:
+        _segment_tcp_fields(a, P, tmpl, layout, mv, seg_len, n_full, count, mss, idx, seq0, flags0, mid_flags)
+    _nested_udp_csums(a, P, tmpl, layout, seg_len, n_full, count)
+    return Segments(a, P + int(seg_len[-1]), mss)
+
+
+def _addrs(tmpl, ip: int, v6: bool) -> tuple[bytes, bytes]:
+    if v6:
+        return bytes(tmpl[ip + 8 : ip + 24]), bytes(tmpl[ip + 24 : ip + 40])
+    return bytes(tmpl[ip + 12 : ip + 16]), bytes(tmpl[ip + 16 : ip + 20])
+
+
+def _l4_sums(mv, H: int, n_full: int, count: int, mss: int) -> np.ndarray:
+    sums = np.empty(count, dtype=np.uint64)
+    sums[:n_full] = _payload_sums(mv, H, n_full, mss)
+    if count > n_full:
+        sums[-1] = csum.ones_sum(mv[H + n_full * mss :])
+    return sums
+
+
+def _segment_udp_csums(a, P, tmpl, layout: Layout, mv, seg_len, n_full, count, mss) -> None:
+    """Inner UDP (USO): length and checksum per datagram (the length is in the header and the pseudo-header)."""
+    u, H = layout.tcp, layout.hdr_len
+    ulen = seg_len - np.uint64(u)
+    _put16(a, P + u + 4, ulen)
+    src, dst = _addrs(tmpl, layout.tcp_ip, layout.tcp_ip_v6)
+    fixed = csum.add(csum.ones_sum(src), csum.ones_sum(dst), PROTO_UDP, csum.ones_sum(tmpl[u:H]))
+    s = np.uint64(fixed) + ulen + ulen + _l4_sums(mv, H, n_full, count, mss)
+    c = ~_fold_arr(s) & np.uint64(0xFFFF)
+    c[c == 0] = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
+    _put16(a, P + u + 6, c)
+
+
+def _segment_tcp_fields(a, P, tmpl, layout: Layout, mv, seg_len, n_full, count, mss, idx, seq0, flags0,
+                        mid_flags) -> None:
+    """TCP: sequence numbers, flags (CWR on the first segment only, FIN/PSH on the last only), checksum."""
+    tcp, H = layout.tcp, layout.hdr_len
     seqs = (np.uint64(seq0) + idx * np.uint64(mss)) & np.uint64(0xFFFFFFFF)
     _put32(a, P + tcp + 4, seqs)
     extra = np.zeros(count, dtype=np.uint64)
@@ -227,21 +278,17 @@ def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: b
     extra[-1] |= np.uint64(flags0 & (FIN | PSH))
     a[:, P + tcp + 13] = (extra + np.uint64(mid_flags)).astype(np.uint8)
     tip = layout.tcp_ip
-    if layout.tcp_ip_v6:
-        src, dst = bytes(tmpl[tip + 8 : tip + 24]), bytes(tmpl[tip + 24 : tip + 40])
-    else:
-        src, dst = bytes(tmpl[tip + 12 : tip + 16]), bytes(tmpl[tip + 16 : tip + 20])
+    src, dst = _addrs(tmpl, tip, layout.tcp_ip_v6)
     # pseudo-header: addresses + proto + TCP length (per row); header sum with seq/csum zero
     fixed = csum.add(csum.ones_sum(src), csum.ones_sum(dst), PROTO_TCP, csum.ones_sum(tmpl[tcp:H]))
     s = np.uint64(fixed) + (seg_len - np.uint64(tcp)) + (seqs >> np.uint64(16)) + (seqs & np.uint64(0xFFFF)) + extra
-    sums = np.empty(count, dtype=np.uint64)
-    sums[:n_full] = _payload_sums(mv, H, n_full, mss)
-    if count > n_full:
-        sums[-1] = csum.ones_sum(mv[H + n_full * mss :])
-    s += sums
+    s += _l4_sums(mv, H, n_full, count, mss)
     _put16(a, P + tcp + 16, ~_fold_arr(s) & np.uint64(0xFFFF))
-    # nested UDP checksums, innermost first: the same for every full-sized row (module docstring), so
-    # computed on the first row and on the short last row only
+
+
+def _nested_udp_csums(a, P, tmpl, layout: Layout, seg_len, n_full, count) -> None:
+    """Nested UDP checksums, innermost first: the same for every full-sized row (module docstring), so
+    computed on the first row and on the short last row only."""
     for off, has in reversed(layout.udp):
         if not has:
             continue
@@ -253,7 +300,6 @@ def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: b
             n = int(seg_len[r]) - off
             c = csum.checksum(a[r, P + off : P + off + n].tobytes(), csum.pseudo_sum(*addrs, 17, n)) or 0xFFFF
             a[rows, P + off + 6 : P + off + 8] = np.frombuffer(c.to_bytes(2, "big"), dtype=np.uint8)
-    return Segments(a, P + int(seg_len[-1]), mss)
 
 
 def _ip_addrs_before(tmpl, layout: Layout, udp_off: int) -> tuple[bytes, bytes]:

@@ -57,14 +57,14 @@ def outer_headers(*, dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, spo
 
 
 def tunnel_gso_vnet(*, outer_v6: bool, base_type: int, ecn: bool, mss: int, outer_len: int, geneve_len: int,
-                    inner_nh: int, inner_th: int, inner_hdr_end: int) -> bytes:
+                    inner_nh: int, inner_th: int, inner_hdr_end: int, csum_offset: int = 16) -> bytes:
     """virtio_net_hdr for outer headers (``outer_len`` bytes, ending with UDP) + Geneve (``geneve_len``)
     + an inner frame whose IP/TCP headers start at ``inner_nh``/``inner_th`` and end at ``inner_hdr_end``
-    (offsets into the inner frame)."""
+    (offsets into the inner frame).  ``csum_offset`` 16 for TCP, 6 for a USO (UDP_L4) super-packet."""
     base = outer_len + geneve_len
     gso = base_type | (GSO_UDP_TUNNEL_IPV6 if outer_v6 else GSO_UDP_TUNNEL_IPV4) | (GSO_ECN if ecn else 0)
     return VnetHdr(flags=F_NEEDS_CSUM | F_UDP_TUNNEL_CSUM, gso_type=gso, hdr_len=base + inner_hdr_end,
-                   gso_size=mss, csum_start=base + inner_th, csum_offset=16, outer_th_offset=outer_len - 8,
+                   gso_size=mss, csum_start=base + inner_th, csum_offset=csum_offset, outer_th_offset=outer_len - 8,
                    inner_nh_offset=base + inner_nh).pack()
 
 
