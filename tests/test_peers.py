@@ -422,3 +422,14 @@ def test_make_echo():
     assert e.nonce in pr.peers["a"].outstanding
     e2 = pr.make_echo("a", 1.6, caps=CAP_FOLD, max_levels=3, max_option_bytes=248)
     assert e2.nonce != e.nonce
+
+
+def test_echo_from_peer_settles_probes_sent_before_it_was_up():
+    """A probes before B runs; B's echo makes A capable, and the unanswered early probe is not a later miss."""
+    p = probing_peer(interval=1.0, window=3)
+    p.on_probe_sent(1, 0.0)  # B not up yet: never answered
+    assert p.on_echo(reply(9), 0.5)  # B starts and probes us (CAP_FOLD)
+    assert p.state is S.CAPABLE
+    p.on_probe_sent(2, 1.0)  # the next probe: the first one must not count as missed
+    assert p.state is S.CAPABLE and p.counters["fallbacks"] == 0
+    assert p.on_reply(reply(2), 1.01) is ReplyResult.ACCEPTED

@@ -163,6 +163,9 @@ class Peer:
         self.counters["echo_received"] += 1
         if not echo.cap_flags & CAP_FOLD or self.state is PeerState.UNKNOWN:
             return False
+        # the peer is up and understands FOLD: probes it missed while it was not (yet) running are moot
+        self.outstanding.clear()
+        self.missed = 0
         self.valid_until = max(self.valid_until, now + self.window * self.interval)
         self._go(Event.ECHO)
         return True
