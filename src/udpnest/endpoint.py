@@ -1,13 +1,17 @@
-"""The endpoint: TAP <-> Geneve over UDP, one thread per direction, a main thread for control and probes.
+"""The endpoint: TAP <-> Geneve over UDP: a TX thread, an RX process, a main thread for control and probes.
 
 Data path (docs/architecture.md has the diagram):
 
 * TX thread: ``read(TAP)`` one frame (vnet header + up to 64 KB) -> forwarding table picks the peer(s)
-  -> per peer mode (plain / hint / fold) -> headers built once, payload cut into MTU-sized datagrams by
-  :mod:`udpnest.gso` (numpy, no per-segment Python) -> one ``sendmsg(UDP_SEGMENT)`` per <= 64 datagrams.
-* RX thread: ``recvmsg(UDP_GRO)`` up to 64 KB of datagrams -> :mod:`udpnest.gro` validates, unfolds
-  and coalesces -> one ``writev(TAP)`` per super-packet (GSO vnet header) -> learn the source MAC.
-* Main thread: unix control socket (``udpnest status``), echo probes (:mod:`udpnest.peers`), signals.
+  -> per peer mode (plain / hint / fold) -> headers built once; the payload is cut into MTU-sized
+  datagrams by :mod:`udpnest.gso` (numpy, no per-segment Python) and sent with ``sendmsg(UDP_SEGMENT)``,
+  or handed whole to the kernel's UDP-tunnel GSO through a TAP (``--tx-path kernel``, :mod:`udpnest.outer`).
+* RX process (forked; a thread with ``rx_process = false``): ``recvmsg(UDP_GRO)`` up to 64 KB of
+  datagrams -> :mod:`udpnest.gro` validates, unfolds, coalesces and merges consecutive reads -> one
+  ``writev(TAP)`` per super-packet (GSO vnet header); learned MACs, echo packets and counters go to the
+  main loop over a socketpair.
+* Main thread: unix control socket (``udpnest status``), echo probes (:mod:`udpnest.peers`), the FDB,
+  signals.
 
 Only this module and :mod:`udpnest.io` make syscalls; everything they call is pure.
 """
@@ -525,7 +529,7 @@ class Endpoint:
                 st.c["super_packets"] += 1
                 st.hist[_bucket(obj.count)] += 1
             else:
-                sock._sendmsg(obj, [], addr)
+                sock.send_parts(obj, addr)
                 calls = 1
                 st.c["datagrams"] += 1
                 st.hist[0] += 1

@@ -191,6 +191,10 @@ class UdpSocket:
             off = end
         return calls
 
+    def send_parts(self, parts: Sequence, addr=None) -> int:
+        """Send ONE datagram given as several buffers (an iovec: e.g. Geneve header + frame, no join)."""
+        return self._sendmsg(list(parts), [], addr)
+
     def send_datagrams(self, datagrams: Sequence, addr=None) -> int:
         """Send separate datagram buffers; runs of equal length (plus one shorter tail) share a sendmsg.
 
