@@ -318,10 +318,7 @@ def restore_headers(carried: list[_Carried], inner_len: int, inner_sum: int = 0,
             if not v6:
                 h[ip + 10 : ip + 12] = csum.checksum(h[ip : ip + c.l3]).to_bytes(2, "big")
             if c.flags & F_UDP_CSUM:
-                if v6:
-                    src, dst = bytes(h[ip + 8 : ip + 24]), bytes(h[ip + 24 : ip + 40])
-                else:
-                    src, dst = bytes(h[ip + 12 : ip + 16]), bytes(h[ip + 16 : ip + 20])
+                src, dst = csum.ip_addresses(h, ip, v6)
                 pseudo = csum.pseudo_sum(src, dst, PROTO_UDP, udp_len)
                 if udp_csum == "partial" and i == 0:
                     value = pseudo

@@ -165,16 +165,10 @@ def _hdr_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: in
     for u, has in lay.udp:
         if not has:
             continue
-        nip = max(o for o in lay.ip4 + lay.ip6 if o < u)
-        if nip in lay.ip6:
-            src, dst = bytes(mv[G + nip + 8 : G + nip + 24]), bytes(mv[G + nip + 24 : G + nip + 40])
-        else:
-            src, dst = bytes(mv[G + nip + 12 : G + nip + 16]), bytes(mv[G + nip + 16 : G + nip + 20])
-        tip, t = lay.tcp_ip, lay.tcp
-        if lay.tcp_ip_v6:
-            tsrc, tdst = bytes(mv[G + tip + 8 : G + tip + 24]), bytes(mv[G + tip + 24 : G + tip + 40])
-        else:
-            tsrc, tdst = bytes(mv[G + tip + 12 : G + tip + 16]), bytes(mv[G + tip + 16 : G + tip + 20])
+        nip, nv6 = lay.ip_before(u)
+        src, dst = csum.ip_addresses(mv, G + nip, nv6)
+        t = lay.tcp
+        tsrc, tdst = csum.ip_addresses(mv, G + lay.tcp_ip, lay.tcp_ip_v6)
         for start, rows, length in ((0, count - 1, row_len), ((count - 1) * row_len, 1, last_len)):
             if rows == 0:
                 continue
@@ -316,6 +310,21 @@ def _col(mv: memoryview, dtype: str, off: int, count: int, stride: int) -> np.nd
     return np.ndarray((count,), dtype=dtype, buffer=mv, offset=off, strides=(stride,))
 
 
+def _lengths_fit(row, G: int, lay: Layout, length: int) -> bool:
+    """Do the IPv4/IPv6/UDP length fields of the frame after the Geneve header describe exactly a
+    ``length``-byte datagram (one row; never trusted, always checked)?"""
+    for off in lay.ip4:
+        if int.from_bytes(row[G + off + 2 : G + off + 4], "big") != length - G - off:
+            return False
+    for off in lay.ip6:
+        if int.from_bytes(row[G + off + 4 : G + off + 6], "big") != length - G - off - IPV6_HLEN:
+            return False
+    for off, _ in lay.udp:
+        if int.from_bytes(row[G + off + 4 : G + off + 6], "big") != length - G - off:
+            return False
+    return True
+
+
 def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class: int, ports,
               verify_csum: bool) -> Run | None:
     info = _frame_info(mv[:row_len], opt_class, ports)
@@ -329,31 +338,14 @@ def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class
     all_rows = np.frombuffer(mv, dtype=np.uint8, count=(count - 1) * row_len).reshape(count - 1, row_len)
     last = np.frombuffer(mv, dtype=np.uint8, offset=(count - 1) * row_len, count=last_len).reshape(1, last_len)
     row0 = all_rows[0]
-    # the first row's lengths must describe exactly one full row
-    for off in lay.ip4:
-        if int.from_bytes(row0[G + off + 2 : G + off + 4], "big") != row_len - G - off:
-            return None
-    for off in lay.ip6:
-        if int.from_bytes(row0[G + off + 4 : G + off + 6], "big") != row_len - G - off - IPV6_HLEN:
-            return None
-    for off, _ in lay.udp:
-        if int.from_bytes(row0[G + off + 4 : G + off + 6], "big") != row_len - G - off:
-            return None
+    if not (_lengths_fit(row0, G, lay, row_len) and _lengths_fit(last[0], G, lay, last_len)):
+        return None
     # equal Geneve header + options + header bytes outside the per-segment fields
     keep_full, keep_last = _masks(G, lay)
     ref = row0[: G + H]
     if ((all_rows[:, : G + H] != ref) & keep_full).any() or ((last[:, : G + H] != ref) & keep_last).any():
         return None
     last_payload = last_len - G - H
-    for off in lay.ip4:
-        if int.from_bytes(last[0, G + off + 2 : G + off + 4], "big") != last_len - G - off:
-            return None
-    for off in lay.ip6:
-        if int.from_bytes(last[0, G + off + 4 : G + off + 6], "big") != last_len - G - off - IPV6_HLEN:
-            return None
-    for off, _ in lay.udp:
-        if int.from_bytes(last[0, G + off + 4 : G + off + 6], "big") != last_len - G - off:
-            return None
     # TCP flags, sequence numbers, IPv4 IDs: one strided column view per field, all rows incl. the last
     t = G + lay.tcp
     flags = _col(mv, "u1", t + 13, count, row_len)
@@ -436,12 +428,7 @@ def _tcp_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: in
     t = G + lay.tcp
     seg_full = row_len - t
     nfull = count - 1
-    tip = G + lay.tcp_ip
-    row0 = mv[:row_len]
-    if lay.tcp_ip_v6:
-        src, dst = bytes(row0[tip + 8 : tip + 24]), bytes(row0[tip + 24 : tip + 40])
-    else:
-        src, dst = bytes(row0[tip + 12 : tip + 16]), bytes(row0[tip + 16 : tip + 20])
+    src, dst = csum.ip_addresses(mv, G + lay.tcp_ip, lay.tcp_ip_v6)
     pseudo = np.uint64(csum.pseudo_sum(src, dst, PROTO_TCP, seg_full))
     if row_len % 4 == 0 and t % 2 == 0:
         whole = np.frombuffer(mv, dtype="<u4", count=nfull * row_len // 4).reshape(nfull, row_len // 4)
@@ -499,10 +486,7 @@ def _super_write(info: _Frame, hdr: bytes, payloads: tuple, payload_len: int, ms
             return None
         h[off + 4 : off + 6] = (frame_len - off - IPV6_HLEN).to_bytes(2, "big")
     tip, t = lay.tcp_ip, lay.tcp
-    if lay.tcp_ip_v6:
-        src, dst = bytes(h[tip + 8 : tip + 24]), bytes(h[tip + 24 : tip + 40])
-    else:
-        src, dst = bytes(h[tip + 12 : tip + 16]), bytes(h[tip + 16 : tip + 20])
+    src, dst = csum.ip_addresses(h, tip, lay.tcp_ip_v6)
     h[t + 16 : t + 18] = csum.partial_csum(src, dst, PROTO_TCP, frame_len - t).to_bytes(2, "big")
     gso_type = GSO_TCPV6 if lay.tcp_ip_v6 else GSO_TCPV4
     flags = F_NEEDS_CSUM
@@ -520,15 +504,11 @@ def _super_write(info: _Frame, hdr: bytes, payloads: tuple, payload_len: int, ms
     elif lay.udp:  # plain/hint: the nested level is in the frame
         u, has = lay.udp[0]
         h[u + 4 : u + 6] = (frame_len - u).to_bytes(2, "big")
+        nip, v6 = lay.ip_before(u)
         if has:
-            nip = max(o for o in lay.ip4 + lay.ip6 if o < u)
-            v6 = nip in lay.ip6
-            nsrc, ndst = (bytes(h[nip + 8 : nip + 24]), bytes(h[nip + 24 : nip + 40])) if v6 else (
-                bytes(h[nip + 12 : nip + 16]), bytes(h[nip + 16 : nip + 20]))
+            nsrc, ndst = csum.ip_addresses(h, nip, v6)
             h[u + 6 : u + 8] = csum.partial_csum(nsrc, ndst, 17, frame_len - u).to_bytes(2, "big")
             flags |= F_UDP_TUNNEL_CSUM
-        else:
-            v6 = any(o < u for o in lay.ip6)
         outer_th = u
         gso_type |= GSO_UDP_TUNNEL_IPV6 if v6 else GSO_UDP_TUNNEL_IPV4
     shift = len(nested)

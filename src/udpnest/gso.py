@@ -41,6 +41,10 @@ class Layout(NamedTuple):
     hdr_len: int  # headers up to the TCP payload
     l4_proto: int = PROTO_TCP  # 6, or 17 for a UDP super-packet (USO)
 
+    def ip_before(self, off: int) -> tuple[int, bool]:
+        """(offset, is IPv6) of the IP header that carries the header at ``off``."""
+        return max([(o, False) for o in self.ip4 if o < off] + [(o, True) for o in self.ip6 if o < off])
+
 
 def tcp_layout(frame, udp_offsets: tuple[int, ...] = (), *, inner_udp: bool = False) -> Layout:
     """Find the IP/UDP/TCP headers of ``frame``: Ethernet, then IP (/UDP at one of ``udp_offsets``/tunnel
@@ -240,12 +244,6 @@ def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: b
     return Segments(a, P + int(seg_len[-1]), mss)
 
 
-def _addrs(tmpl, ip: int, v6: bool) -> tuple[bytes, bytes]:
-    if v6:
-        return bytes(tmpl[ip + 8 : ip + 24]), bytes(tmpl[ip + 24 : ip + 40])
-    return bytes(tmpl[ip + 12 : ip + 16]), bytes(tmpl[ip + 16 : ip + 20])
-
-
 def _l4_sums(mv, H: int, n_full: int, count: int, mss: int) -> np.ndarray:
     sums = np.empty(count, dtype=np.uint64)
     sums[:n_full] = _payload_sums(mv, H, n_full, mss)
@@ -259,7 +257,7 @@ def _segment_udp_csums(a, P, tmpl, layout: Layout, mv, seg_len, n_full, count, m
     u, H = layout.tcp, layout.hdr_len
     ulen = seg_len - np.uint64(u)
     _put16(a, P + u + 4, ulen)
-    src, dst = _addrs(tmpl, layout.tcp_ip, layout.tcp_ip_v6)
+    src, dst = csum.ip_addresses(tmpl, layout.tcp_ip, layout.tcp_ip_v6)
     fixed = csum.add(csum.ones_sum(src), csum.ones_sum(dst), PROTO_UDP, csum.ones_sum(tmpl[u:H]))
     s = np.uint64(fixed) + ulen + ulen + _l4_sums(mv, H, n_full, count, mss)
     c = ~_fold_arr(s) & np.uint64(0xFFFF)
@@ -278,7 +276,7 @@ def _segment_tcp_fields(a, P, tmpl, layout: Layout, mv, seg_len, n_full, count, 
     extra[-1] |= np.uint64(flags0 & (FIN | PSH))
     a[:, P + tcp + 13] = (extra + np.uint64(mid_flags)).astype(np.uint8)
     tip = layout.tcp_ip
-    src, dst = _addrs(tmpl, tip, layout.tcp_ip_v6)
+    src, dst = csum.ip_addresses(tmpl, tip, layout.tcp_ip_v6)
     # pseudo-header: addresses + proto + TCP length (per row); header sum with seq/csum zero
     fixed = csum.add(csum.ones_sum(src), csum.ones_sum(dst), PROTO_TCP, csum.ones_sum(tmpl[tcp:H]))
     s = np.uint64(fixed) + (seg_len - np.uint64(tcp)) + (seqs >> np.uint64(16)) + (seqs & np.uint64(0xFFFF)) + extra
@@ -292,7 +290,7 @@ def _nested_udp_csums(a, P, tmpl, layout: Layout, seg_len, n_full, count) -> Non
     for off, has in reversed(layout.udp):
         if not has:
             continue
-        addrs = _ip_addrs_before(tmpl, layout, off)
+        addrs = csum.ip_addresses(tmpl, *layout.ip_before(off))
         # (first row, rows it stands for): the full-sized block, then the short last row if any
         for r, rows in ((0, slice(0, n_full)), (count - 1, slice(n_full, count))):
             if rows.start == rows.stop:
@@ -301,16 +299,3 @@ def _nested_udp_csums(a, P, tmpl, layout: Layout, seg_len, n_full, count) -> Non
             c = csum.checksum(a[r, P + off : P + off + n].tobytes(), csum.pseudo_sum(*addrs, 17, n)) or 0xFFFF
             a[rows, P + off + 6 : P + off + 8] = np.frombuffer(c.to_bytes(2, "big"), dtype=np.uint8)
 
-
-def _ip_addrs_before(tmpl, layout: Layout, udp_off: int) -> tuple[bytes, bytes]:
-    """Source and destination addresses of the IP header that carries the UDP header at ``udp_off``."""
-    best, v6 = -1, False
-    for off in layout.ip4:
-        if best < off < udp_off:
-            best, v6 = off, False
-    for off in layout.ip6:
-        if best < off < udp_off:
-            best, v6 = off, True
-    if v6:
-        return bytes(tmpl[best + 8 : best + 24]), bytes(tmpl[best + 24 : best + 40])
-    return bytes(tmpl[best + 12 : best + 16]), bytes(tmpl[best + 16 : best + 20])

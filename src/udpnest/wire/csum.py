@@ -82,6 +82,13 @@ def udp_checksum(src: bytes, dst: bytes, segment, proto: int = 17) -> int:
     return c
 
 
+def ip_addresses(buf, off: int, v6: bool) -> tuple[bytes, bytes]:
+    """Source and destination address of the IPv4 (``v6`` false) or IPv6 header at ``off`` in ``buf``."""
+    if v6:
+        return bytes(buf[off + 8 : off + 24]), bytes(buf[off + 24 : off + 40])
+    return bytes(buf[off + 12 : off + 16]), bytes(buf[off + 16 : off + 20])
+
+
 def partial_csum(src: bytes, dst: bytes, proto: int, length: int) -> int:
     """The value a CHECKSUM_PARTIAL (NEEDS_CSUM) transport header carries: the folded pseudo-header
     sum, not inverted.  The kernel (or NIC) adds the data and inverts."""
