@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import nestlab
@@ -106,3 +107,41 @@ def test_peer_turns_legacy_mid_transfer(lab_v4, endpoints):
     assert sb["rx"].get("kind_fold", 0) == 0 and sb["rx"].get("kind_plain", 0) > 0, sb["rx"]
     assert folded_before > 0
     assert a.running() and b2.running()
+
+
+def test_fold_towards_a_scapy_legacy_geneve_peer(lab_v4, endpoints, tmp_path):
+    """udpnest (fold) <-> a scapy Geneve endpoint that drops critical options as RFC 8926 requires: the echo
+    probes are dropped unanswered, udpnest stays in fallback, and traffic flows as plain Geneve."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from udpnest.lab import bench
+
+    lab = lab_v4
+    plan_b = topology.udpnest_plans(lab.spec)["b"]
+    stats_path = tmp_path / "legacy.json"
+    script = Path(__file__).with_name("legacy_geneve.py")
+    legacy = subprocess.Popen(
+        bench.ns_argv(plan_b.netns, [sys.executable, str(script), plan_b.tap_ifname, plan_b.underlay_local,
+                                     plan_b.underlay_remote, str(plan_b.geneve_port), "7", str(stats_path)]),
+        stdout=subprocess.PIPE, text=True, env=bench._pythonpath_env())
+    try:
+        assert legacy.stdout.readline().strip() == "ready"
+        topology.plug_udpnest(plan_b)
+        a = endpoints(lab).one("a", "fold", extra=PROBE)
+        a.wait_up()
+        topology.set_mode(lab.spec, "udpnest")
+        time.sleep(4 * INTERVAL)
+        p = a.peer()
+        assert p["mode"] == "plain" and p["state"] == "fallback", p
+        assert p["probes_sent"] >= 3 and p["replies_ok"] == 0, p
+        sent, got = nestlab.tcp_transfer(lab.spec, 4 * nestlab.MIB, port=5313)
+        assert got["sha256"] == sent["sha256"] and got["bytes"] == sent["bytes"] == 4 * nestlab.MIB
+        assert a.settled_status()["tx"].get("mode_fold", 0) == 0
+    finally:
+        legacy.terminate()
+        legacy.wait(10)
+    stats = json.loads(stats_path.read_text())
+    assert stats["critical_dropped"] >= p["probes_sent"], stats  # every probe hit a legacy wall
+    assert stats["to_tap"] > 1000 and stats["to_peer"] > 100, stats
