@@ -467,3 +467,20 @@ def test_nested_udp_csum_exact_multiple(nest):
     sums = _nested_udp_csums(prefix, segs)
     assert sums[:-1] == [(w, w) for _, w in sums[:-1]]  # the full rows before the last are right
     assert sums[-1][0] == sums[-1][1]
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_tcp_layout_refuses_ip_fragments(v6):
+    """A fragment cannot be segmented: tcp_layout says so with Reason.FRAGMENT."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+    from scapy.layers.l2 import Ether
+
+    from udpnest.wire.errors import ParseError, Reason
+
+    ip = IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrFragment(m=1) if v6 else \
+        IP(src="203.0.113.1", dst="203.0.113.2", flags="MF")
+    frame = bytes(Ether() / ip / TCP() / (b"x" * 100))
+    with pytest.raises(ParseError) as e:
+        tcp_layout(frame)
+    assert e.value.reason is Reason.FRAGMENT

@@ -21,7 +21,6 @@ class Reason(enum.Enum):
     TRUNCATED_TCP = "truncated_tcp"
     TRUNCATED_VXLAN = "truncated_vxlan"
     TRUNCATED_GENEVE = "truncated_geneve"
-    TRUNCATED_OPTION = "truncated_option"
     TRUNCATED_VNET = "truncated_vnet"
     # header fields that are impossible or unsupported
     BAD_ETHERTYPE = "bad_ethertype"
@@ -40,7 +39,6 @@ class Reason(enum.Enum):
     BAD_VNET = "bad_vnet"
     # Geneve options
     UNKNOWN_CRITICAL_OPTION = "unknown_critical_option"
-    BAD_OPTION = "bad_option"
     BAD_GRO_HINT = "bad_gro_hint"
     BAD_ECHO = "bad_echo"
     # the nested-headers carrier (fold option)
