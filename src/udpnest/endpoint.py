@@ -38,7 +38,7 @@ from .config import EndpointConfig
 from .fdb import Fdb
 from .fold import fold, gro_hint_for
 from .gro import finish, merge, receive
-from .gso import segment_tcp, tcp_layout
+from .gso import aligned_mss, segment_tcp, tcp_layout
 from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
@@ -493,13 +493,11 @@ class Endpoint:
         return "one", [self._plain_prefix(frame, mode, gso=False), frame]
 
     def _segment_size(self, vh: VnetHdr, prefix: bytes, layout) -> int:
-        """TCP: the largest segment that fits the underlay MTU (never more than the workload's MSS),
-        rounded so datagrams are a multiple of 4 bytes (the receiver then checks checksums over 32-bit
-        words).  UDP (USO): the application's datagram size, always: its boundaries are the messages."""
+        """TCP: :func:`udpnest.gso.aligned_mss` for the underlay MTU.  UDP (USO): the application's
+        datagram size, always: its boundaries are the messages."""
         if layout.l4_proto == 17:
             return vh.gso_size
-        mss = min(vh.gso_size, self.cfg.max_datagram - len(prefix) - layout.hdr_len)
-        mss -= (len(prefix) + layout.hdr_len + mss) % 4
+        mss = aligned_mss(self.cfg.max_datagram, len(prefix) + layout.hdr_len, vh.gso_size)
         if mss < 64:
             raise ParseError(Reason.FOLD_TOO_LARGE, f"headers leave {mss} bytes per datagram")
         return mss
@@ -519,10 +517,12 @@ class Endpoint:
         try:
             if kind == "kernel":
                 calls = self._send_kernel(obj, addr, fh)
-                st.c["datagrams"] += -(-(len(obj[1]) - obj[2].hdr_len) // obj[4])
+                _, inner, layout, _, mss = obj
+                cut = -(-(len(inner) - layout.hdr_len) // mss)  # datagrams the kernel will cut
+                st.c["datagrams"] += cut
                 st.c["super_packets"] += 1
                 st.c["kernel_writes"] += 1
-                st.hist[_bucket(-(-(len(obj[1]) - obj[2].hdr_len) // obj[4]))] += 1
+                st.hist[_bucket(cut)] += 1
             elif kind == "gso":
                 calls = sock.send_segments(obj.buffer, obj.row_len, addr)
                 st.c["datagrams"] += obj.count

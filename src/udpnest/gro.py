@@ -34,7 +34,7 @@ from .fold import (
     restore_headers,
     unfold,
 )
-from .gso import Layout, tcp_layout
+from .gso import Layout, aligned_mss, tcp_layout
 from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.ipv4 import IP_DF, PROTO_TCP, parse_ipv4
@@ -124,7 +124,7 @@ def receive(buf, n: int, gso_size: int, *, opt_class: int = DEFAULT_OPT_CLASS,
     mv = memoryview(buf)[:n]
     res = RxResult([], [], [])
     count, row_len, last_len = rows_of(n, gso_size)
-    if not gso_size and n > max_datagram and _spans_whole(mv, opt_class, ports):
+    if not gso_size and n > max_datagram:
         try:
             w = _whole(mv, max_datagram, opt_class, ports)
         except ParseError:
@@ -180,21 +180,6 @@ def _hdr_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: in
             if (total % np.uint64(0xFFFF)).any():
                 return False
     return True
-
-
-def _spans_whole(mv: memoryview, opt_class: int, ports) -> bool:
-    """Does the first frame's IP header describe the whole buffer (rather than one gso_size row)?"""
-    try:
-        info = _frame_info(mv, opt_class, ports)
-    except ParseError:
-        return False
-    if info is None:
-        return False
-    lay, G = info.layout, info.G
-    off = lay.tcp_ip
-    if lay.tcp_ip_v6:
-        return int.from_bytes(mv[G + off + 4 : G + off + 6], "big") == len(mv) - G - off - IPV6_HLEN
-    return int.from_bytes(mv[G + off + 2 : G + off + 4], "big") == len(mv) - G - off
 
 
 def _check_l3(frame) -> None:
@@ -447,20 +432,17 @@ def _tcp_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: in
 
 
 def _whole(mv: memoryview, max_datagram: int, opt_class: int, ports) -> TapWrite | None:
-    """A single datagram holding a whole TCP super-packet (lengths describe the whole datagram)."""
+    """A single datagram holding a whole TCP super-packet (its length fields describe the whole datagram,
+    not one MTU-sized row), or None."""
     info = _frame_info(mv, opt_class, ports)
     if info is None:
         return None
     G, lay = info.G, info.layout
     H = lay.hdr_len
     n = len(mv)
-    gso_size = max_datagram - G - H
-    gso_size -= (G + H + gso_size) % 4  # what a udpnest sender picks for this path MTU
-    if gso_size < 64 or n - G - H <= gso_size:
+    gso_size = aligned_mss(max_datagram, G + H)  # what a udpnest sender picks for this path MTU
+    if gso_size < 64 or n - G - H <= gso_size or not _lengths_fit(mv, G, lay, n):
         return None
-    for off in lay.ip4:
-        if int.from_bytes(mv[G + off + 2 : G + off + 4], "big") != n - G - off:
-            return None
     flags = mv[G + lay.tcp + 13]
     if flags & _BAD_FLAGS:
         return None

@@ -109,6 +109,14 @@ def _after_tunnel(frame, tun_off: int, next_udp: int | None) -> tuple[int, int]:
     raise ParseError(Reason.NOT_NESTED, f"no Ethernet/IP after the tunnel header at {tun_off}")
 
 
+def aligned_mss(max_datagram: int, overhead: int, limit: int | None = None) -> int:
+    """The TCP payload per datagram a udpnest sender uses: the most that fits ``max_datagram`` behind
+    ``overhead`` header bytes (never more than ``limit``, the workload's MSS), rounded down so each
+    datagram is a multiple of 4 bytes (the receiver then checks checksums over 32-bit words)."""
+    mss = max_datagram - overhead if limit is None else min(limit, max_datagram - overhead)
+    return mss - (overhead + mss) % 4
+
+
 def _put16(a: np.ndarray, off: int, values) -> None:
     a[:, off : off + 2] = np.asarray(values, dtype=">u2").reshape(-1, 1).view(np.uint8)
 
