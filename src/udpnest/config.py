@@ -20,6 +20,7 @@ NESTED_MODES = ("off", "hint", "fold")
 DF_MODES = ("unset", "set")
 FALLBACK_MODES = ("plain", "hint")
 TX_PATHS = ("socket", "kernel")
+DATAPLANES = ("userspace", "kernel")
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,7 @@ class EndpointConfig:
     verify_csum: bool = True
     rx_process: bool = True  # run the RX loop in a forked process (no GIL shared with TX)
     control: str | None = None  # unix socket path; default /run/udpnest/<tap>.sock
+    dataplane: str = "userspace"  # "kernel": a Linux >= 7.0 geneve device with the GRO hint (kernelmode.py)
 
     @property
     def family_v6(self) -> bool:
@@ -180,7 +182,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
         if name in raw:
             out[name] = _int(name, raw[name], lo, hi)
     for name, allowed in (("df", DF_MODES), ("nested", NESTED_MODES), ("fallback", FALLBACK_MODES),
-                          ("tx_path", TX_PATHS)):
+                          ("tx_path", TX_PATHS), ("dataplane", DATAPLANES)):
         if name in raw:
             if raw[name] not in allowed:
                 raise ConfigError(name, f"{raw[name]!r} is not one of {', '.join(allowed)}")
