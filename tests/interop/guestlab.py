@@ -141,6 +141,23 @@ class Lab:
         self.sh(f"ip -n W link set {name} up")
         return ctl
 
+    def kernelmode_up(self, side: str, nested: str = "hint") -> str:
+        """``udpnest up --dataplane kernel`` on side "U" (device wl0 moved into W) or "K" (device gk in K)."""
+        local, remote = (self.local, self.remote) if side == "U" else (self.remote, self.local)
+        remote = remote if self.family == 4 else f"[{remote}]"
+        name, netns, addr = ("wl0", "W", OVERLAY[0]) if side == "U" else ("gk", "K", OVERLAY[1])
+        ctl = f"/run/udpnest/{name}.sock"
+        argv = [PY, "-m", "udpnest.cli", "up", "--dataplane", "kernel", "--id", str(VNI), "--local", local,
+                "--remote", remote, "--tap", name, "--tap-netns", netns, "--tap-address", f"{addr}/24",
+                "--nested", nested, "--control", ctl]
+        log = f"/tmp/udpnest-{name}.log"
+        self.bg(side, shlex.join(argv), log)
+        r = self.sh(f"for i in $(seq 600); do test -S {ctl} && exit 0; sleep 0.2; done; exit 1", check=False,
+                    timeout=150)
+        if r.rc != 0:
+            raise TimeoutError(f"kernel mode did not come up: {self.udpnest_log(name)}")
+        return ctl
+
     def udpnest_status(self, ctl: str = "/run/udpnest/wl0.sock") -> dict:
         return json.loads(self.sh(f"{LIGHT} -c {shlex.quote(_STATUS)} {ctl}").out)
 
