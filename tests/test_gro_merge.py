@@ -10,7 +10,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from udpnest import fold
-from udpnest.gro import finish, merge, receive
+from udpnest.rxpipe import finish, merge, receive
 from udpnest.gso import segment_tcp, tcp_layout
 
 PAYLOAD = os.urandom(40 * 1000 + 321)
