@@ -50,9 +50,9 @@ from .fold import (
 from .gso import Layout, aligned_mss, tcp_layout
 from .wire import csum
 from .wire.errors import ParseError, Reason
+from .wire.geneve import parse_geneve
 from .wire.ipv4 import IP_DF, PROTO_TCP, parse_ipv4
 from .wire.ipv6 import IPV6_HLEN, parse_ipv6
-from .wire.geneve import parse_geneve
 from .wire.options import DEFAULT_OPT_CLASS, GenevePacket, parse_packet
 from .wire.tcp import ACK, CWR, FIN, PSH, RST, SYN, URG
 from .wire.udp import UDP_HLEN
