@@ -3,13 +3,16 @@
  * Two functions, both pure (no syscalls, no policy), both byte-for-byte and reason-for-reason the
  * same as the Python reference, proven by tests/test_engine_diff_rx.py:
  *
- *  rx_rows(buf, count, row_len, last_len, vni, opt_class) -> list[int]
+ *  rx_rows(buf, count, row_len, last_len, vni, opt_class, folds=None) -> list
  *      The one-datagram path (rxpipe._single) for each row of a read: Geneve fixed header, VNI, option
  *      TLVs (structure first, then meaning, as parse_packet), the GRO hint, OAM, protocol, and the first
  *      IP header of the frame (rxpipe._check_l3).  Per row one code:
  *        >= 0   write the frame at offset (code & 0xFFFF) of the row with a zero vnet header;
  *               bit 16: the GRO hint was present (kind "hint", else "plain");
  *        -1     defer: a FOLD or echo option of udpnest's class (the reference handles the row);
+ *        (headers, offset): a FOLD row whose Geneve header bytes are a key of `folds` (a template the
+ *               reference built from a header it validated): the nested headers restored (lengths,
+ *               IPv4 header checksums, nested UDP checksums computed), the innermost frame at offset;
  *        <= -2  drop: reason RX_REASONS[-2 - code].
  *
  *  rx_coalesce(buf, count, row_len, last_len, G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp,
@@ -30,13 +33,13 @@ static const char *const rx_reasons[] = {
     "truncated_geneve", "bad_geneve_version", "wrong_vni",     "bad_geneve_optlen", "bad_gro_hint",
     "unknown_critical_option", "oam",            "bad_geneve_protocol", "truncated_eth", "truncated_ipv4",
     "bad_ipv4_version", "bad_ipv4_ihl",          "bad_ipv4_length", "truncated_ipv6", "bad_ipv6_version",
-    "bad_ipv6_length",  "bad_ipv6_extension",
+    "bad_ipv6_length",  "bad_ipv6_extension", "fold_too_large",
 };
 enum {
     R_TRUNCATED_GENEVE, R_BAD_GENEVE_VERSION, R_WRONG_VNI, R_BAD_GENEVE_OPTLEN, R_BAD_GRO_HINT,
     R_UNKNOWN_CRITICAL_OPTION, R_OAM, R_BAD_GENEVE_PROTOCOL, R_TRUNCATED_ETH, R_TRUNCATED_IPV4,
     R_BAD_IPV4_VERSION, R_BAD_IPV4_IHL, R_BAD_IPV4_LENGTH, R_TRUNCATED_IPV6, R_BAD_IPV6_VERSION,
-    R_BAD_IPV6_LENGTH, R_BAD_IPV6_EXTENSION, R_COUNT
+    R_BAD_IPV6_LENGTH, R_BAD_IPV6_EXTENSION, R_FOLD_TOO_LARGE, R_COUNT
 };
 #define DROP(r) (-2 - (r))
 #define DEFER (-1)
@@ -157,42 +160,167 @@ static int rx_one(const uint8_t *p, size_t n, long vni, long opt_class)
     return (int)G | hint << 16;
 }
 
+static uint32_t rx_pseudo(const uint8_t *ip, int v6, unsigned proto, uint64_t length);
+
+/* --- FOLD: restore the nested headers of a validated header (fold.restore_headers, "compute") ---------- */
+
+#define F_V6 0x80
+#define F_UDP_CSUM 0x40
+#define F_LEN_ZEROED 0x20
+#define F_CSUM_ZEROED 0x10
+#define MAX_FOLD_HDRS 512 /* 3 levels of at most 124 bytes each, with room to spare */
+
+static uint32_t rx_ones(const uint8_t *p, size_t n) /* csum.ones_sum's value modulo 0xFFFF */
+{
+    return (uint32_t)(un_sum(p, n, 0) % 0xFFFF);
+}
+
+/* A template (built by rxnative.py from fold.decode_folds of a header the reference validated):
+ *   byte 0: number of levels L; then per level, outermost first:
+ *   flags, l2, l3, tun, hdr length (2 bytes, big endian), hdr bytes.
+ * Writes the restored headers to out (capacity MAX_FOLD_HDRS); returns their length, or -1 when a restored
+ * length would exceed 65535 (fold_too_large), -2 when the template is malformed (never, for ours). */
+static long rx_restore(const uint8_t *tpl, size_t tlen, const uint8_t *inner, size_t inner_len, uint8_t *out)
+{
+    const uint8_t *lv[4];
+    size_t hl[4];
+    if (tlen < 1 || tpl[0] < 1 || tpl[0] > 3)
+        return -2;
+    int L = tpl[0];
+    size_t pos = 1, total = 0;
+    int need_sum = 0;
+    for (int i = 0; i < L; i++) {
+        if (pos + 6 > tlen)
+            return -2;
+        lv[i] = tpl + pos;
+        hl[i] = un_get16(tpl + pos + 4);
+        size_t l2 = tpl[pos + 1], l3 = tpl[pos + 2], tun = tpl[pos + 3];
+        if (pos + 6 + hl[i] > tlen || l2 + l3 + 8 + tun != hl[i] || l3 < (tpl[pos] & F_V6 ? 40u : 20u))
+            return -2;
+        if (tpl[pos] & F_UDP_CSUM)
+            need_sum = 1;
+        pos += 6 + hl[i];
+        total += hl[i];
+    }
+    if (total > MAX_FOLD_HDRS)
+        return -2;
+    uint64_t suffix_sum = need_sum ? rx_ones(inner, inner_len) : 0;
+    size_t suffix_len = inner_len, at = total;
+    for (int i = L - 1; i >= 0; i--) {
+        const uint8_t *m = lv[i];
+        unsigned flags = m[0];
+        size_t l2 = m[1], l3 = m[2], tun = m[3], n = hl[i];
+        at -= n;
+        uint8_t *h = out + at;
+        memcpy(h, m + 6, n);
+        size_t ip = l2, u = l2 + l3;
+        int v6 = (flags & F_V6) != 0;
+        size_t udp_len = 8 + tun + suffix_len;
+        size_t ip_len = (v6 ? l3 - 40 : l3) + udp_len;
+        if (udp_len > 0xFFFF || ip_len > 0xFFFF)
+            return -1;
+        if (flags & F_LEN_ZEROED) {
+            un_put16(h + ip + (v6 ? 4 : 2), (uint16_t)ip_len);
+            un_put16(h + u + 4, (uint16_t)udp_len);
+        }
+        if (flags & F_CSUM_ZEROED) {
+            if (!v6)
+                un_put16(h + ip + 10, un_csum(un_sum(h + ip, l3, 0)));
+            if (flags & F_UDP_CSUM) {
+                uint64_t ps = rx_pseudo(h + ip, v6, 17, udp_len);
+                uint16_t c = un_csum(un_sum(h + u, n - u, ps + suffix_sum));
+                un_put16(h + u + 6, c ? c : 0xFFFF);
+            }
+        }
+        suffix_sum = (suffix_sum + rx_ones(h, n)) % 0xFFFF;
+        suffix_len += n;
+    }
+    return (long)total;
+}
+
+/* The frame check after unfold (rxpipe._check_l3): -1 or a reason code. */
+static int rx_check_l3(const uint8_t *f, size_t fl)
+{
+    if (fl < 14)
+        return R_TRUNCATED_ETH;
+    unsigned et = un_get16(f + 12);
+    return et == 0x0800 ? rx_ipv4(f, fl, 14) : et == 0x86DD ? rx_ipv6(f, fl, 14) : -1;
+}
+
+/* One deferred row with a FOLD header the reference already validated (found in `folds`): the restored
+ * headers + the offset of the innermost frame, a drop code, or NULL with *deferred set. */
+static PyObject *rx_fold_row(const uint8_t *p, size_t n, PyObject *folds, int *deferred)
+{
+    *deferred = 1;
+    if (folds == NULL || n < 8)
+        return NULL;
+    size_t G = 8 + (size_t)(p[0] & 0x3F) * 4;
+    if (G > n)
+        return NULL;
+    PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)G);
+    if (key == NULL)
+        return NULL;
+    PyObject *tpl = PyDict_GetItemWithError(folds, key); /* borrowed */
+    Py_DECREF(key);
+    if (tpl == NULL || !PyBytes_Check(tpl))
+        return NULL;
+    uint8_t hdrs[MAX_FOLD_HDRS];
+    long hl = rx_restore((const uint8_t *)PyBytes_AS_STRING(tpl), (size_t)PyBytes_GET_SIZE(tpl), p + G, n - G, hdrs);
+    if (hl == -2)
+        return NULL;
+    *deferred = 0;
+    if (hl == -1)
+        return PyLong_FromLong(DROP(R_FOLD_TOO_LARGE));
+    int r = rx_check_l3(p + G, n - G);
+    if (r >= 0)
+        return PyLong_FromLong(DROP(r));
+    return Py_BuildValue("(y#n)", (const char *)hdrs, (Py_ssize_t)hl, (Py_ssize_t)G);
+}
+
 static PyObject *native_rx_rows(PyObject *self, PyObject *args)
 {
     Py_buffer b;
     Py_ssize_t count, row_len, last_len;
     long vni, opt_class;
-    if (!PyArg_ParseTuple(args, "y*nnnll", &b, &count, &row_len, &last_len, &vni, &opt_class))
+    PyObject *folds = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nnnll|O", &b, &count, &row_len, &last_len, &vni, &opt_class, &folds))
         return NULL;
+    if (folds != Py_None && !PyDict_Check(folds)) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_TypeError, "rx_rows: folds must be a dict or None");
+        return NULL;
+    }
     if (count < 1 || row_len < 0 || last_len < 0 || last_len > row_len ||
         (count - 1) * row_len + last_len > b.len) {
         PyBuffer_Release(&b);
         PyErr_SetString(PyExc_ValueError, "rx_rows: rows do not fit the buffer");
         return NULL;
     }
-    int stackcodes[64];
-    int *codes = count <= 64 ? stackcodes : PyMem_Malloc(sizeof(int) * (size_t)count);
-    if (codes == NULL) {
-        PyBuffer_Release(&b);
-        return PyErr_NoMemory();
-    }
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < count; i++)
-        codes[i] = rx_one((const uint8_t *)b.buf + i * row_len, (size_t)(i == count - 1 ? last_len : row_len),
-                          vni, opt_class);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&b);
     PyObject *out = PyList_New(count);
     for (Py_ssize_t i = 0; out != NULL && i < count; i++) {
-        PyObject *v = PyLong_FromLong(codes[i]);
+        const uint8_t *p = (const uint8_t *)b.buf + i * row_len;
+        size_t n = (size_t)(i == count - 1 ? last_len : row_len);
+        int code = rx_one(p, n, vni, opt_class);
+        PyObject *v = NULL;
+        if (code == DEFER) {
+            int deferred;
+            v = rx_fold_row(p, n, folds == Py_None ? NULL : folds, &deferred);
+            if (v == NULL && PyErr_Occurred()) {
+                Py_CLEAR(out);
+                break;
+            }
+            if (v == NULL)
+                v = PyLong_FromLong(DEFER);
+        } else {
+            v = PyLong_FromLong(code);
+        }
         if (v == NULL) {
             Py_CLEAR(out);
             break;
         }
         PyList_SET_ITEM(out, i, v);
     }
-    if (codes != stackcodes)
-        PyMem_Free(codes);
+    PyBuffer_Release(&b);
     return out;
 }
 
@@ -468,8 +596,9 @@ out:
 
 static PyMethodDef rx_methods[] = {
     {"rx_rows", native_rx_rows, METH_VARARGS,
-     "rx_rows(buf, count, row_len, last_len, vni, opt_class) -> list[int]: the one-datagram path per row "
-     "(>= 0: write at offset code & 0xFFFF, bit 16 hint; -1 defer; <= -2 drop RX_REASONS[-2 - code])"},
+     "rx_rows(buf, count, row_len, last_len, vni, opt_class, folds=None) -> list: the one-datagram path per "
+     "row (int >= 0: write at offset code & 0xFFFF, bit 16 hint; -1 defer; <= -2 drop RX_REASONS[-2 - code]; "
+     "(headers, offset): a FOLD row unfolded with the template folds[geneve header bytes])"},
     {"rx_coalesce", native_rx_coalesce, METH_VARARGS,
      "rx_coalesce(buf, count, row_len, last_len, G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, keep_full, "
      "keep_last, verify) -> outcome code | (payload, last_flags, seq0, first_ids, last_ids)"},

@@ -8,9 +8,14 @@ reference, byte for byte (tests/test_engine_diff_rx.py).  The split:
 * per datagram, in C (``_native.rx_coalesce``, ``_native.rx_rows``): every coalescing check (lengths,
   headers, flags, sequence, IPv4 IDs, every TCP / IPv4 header / nested UDP checksum), the payload
   gather, and the one-datagram path (Geneve header, VNI, options, GRO hint, protocol, first IP header);
-* deferred to the reference, counted as ``native_deferred`` (one per datagram or per read): datagrams
-  with a FOLD or echo option in the one-datagram path (a FOLD ACK; echo probes), and whole super-packets
-  in one datagram (a veth without UDP GSO), both rare in the steady state of the coalescing path.
+* FOLD datagrams in the one-datagram path (ACKs in fold mode): the first one with a given Geneve header
+  goes to the reference, which validates it (``decode_folds``); its header bytes then map to a template
+  of the carried levels (at most :data:`FOLD_TEMPLATES_MAX`, counted ``fold_templates_reset`` when the
+  table is cleared) and C restores the nested headers of every later datagram with the same header bytes
+  (lengths, IPv4 header checksums, nested UDP checksums, as ``fold.restore_headers``);
+* deferred to the reference, counted as ``native_deferred`` (one per datagram or per read): echo packets,
+  the first FOLD datagram of each header, and whole super-packets in one datagram (a veth without UDP
+  GSO), all rare in the steady state.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from . import _native
-from .fold import DEFAULT_PORTS, F_CSUM_ZEROED, Encap
+from .fold import DEFAULT_PORTS, F_CSUM_ZEROED, Encap, _Carried
 from .gso import Layout
 from .rxpipe import (
     Kind,
@@ -28,6 +33,7 @@ from .rxpipe import (
     RxResult,
     TapWrite,
     _frame_info,
+    _geneve_info,
     _masks,
     _single,
     receive,
@@ -42,6 +48,16 @@ REASONS = tuple(Reason(v) for v in _native.RX_REASONS)
 OUTCOMES = tuple(Outcome(v) for v in _native.RX_OUTCOMES)
 _LAYOUT_ARGS: dict[tuple[int, Layout], tuple] = {}
 _LAYOUT_ARGS_MAX = 256
+FOLD_TEMPLATES_MAX = 256  # distinct FOLD headers (peers x nested flows) remembered per receiver
+
+
+def fold_template(carried: list[_Carried]) -> bytes:
+    """The carried levels as rx_rows reads them: count, then per level (outermost first) flags, l2, l3,
+    tunnel length, header length (16 bits) and the header bytes."""
+    out = bytearray([len(carried)])
+    for c in carried:
+        out += bytes((c.flags, c.l2, c.l3, c.tun)) + len(c.hdr).to_bytes(2, "big") + c.hdr
+    return bytes(out)
 
 
 def _layout_args(G: int, lay: Layout) -> tuple:
@@ -70,6 +86,7 @@ class Receiver:
         self.n_vni = -1 if vni is None else vni
         self.n_class = -1 if opt_class is None else opt_class
         self.counts: Counter = counts if counts is not None else Counter()
+        self.folds: dict[bytes, bytes] = {}  # Geneve header bytes -> template of its carried levels
 
     def receive(self, buf, n: int, gso: int) -> RxResult:
         mv = memoryview(buf)[:n]
@@ -85,20 +102,40 @@ class Receiver:
             if isinstance(run, Run):
                 return res._replace(run=run, outcome=Outcome.COALESCED)
             outcome = run
-        codes = _native.rx_rows(mv, count, row_len, last_len, self.n_vni, self.n_class)
+        codes = _native.rx_rows(mv, count, row_len, last_len, self.n_vni, self.n_class, self.folds)
         writes, drops = res.writes, res.drops
         for i, code in enumerate(codes):
             start = i * row_len
             end = start + (last_len if i == count - 1 else row_len)
-            if code >= 0:
+            if code.__class__ is tuple:
+                headers, G = code
+                writes.append(TapWrite(ZERO_VNET_HDR, (headers, mv[start + G : end]), Kind.FOLD, 1))
+            elif code >= 0:
                 kind = Kind.HINT if code >> 16 else Kind.PLAIN
                 writes.append(TapWrite(ZERO_VNET_HDR, (mv[start + (code & 0xFFFF) : end],), kind, 1))
             elif code == -1:
                 self.counts["native_deferred"] += 1
-                _single(mv[start:end], self.opt_class, res, self.vni)
+                row = mv[start:end]
+                before = len(writes)
+                _single(row, self.opt_class, res, self.vni)
+                if len(writes) > before and writes[-1].kind is Kind.FOLD:
+                    self._learn_fold(row)
             else:
                 drops.append((REASONS[-2 - code], 1))
         return res._replace(outcome=outcome)
+
+    def _learn_fold(self, row: memoryview) -> None:
+        """The reference just unfolded ``row``: remember its header's carried levels for the C path."""
+        try:
+            pkt, carried = _geneve_info(row, self.opt_class, self.vni)
+        except ParseError:  # pragma: no cover - it was just parsed
+            return
+        if carried is None or pkt.echo_request is not None or pkt.echo_reply is not None or pkt.hdr.oam:
+            return
+        if len(self.folds) >= FOLD_TEMPLATES_MAX:
+            self.folds.clear()
+            self.counts["fold_templates_reset"] += 1
+        self.folds[bytes(row[: pkt.hdr.hdr_len])] = fold_template(carried)
 
     def _coalesce(self, mv: memoryview, count: int, row_len: int, last_len: int) -> Run | Outcome:
         try:
