@@ -594,11 +594,46 @@ out:
     return result;
 }
 
+/* rx_same(buf, ref, keep, csum_offs) -> bool: does the first row carry the same headers as `ref` (the first
+ * row of an earlier read) on the `keep` mask, with the nested UDP checksums at `csum_offs` zero/non-zero
+ * alike?  Then the reference's layout parse of `ref` holds for `buf` too (rxnative.Receiver). */
+static PyObject *native_rx_same(PyObject *self, PyObject *args)
+{
+    Py_buffer b, ref, keep;
+    PyObject *offs;
+    if (!PyArg_ParseTuple(args, "y*y*y*O!", &b, &ref, &keep, &PyTuple_Type, &offs))
+        return NULL;
+    int same = b.len >= ref.len && keep.len >= ref.len;
+    const uint8_t *x = b.buf, *r = ref.buf, *k = keep.buf;
+    for (Py_ssize_t j = 0; same && j < ref.len; j++)
+        if (k[j] && x[j] != r[j])
+            same = 0;
+    for (Py_ssize_t i = 0; same && i < PyTuple_GET_SIZE(offs); i++) {
+        Py_ssize_t o = PyLong_AsSsize_t(PyTuple_GET_ITEM(offs, i));
+        if (o < 0 || o + 2 > ref.len) {
+            same = 0;
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "rx_same: checksum offset outside the headers");
+            break;
+        }
+        if (((x[o] | x[o + 1]) != 0) != ((r[o] | r[o + 1]) != 0))
+            same = 0;
+    }
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&ref);
+    PyBuffer_Release(&keep);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(same);
+}
+
 static PyMethodDef rx_methods[] = {
     {"rx_rows", native_rx_rows, METH_VARARGS,
      "rx_rows(buf, count, row_len, last_len, vni, opt_class, folds=None) -> list: the one-datagram path per "
      "row (int >= 0: write at offset code & 0xFFFF, bit 16 hint; -1 defer; <= -2 drop RX_REASONS[-2 - code]; "
      "(headers, offset): a FOLD row unfolded with the template folds[geneve header bytes])"},
+    {"rx_same", native_rx_same, METH_VARARGS,
+     "rx_same(buf, ref, keep, csum_offs) -> bool: the first row's headers equal ref's on the keep mask"},
     {"rx_coalesce", native_rx_coalesce, METH_VARARGS,
      "rx_coalesce(buf, count, row_len, last_len, G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, keep_full, "
      "keep_last, verify) -> outcome code | (payload, last_flags, seq0, first_ids, last_ids)"},
