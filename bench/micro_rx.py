@@ -47,6 +47,26 @@ def reads(mode: str, payload_len: int) -> tuple[bytes, int]:
     return bytes(segs.buffer), segs.row_len
 
 
+def _cases(d: RxDriver, row: int, buf45, ack, first, second, gap):
+    b45, back, bgap = bytearray(buf45), bytearray(ack), bytearray(gap)
+    b1, b2 = bytearray(first), bytearray(second)
+
+    def coalesce():
+        return d.read(b45, len(b45), row, PEER).writes + d.flush()
+
+    def one_ack():
+        return d.read(back, len(back), 0, PEER)
+
+    def merged():
+        d.read(b1, len(b1), row, PEER)
+        return d.read(b2, len(b2), row, PEER).writes + d.flush()
+
+    def no_coalesce():
+        return d.read(bgap, len(bgap), row, PEER)
+
+    return coalesce, one_ack, merged, no_coalesce
+
+
 def run(engines: list[str], number: int = 2000) -> dict:
     out: dict = {}
     for mode in ("fold", "plain"):
@@ -58,22 +78,7 @@ def run(engines: list[str], number: int = 2000) -> dict:
         first, second = buf45[:half], buf45[half:]
         for engine in engines:
             d = RxDriver(peers={PEER}, vni=VNI, engine=engine)
-            b45, back, bgap = bytearray(buf45), bytearray(ack), bytearray(gap)
-            b1, b2 = bytearray(first), bytearray(second)
-
-            def coalesce():
-                return d.read(b45, len(b45), row, PEER).writes + d.flush()
-
-            def one_ack():
-                return d.read(back, len(back), 0, PEER)
-
-            def merged():
-                d.read(b1, len(b1), row, PEER)
-                return d.read(b2, len(b2), row, PEER).writes + d.flush()
-
-            def no_coalesce():
-                return d.read(bgap, len(bgap), row, PEER)
-
+            coalesce, one_ack, merged, no_coalesce = _cases(d, row, buf45, ack, first, second, gap)
             assert coalesce()[0][0].segments == len(buf45) // row + (1 if len(buf45) % row else 0)
             assert len(one_ack().writes) == 1
             assert len(merged()) == 1 and d.counts["merged_reads"] >= 1
