@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from .engine import ENGINES
 from .fold import DEFAULT_PORTS, Encap
 from .wire.options import DEFAULT_OPT_CLASS
 
@@ -74,6 +75,7 @@ class EndpointConfig:
     verify_csum: bool = True
     rx_process: bool = True  # run the RX loop in a forked process (no GIL shared with TX)
     control: str | None = None  # unix socket path; default /run/udpnest/<tap>.sock
+    engine: str | None = None  # "native" | "python" (udpnest.engine); None: native when it is built
 
     @property
     def family_v6(self) -> bool:
@@ -180,7 +182,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
         if name in raw:
             out[name] = _int(name, raw[name], lo, hi)
     for name, allowed in (("df", DF_MODES), ("nested", NESTED_MODES), ("fallback", FALLBACK_MODES),
-                          ("tx_path", TX_PATHS)):
+                          ("tx_path", TX_PATHS), ("engine", ENGINES)):
         if name in raw:
             if raw[name] not in allowed:
                 raise ConfigError(name, f"{raw[name]!r} is not one of {', '.join(allowed)}")
