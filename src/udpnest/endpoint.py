@@ -147,11 +147,13 @@ class Endpoint:
                             offload_names(self.tap.refused), offload_names(self.tap.offloads))
             # blocking: the RX thread sleeps in recvmsg itself (no select per datagram); close() wakes it
             # with shutdown(SHUT_RD)
+            _set_txqueuelen(self.tap, cfg.tap_txqueuelen)
+            # buffers sized from the rate (config.socket_buffer), not a fixed 8 MB: a full buffer is latency
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
-                                bufsize=8 << 20, blocking=True)
+                                bufsize=cfg.socket_buffer, blocking=True)
             for _ in range(cfg.tx_sockets):
                 s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
-                              bufsize=4 << 20)
+                              bufsize=cfg.socket_buffer)
                 self._tune_tx(s)
                 self.tx.append(s)
             if cfg.tx_path == "kernel":
@@ -646,6 +648,18 @@ class Endpoint:
 
 
 _TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it
+
+
+def _set_txqueuelen(tap, qlen: int) -> None:
+    """Bound the TAP's queue (frames the workload's kernel may queue towards udpnest: latency under load)."""
+    from pyroute2 import IPRoute
+
+    kw = {"netns": tap.netns} if tap.netns is not None else {}
+    try:
+        with IPRoute(**kw) as ipr:
+            ipr.link("set", index=tap.ifindex, txqlen=qlen)
+    except Exception as e:  # noqa: BLE001 - a tuning knob: log, keep running
+        log.warning("TAP %s: cannot set txqueuelen %d: %s", tap.name, qlen, e)
 
 
 def _die_with_parent() -> None:
