@@ -8,6 +8,9 @@ pkgs=(
     "iproute2"                       # ip netns exec (the lab itself uses netlink via pyroute2)
     "iputils-ping=3:20221126-1+deb12u1"
     "tshark=4.0.17-0+deb12u3"        # root tests capture the underlay
+    "gcc=4:12.2.0-3"                 # builds udpnest's native core (csrc/; without it: Python engine)
+    "python3-dev=3.11.2-1+b1"        # Python.h for the native core
+    "python3-venv=3.11.2-1+b1"       # python3 -m venv (make venv) on a stock Debian 12
 )
 missing=()
 for p in "${pkgs[@]}"; do

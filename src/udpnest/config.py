@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from .engine import ENGINES
 from .fold import DEFAULT_PORTS, Encap
 from .wire.options import DEFAULT_OPT_CLASS
 
@@ -74,6 +75,11 @@ class EndpointConfig:
     verify_csum: bool = True
     rx_process: bool = True  # run the RX loop in a forked process (no GIL shared with TX)
     control: str | None = None  # unix socket path; default /run/udpnest/<tap>.sock
+    engine: str | None = None  # "native" | "python" (udpnest.engine); None: native when it is built
+    # queue bounds (latency under load): TAP queue in frames, socket buffers from the rate and a delay
+    tap_txqueuelen: int = 256
+    underlay_rate_mbit: int = 10000
+    queue_ms: float = 2.0
 
     @property
     def family_v6(self) -> bool:
@@ -86,6 +92,12 @@ class EndpointConfig:
     @property
     def control_path(self) -> str:
         return self.control or f"/run/udpnest/{self.tap}.sock"
+
+    @property
+    def socket_buffer(self) -> int:
+        """SO_SNDBUF/SO_RCVBUF of the underlay sockets: ``queue_ms`` at ``underlay_rate_mbit`` (bytes),
+        at least 256 KiB (a few super-packets), at most 8 MiB."""
+        return max(256 << 10, min(8 << 20, int(self.underlay_rate_mbit * self.queue_ms * 125)))
 
     @property
     def max_datagram(self) -> int:
@@ -176,11 +188,12 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
     out["remote"] = peers
     for name, lo, hi in (("ttl", 1, 255), ("tos", 0, 255), ("max_levels", 1, 3), ("opt_class", 0, 0xFFFF),
                          ("tap_mtu", 68, 65521), ("underlay_mtu", 1280 if v6 else 576, 65535),
-                         ("tx_sockets", 1, 64), ("fdb_max", 1, 1 << 20), ("probe_window", 1, 100)):
+                         ("tx_sockets", 1, 64), ("fdb_max", 1, 1 << 20), ("probe_window", 1, 100),
+                         ("tap_txqueuelen", 1, 1 << 20), ("underlay_rate_mbit", 1, 10_000_000)):
         if name in raw:
             out[name] = _int(name, raw[name], lo, hi)
     for name, allowed in (("df", DF_MODES), ("nested", NESTED_MODES), ("fallback", FALLBACK_MODES),
-                          ("tx_path", TX_PATHS)):
+                          ("tx_path", TX_PATHS), ("engine", ENGINES)):
         if name in raw:
             if raw[name] not in allowed:
                 raise ConfigError(name, f"{raw[name]!r} is not one of {', '.join(allowed)}")
@@ -188,7 +201,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
     for name in ("udpcsum", "verify_csum", "rx_process"):
         if name in raw:
             out[name] = _bool(name, raw[name])
-    for name, lo in (("fdb_ageing", 1.0), ("probe_interval", 0.01), ("probe_budget", 0.1)):
+    for name, lo in (("fdb_ageing", 1.0), ("probe_interval", 0.01), ("probe_budget", 0.1), ("queue_ms", 0.01)):
         if name in raw:
             try:
                 f = float(raw[name])

@@ -35,19 +35,18 @@ import zlib
 from collections import Counter
 
 from .config import EndpointConfig
+from .engine import check as check_engine
 from .fdb import Fdb
-from .fold import fold, gro_hint_for
-from .gso import aligned_mss, segment_tcp, tcp_layout
 from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
 from .peers import Prober
-from .wire import csum
+from .txplan import TxPlanner
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
-from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo, build_gro_hint
-from .wire.vnet import GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr
+from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo
+from .wire.vnet import GSO_ECN, VNET_HDR_LEN
 
 log = logging.getLogger("udpnest")
 
@@ -99,6 +98,11 @@ class Endpoint:
     def __init__(self, cfg: EndpointConfig, *, clock=time.monotonic) -> None:
         self.cfg = cfg
         self.clock = clock
+        # which engine does the per-packet work (udpnest.engine); an unusable choice fails here, loudly
+        self.engine = check_engine(getattr(cfg, "engine", None))
+        self.planner = TxPlanner(vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
+                                 max_levels=cfg.max_levels, max_datagram=cfg.max_datagram,
+                                 kernel_tx=cfg.tx_path == "kernel", engine=self.engine)
         self.stop_event = threading.Event()
         self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing)
         self.peers = {p.address: p for p in cfg.remote}
@@ -142,11 +146,13 @@ class Endpoint:
                             offload_names(self.tap.refused), offload_names(self.tap.offloads))
             # blocking: the RX thread sleeps in recvmsg itself (no select per datagram); close() wakes it
             # with shutdown(SHUT_RD)
+            _set_txqueuelen(self.tap, cfg.tap_txqueuelen)
+            # buffers sized from the rate (config.socket_buffer), not a fixed 8 MB: a full buffer is latency
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
-                                bufsize=8 << 20, blocking=True)
+                                bufsize=cfg.socket_buffer, blocking=True)
             for _ in range(cfg.tx_sockets):
                 s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
-                              bufsize=4 << 20)
+                              bufsize=cfg.socket_buffer)
                 self._tune_tx(s)
                 self.tx.append(s)
             if cfg.tx_path == "kernel":
@@ -155,9 +161,14 @@ class Endpoint:
         except BaseException:
             self.close()
             raise
-        log.info("udpnest up: tap %s (offloads %s), %s:%d -> %s, nested %s", self.tap.name,
+        log.info("udpnest up: tap %s (offloads %s), %s:%d -> %s, nested %s, engine %s", self.tap.name,
                  ",".join(offload_names(self.tap.offloads)), cfg.local, cfg.dstport,
-                 ", ".join(str(p) for p in cfg.remote), cfg.nested)
+                 ", ".join(str(p) for p in cfg.remote), cfg.nested, self.engine)
+        if self.engine == "python":
+            from .engine import NATIVE_ERROR
+
+            log.warning("udpnest is running the pure-Python engine (much slower)%s",
+                        f": native core not built ({NATIVE_ERROR})" if NATIVE_ERROR else "")
 
     def _tune_tx(self, s: UdpSocket) -> None:
         cfg = self.cfg
@@ -382,6 +393,7 @@ class Endpoint:
                 peers = {str(p): {"state": "static", "mode": mode} for p in self.cfg.remote}
         return {
             "pid": os.getpid(),
+            "engine": self.engine,
             "uptime_s": round(time.time() - self.started, 3),
             "config": {"id": self.cfg.id, "local": self.cfg.local, "dstport": self.cfg.dstport,
                        "nested": self.cfg.nested, "fallback": self.cfg.fallback,
@@ -430,13 +442,9 @@ class Endpoint:
     def _tx_frame(self, data: memoryview) -> None:
         st = self.tx_stats
         try:
-            vh = VnetHdr.unpack(data)
+            vh, frame = self.planner.parse(data)
         except ParseError as e:
             st.drop(e.reason)
-            return
-        frame = data[VNET_HDR_LEN:]
-        if len(frame) < 14:
-            st.drop(Reason.TRUNCATED_ETH)
             return
         st.c["frames"] += 1
         st.c["bytes"] += len(frame)
@@ -459,55 +467,9 @@ class Endpoint:
                 continue
             self._send(out, self.peers[k].sockaddr, flow_hash(frame), mode)
 
-    def _build(self, frame: memoryview, vh: VnetHdr, mode: str):
-        """('gso', Segments) or ('one', [buffers]) for one peer mode."""
-        cfg = self.cfg
-        if vh.is_gso:
-            if vh.base_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
-                raise ParseError(Reason.BAD_VNET, f"gso type 0x{vh.gso_type:02x} not supported on TX")
-            uso = vh.base_type == GSO_UDP_L4
-            udp_offs = (vh.outer_th_offset,) if vh.is_tunnel else ()
-            seg_frame = frame
-            prefix = None
-            if mode == "fold" and vh.is_tunnel:
-                fo = fold(frame, vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
-                          max_levels=cfg.max_levels, gso=True)
-                if fo.levels:
-                    prefix, seg_frame, layout = fo.header, fo.inner, tcp_layout(fo.inner, inner_udp=uso)
-            elif not vh.is_tunnel and self.ktx is not None:
-                prefix, layout = self._plain_prefix(frame, "plain", gso=True), tcp_layout(frame, inner_udp=uso)
-            if prefix is not None and self.ktx is not None and prefix[2:4] == b"\x65\x58":
-                # nothing tunnelled is left inside: the kernel's UDP-tunnel GSO can cut it (outer.py)
-                return "kernel", (prefix, seg_frame, layout, vh, self._segment_size(vh, prefix, layout))
-            if prefix is None:
-                prefix = self._plain_prefix(frame, mode, gso=True)
-                layout = tcp_layout(frame, udp_offs, inner_udp=uso)
-            mss = self._segment_size(vh, prefix, layout)
-            return "gso", segment_tcp(prefix, seg_frame, layout, mss)
-        if vh.needs_csum:
-            frame = _finish_csum(frame, vh)
-        if mode == "fold":
-            fo = fold(frame, vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports, max_levels=cfg.max_levels)
-            return "one", [fo.header, fo.inner]
-        return "one", [self._plain_prefix(frame, mode, gso=False), frame]
-
-    def _segment_size(self, vh: VnetHdr, prefix: bytes, layout) -> int:
-        """TCP: :func:`udpnest.gso.aligned_mss` for the underlay MTU.  UDP (USO): the application's
-        datagram size, always: its boundaries are the messages."""
-        if layout.l4_proto == 17:
-            return vh.gso_size
-        mss = aligned_mss(self.cfg.max_datagram, len(prefix) + layout.hdr_len, vh.gso_size)
-        if mss < 64:
-            raise ParseError(Reason.FOLD_TOO_LARGE, f"headers leave {mss} bytes per datagram")
-        return mss
-
-    def _plain_prefix(self, frame, mode: str, *, gso: bool) -> bytes:
-        opts = b""
-        if mode == "hint":
-            h = gro_hint_for(frame, ports=self.cfg.nested_ports, gso=gso)
-            if h is not None:
-                opts = build_gro_hint(h)
-        return build_geneve(self.cfg.id, ETH_P_TEB, opts)
+    def _build(self, frame: memoryview, vh, mode: str):
+        """The plan for one peer mode (udpnest.txplan)."""
+        return self.planner.build(frame, vh, mode)
 
     def _send(self, out, addr: tuple, fh: int, mode: str) -> None:
         st = self.tx_stats
@@ -556,14 +518,13 @@ class Endpoint:
 
     def _rx_driver(self):
         """The sans-IO RX pipeline driver (:mod:`udpnest.rxdriver`) for this endpoint's config and engine."""
-        from .engine import check
         from .rxdriver import RxDriver
 
         cfg = self.cfg
         st = self.rx_stats
         return RxDriver(peers=self.peers, vni=cfg.id, opt_class=self.rx_class, ports=cfg.nested_ports,
-                        verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram,
-                        engine=check(getattr(cfg, "engine", None)), counts=st.c, drops=st.drops)
+                        verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram, engine=self.engine,
+                        counts=st.c, drops=st.drops)
 
     def _rx_loop(self) -> None:
         """Receive, hand each read to the RX driver, write what it returns.  A coalesced super-packet is held
@@ -664,6 +625,18 @@ class Endpoint:
 _TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it
 
 
+def _set_txqueuelen(tap, qlen: int) -> None:
+    """Bound the TAP's queue (frames the workload's kernel may queue towards udpnest: latency under load)."""
+    from pyroute2 import IPRoute
+
+    kw = {"netns": tap.netns} if tap.netns is not None else {}
+    try:
+        with IPRoute(**kw) as ipr:
+            ipr.link("set", index=tap.ifindex, txqlen=qlen)
+    except Exception as e:  # noqa: BLE001 - a tuning knob: log, keep running
+        log.warning("TAP %s: cannot set txqueuelen %d: %s", tap.name, qlen, e)
+
+
 def _die_with_parent() -> None:
     """prctl(PR_SET_PDEATHSIG, SIGKILL): the RX child must not outlive a killed endpoint."""
     import ctypes
@@ -688,19 +661,6 @@ def _reap(pid: int, timeout: float) -> None:
         os.waitpid(pid, 0)
 
 
-def _finish_csum(frame: memoryview, vh: VnetHdr) -> bytearray:
-    """Complete a CHECKSUM_PARTIAL frame: the field holds the pseudo-header sum; add the data, invert."""
-    f = bytearray(frame)
-    cs, co = vh.csum_start, vh.csum_offset
-    if cs + co + 2 > len(f):
-        raise ParseError(Reason.BAD_VNET, f"csum_start {cs} + csum_offset {co} beyond the frame ({len(f)})")
-    c = csum.checksum(f[cs:])
-    if c == 0 and co == 6:
-        c = 0xFFFF  # UDP
-    f[cs + co : cs + co + 2] = c.to_bytes(2, "big")
-    return f
-
-
 def query_status(path: str, timeout: float = 2.0) -> dict:
     """Read the status JSON from a running endpoint's control socket."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -714,8 +674,10 @@ def query_status(path: str, timeout: float = 2.0) -> dict:
 
 
 
-def lab_argv(plan, nested: str = "fold", tx_path: str = "kernel") -> list[str]:
+def lab_argv(plan, nested: str = "fold", tx_path: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
     """Command line of one endpoint serving a lab host (``udpnest.lab.topology.EndpointPlan``).
+
+    ``tx_path`` None leaves the endpoint's default; ``extra`` arguments are appended.
 
     The TAP stays in the host namespace (the lab routes the workload's nested VXLAN into it); the
     control socket is named after the namespace so both endpoints can run on one machine.
@@ -725,9 +687,11 @@ def lab_argv(plan, nested: str = "fold", tx_path: str = "kernel") -> list[str]:
     argv = [sys.executable, "-m", "udpnest.cli", "up", "--id", "7", "--local", plan.underlay_local,
             "--remote", plan.underlay_remote if plan.underlay_family == 4 else f"[{plan.underlay_remote}]",
             "--dstport", str(plan.geneve_port), "--tap", plan.tap_ifname, "--tap-mtu", str(plan.tap_mtu),
-            "--nested", nested, "--nested-port", f"{plan.nested_port}:vxlan", "--tx-path", tx_path,
+            "--nested", nested, "--nested-port", f"{plan.nested_port}:vxlan",
             "--control", lab_control_path(plan)]
-    return argv
+    if tx_path is not None:
+        argv += ["--tx-path", tx_path]
+    return argv + list(extra)
 
 
 def lab_control_path(plan) -> str:
