@@ -115,10 +115,11 @@ class Receiver:
                 kind = Kind.HINT if code >> 16 else Kind.PLAIN
                 writes.append(TapWrite(ZERO_VNET_HDR, (mv[start + (code & 0xFFFF) : end],), kind, 1))
             elif code == -1:
-                self.counts["native_deferred"] += 1
                 row = mv[start:end]
-                before = len(writes)
+                before, control = len(writes), len(res.control)
                 _single(row, self.opt_class, res, self.vni)
+                if len(res.control) == control:  # echo packets are the control plane's, not deferred data
+                    self.counts["native_deferred"] += 1
                 if len(writes) > before and writes[-1].kind is Kind.FOLD:
                     self._learn_fold(row)
             else:
