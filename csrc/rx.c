@@ -10,9 +10,10 @@
  *        >= 0   write the frame at offset (code & 0xFFFF) of the row with a zero vnet header;
  *               bit 16: the GRO hint was present (kind "hint", else "plain");
  *        -1     defer: a FOLD or echo option of udpnest's class (the reference handles the row);
- *        (headers, offset): a FOLD row whose Geneve header bytes are a key of `folds` (a template the
- *               reference built from a header it validated): the nested headers restored (lengths,
- *               IPv4 header checksums, nested UDP checksums computed), the innermost frame at offset;
+ *        (headers, offset): a FOLD row whose Geneve header matches a template in the list `folds`
+ *               (built from a header the reference validated; equal but for the carried IPv4 IDs): the
+ *               nested headers restored (lengths, IPv4 header checksums, nested UDP checksums
+ *               computed), the innermost frame at offset;
  *        <= -2  drop: reason RX_REASONS[-2 - code].
  *
  *  rx_coalesce(buf, count, row_len, last_len, G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp,
@@ -176,30 +177,44 @@ static uint32_t rx_ones(const uint8_t *p, size_t n) /* csum.ones_sum's value mod
 }
 
 /* A template (built by rxnative.py from fold.decode_folds of a header the reference validated):
- *   byte 0: number of levels L; then per level, outermost first:
- *   flags, l2, l3, tun, hdr length (2 bytes, big endian), hdr bytes.
- * Writes the restored headers to out (capacity MAX_FOLD_HDRS); returns their length, or -1 when a restored
- * length would exceed 65535 (fold_too_large), -2 when the template is malformed (never, for ours). */
-static long rx_restore(const uint8_t *tpl, size_t tlen, const uint8_t *inner, size_t inner_len, uint8_t *out)
+ *   G (16 bits), mask (G bytes, 1: must equal), ref (G bytes: the validated header), L (levels), then per
+ *   level, outermost first: flags, l2, l3, tun, header length (16 bits), offset of the carried headers in
+ *   the Geneve header (16 bits).  The mask leaves out each carried IPv4 header's ID: nothing in the
+ *   validation reads it, and every packet of a flow has its own.
+ * rx_match: does Geneve header p (G bytes) match?  Returns the level table or NULL. */
+static const uint8_t *rx_match(const uint8_t *tpl, size_t tlen, const uint8_t *p, size_t G)
+{
+    if (tlen < 2 || un_get16(tpl) != G || tlen < 2 + 2 * G + 1)
+        return NULL;
+    const uint8_t *mask = tpl + 2, *ref = tpl + 2 + G;
+    for (size_t j = 0; j < G; j++)
+        if (mask[j] && p[j] != ref[j])
+            return NULL;
+    return tpl + 2 + 2 * G;
+}
+
+/* Restore the nested headers for the packet whose Geneve header is p (G bytes) from the level table lv
+ * (lvlen bytes).  Writes them to out (capacity MAX_FOLD_HDRS); returns their length, -1 when a restored
+ * length would exceed 65535 (fold_too_large), -2 when the table is malformed (never, for ours). */
+static long rx_restore(const uint8_t *lv0, size_t lvlen, const uint8_t *p, size_t G, const uint8_t *inner,
+                       size_t inner_len, uint8_t *out)
 {
     const uint8_t *lv[4];
     size_t hl[4];
-    if (tlen < 1 || tpl[0] < 1 || tpl[0] > 3)
+    if (lvlen < 1 || lv0[0] < 1 || lv0[0] > 3 || lvlen < 1 + (size_t)lv0[0] * 8)
         return -2;
-    int L = tpl[0];
-    size_t pos = 1, total = 0;
+    int L = lv0[0];
+    size_t total = 0;
     int need_sum = 0;
     for (int i = 0; i < L; i++) {
-        if (pos + 6 > tlen)
+        const uint8_t *m = lv0 + 1 + i * 8;
+        lv[i] = m;
+        hl[i] = un_get16(m + 4);
+        size_t l2 = m[1], l3 = m[2], tun = m[3], off = un_get16(m + 6);
+        if (off + hl[i] > G || l2 + l3 + 8 + tun != hl[i] || l3 < (m[0] & F_V6 ? 40u : 20u))
             return -2;
-        lv[i] = tpl + pos;
-        hl[i] = un_get16(tpl + pos + 4);
-        size_t l2 = tpl[pos + 1], l3 = tpl[pos + 2], tun = tpl[pos + 3];
-        if (pos + 6 + hl[i] > tlen || l2 + l3 + 8 + tun != hl[i] || l3 < (tpl[pos] & F_V6 ? 40u : 20u))
-            return -2;
-        if (tpl[pos] & F_UDP_CSUM)
+        if (m[0] & F_UDP_CSUM)
             need_sum = 1;
-        pos += 6 + hl[i];
         total += hl[i];
     }
     if (total > MAX_FOLD_HDRS)
@@ -212,7 +227,7 @@ static long rx_restore(const uint8_t *tpl, size_t tlen, const uint8_t *inner, si
         size_t l2 = m[1], l3 = m[2], tun = m[3], n = hl[i];
         at -= n;
         uint8_t *h = out + at;
-        memcpy(h, m + 6, n);
+        memcpy(h, p + un_get16(m + 6), n);
         size_t ip = l2, u = l2 + l3;
         int v6 = (flags & F_V6) != 0;
         size_t udp_len = 8 + tun + suffix_len;
@@ -247,7 +262,7 @@ static int rx_check_l3(const uint8_t *f, size_t fl)
     return et == 0x0800 ? rx_ipv4(f, fl, 14) : et == 0x86DD ? rx_ipv6(f, fl, 14) : -1;
 }
 
-/* One deferred row with a FOLD header the reference already validated (found in `folds`): the restored
+/* One deferred row with a FOLD header matching one of the templates in `folds` (a list): the restored
  * headers + the offset of the innermost frame, a drop code, or NULL with *deferred set. */
 static PyObject *rx_fold_row(const uint8_t *p, size_t n, PyObject *folds, int *deferred)
 {
@@ -257,24 +272,28 @@ static PyObject *rx_fold_row(const uint8_t *p, size_t n, PyObject *folds, int *d
     size_t G = 8 + (size_t)(p[0] & 0x3F) * 4;
     if (G > n)
         return NULL;
-    PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)G);
-    if (key == NULL)
-        return NULL;
-    PyObject *tpl = PyDict_GetItemWithError(folds, key); /* borrowed */
-    Py_DECREF(key);
-    if (tpl == NULL || !PyBytes_Check(tpl))
-        return NULL;
-    uint8_t hdrs[MAX_FOLD_HDRS];
-    long hl = rx_restore((const uint8_t *)PyBytes_AS_STRING(tpl), (size_t)PyBytes_GET_SIZE(tpl), p + G, n - G, hdrs);
-    if (hl == -2)
-        return NULL;
-    *deferred = 0;
-    if (hl == -1)
-        return PyLong_FromLong(DROP(R_FOLD_TOO_LARGE));
-    int r = rx_check_l3(p + G, n - G);
-    if (r >= 0)
-        return PyLong_FromLong(DROP(r));
-    return Py_BuildValue("(y#n)", (const char *)hdrs, (Py_ssize_t)hl, (Py_ssize_t)G);
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(folds); k++) {
+        PyObject *tpl = PyList_GET_ITEM(folds, k);
+        if (!PyBytes_Check(tpl))
+            continue;
+        const uint8_t *t = (const uint8_t *)PyBytes_AS_STRING(tpl);
+        size_t tlen = (size_t)PyBytes_GET_SIZE(tpl);
+        const uint8_t *lv = rx_match(t, tlen, p, G);
+        if (lv == NULL)
+            continue;
+        uint8_t hdrs[MAX_FOLD_HDRS];
+        long hl = rx_restore(lv, tlen - (size_t)(lv - t), p, G, p + G, n - G, hdrs);
+        if (hl == -2)
+            return NULL;
+        *deferred = 0;
+        if (hl == -1)
+            return PyLong_FromLong(DROP(R_FOLD_TOO_LARGE));
+        int r = rx_check_l3(p + G, n - G);
+        if (r >= 0)
+            return PyLong_FromLong(DROP(r));
+        return Py_BuildValue("(y#n)", (const char *)hdrs, (Py_ssize_t)hl, (Py_ssize_t)G);
+    }
+    return NULL;
 }
 
 static PyObject *native_rx_rows(PyObject *self, PyObject *args)
@@ -285,9 +304,9 @@ static PyObject *native_rx_rows(PyObject *self, PyObject *args)
     PyObject *folds = Py_None;
     if (!PyArg_ParseTuple(args, "y*nnnll|O", &b, &count, &row_len, &last_len, &vni, &opt_class, &folds))
         return NULL;
-    if (folds != Py_None && !PyDict_Check(folds)) {
+    if (folds != Py_None && !PyList_Check(folds)) {
         PyBuffer_Release(&b);
-        PyErr_SetString(PyExc_TypeError, "rx_rows: folds must be a dict or None");
+        PyErr_SetString(PyExc_TypeError, "rx_rows: folds must be a list or None");
         return NULL;
     }
     if (count < 1 || row_len < 0 || last_len < 0 || last_len > row_len ||
@@ -631,7 +650,7 @@ static PyMethodDef rx_methods[] = {
     {"rx_rows", native_rx_rows, METH_VARARGS,
      "rx_rows(buf, count, row_len, last_len, vni, opt_class, folds=None) -> list: the one-datagram path per "
      "row (int >= 0: write at offset code & 0xFFFF, bit 16 hint; -1 defer; <= -2 drop RX_REASONS[-2 - code]; "
-     "(headers, offset): a FOLD row unfolded with the template folds[geneve header bytes])"},
+     "(headers, offset): a FOLD row unfolded with the first matching template in the list folds)"},
     {"rx_same", native_rx_same, METH_VARARGS,
      "rx_same(buf, ref, keep, csum_offs) -> bool: the first row's headers equal ref's on the keep mask"},
     {"rx_coalesce", native_rx_coalesce, METH_VARARGS,
