@@ -7,9 +7,9 @@ Data path (docs/architecture.md has the diagram):
   datagrams by :mod:`udpnest.gso` (numpy, no per-segment Python) and sent with ``sendmsg(UDP_SEGMENT)``,
   or handed whole to the kernel's UDP-tunnel GSO through a TAP (``--tx-path kernel``, :mod:`udpnest.outer`).
 * RX process (forked; a thread with ``rx_process = false``): ``recvmsg(UDP_GRO)`` up to 64 KB of
-  datagrams -> :mod:`udpnest.gro` validates, unfolds, coalesces and merges consecutive reads -> one
-  ``writev(TAP)`` per super-packet (GSO vnet header); learned MACs, echo packets and counters go to the
-  main loop over a socketpair.
+  datagrams -> :mod:`udpnest.rxdriver` (:mod:`udpnest.rxpipe`) validates, unfolds, coalesces and merges
+  consecutive reads -> one ``writev(TAP)`` per super-packet (GSO vnet header); learned MACs, echo packets
+  and counters go to the main loop over a socketpair.
 * Main thread: unix control socket (``udpnest status``), echo probes (:mod:`udpnest.peers`), the FDB,
   signals.
 
@@ -37,7 +37,6 @@ from collections import Counter
 from .config import EndpointConfig
 from .engine import check as check_engine
 from .fdb import Fdb
-from .gro import finish, merge, receive
 from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
@@ -517,29 +516,39 @@ class Endpoint:
 
     # -- RX: peers -> TAP ------------------------------------------------------------------------------------
 
-    def _rx_loop(self) -> None:
-        """Receive, process, write.  A coalesced super-packet is held while the next read is already
-        waiting (MSG_DONTWAIT) so that the two halves of a sender's 64 KB super-packet (more than one
-        UDP GRO aggregate) become one TAP write; it is written as soon as nothing more is waiting."""
-        buf = bytearray(RECV_BUF_SIZE + 64)
-        st = self.rx_stats
-        c = st.c
+    def _rx_driver(self):
+        """The sans-IO RX pipeline driver (:mod:`udpnest.rxdriver`) for this endpoint's config and engine."""
+        from .engine import check
+        from .rxdriver import RxDriver
+
         cfg = self.cfg
+        st = self.rx_stats
+        return RxDriver(peers=self.peers, vni=cfg.id, opt_class=self.rx_class, ports=cfg.nested_ports,
+                        verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram,
+                        engine=check(getattr(cfg, "engine", None)), counts=st.c, drops=st.drops)
+
+    def _rx_loop(self) -> None:
+        """Receive, hand each read to the RX driver, write what it returns.  A coalesced super-packet is held
+        while the next read is already waiting (MSG_DONTWAIT) so that the two halves of a sender's 64 KB
+        super-packet (more than one UDP GRO aggregate) become one TAP write; it is written as soon as
+        nothing more is waiting."""
+        buf = bytearray(RECV_BUF_SIZE + 64)
+        drv = self._rx_driver()
+        c = self.rx_stats.c
         clock = time.perf_counter_ns
         child = self.rx_child
-        wake = (cfg.local, cfg.dstport)
-        pending = None  # (Run, peer key)
+        wake = (self.cfg.local, self.cfg.dstport)
         while True:
             try:
-                r = self.rx.recv_into(buf, nowait=pending is not None)
+                r = self.rx.recv_into(buf, nowait=drv.holding)
             except OSError as e:
                 if self.stop_event.is_set() or self._stop_flag[0]:
                     return
                 log.debug("recv: %s", e)
                 continue
             if r is None:  # nothing more waiting: the held super-packet goes out now
-                self._write_run(*pending)
-                pending = None
+                for w, key in drv.flush():
+                    self._tap_write(w, key)
                 continue
             if self.stop_event.is_set() or self._stop_flag[0]:
                 if child:
@@ -550,50 +559,17 @@ class Endpoint:
                 self._push_stats()  # the main loop wants fresh counters (udpnest status)
                 continue
             t1 = clock()
-            c["reads"] += 1
-            c["bytes"] += n
-            key = addr[0]
-            if key not in self.peers:
-                st.drop(Reason.NO_PEER, max(1, -(-n // gso)) if gso else 1)
-                continue
-            res = receive(buf, n, gso, opt_class=self.rx_class, ports=cfg.nested_ports,
-                          verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram, hold=True)
-            run = res.run
-            if pending is not None:
-                joined = merge(pending[0], run) if run is not None and pending[1] == key else None
-                if joined is not None:
-                    c["merged_reads"] += 1
-                    run = joined
-                else:
-                    self._write_run(*pending)
-                pending = None
-            if run is not None:
-                # the payload views point into buf: copy them out before the next read reuses it
-                run = run._replace(payloads=tuple(bytes(p) if isinstance(p, memoryview) else p
-                                                  for p in run.payloads))
-                if run.extendable:
-                    pending = (run, key)
-                else:
-                    self._write_run(run, key)
+            out = drv.read(buf, n, gso, addr[0])
             t2 = clock()
-            for reason, cnt in res.drops:
-                st.drop(reason, cnt)
-            for w in res.writes:
+            for w, key in out.writes:
                 self._tap_write(w, key)
-            for pkt, _dg in res.control:
+            for pkt, key in out.control:
                 if child:
                     self._to_parent(("echo", pkt, key))
                 else:
                     self._on_echo(pkt, key)
             c["time_process_ns"] += t2 - t1
             c["time_tap_ns"] += clock() - t2
-
-    def _write_run(self, run, key: str) -> None:
-        w = finish(run)
-        if w is None:
-            self.rx_stats.drop(Reason.FOLD_TOO_LARGE, run.segments)
-            return
-        self._tap_write(w, key)
 
     def _tap_write(self, w, key: str) -> None:
         st = self.rx_stats
