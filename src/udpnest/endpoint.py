@@ -43,7 +43,7 @@ from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
-from .peers import Prober
+from .peers import Prober, ReplyLimiter
 from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
@@ -104,8 +104,16 @@ class Endpoint:
         self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing)
         self.peers = {p.address: p for p in cfg.remote}
         self.prober = (Prober(self.peers, interval=cfg.probe_interval, window=cfg.probe_window,
-                              budget=cfg.probe_budget, fallback=cfg.fallback, now=clock())
+                              budget=cfg.probe_budget, fallback=cfg.fallback, now=clock(),
+                              reply_rate=cfg.echo_reply_rate, reply_burst=cfg.echo_reply_burst,
+                              reply_global_rate=cfg.echo_reply_global_rate,
+                              reply_global_burst=cfg.echo_reply_global_burst, backoff_max=cfg.probe_backoff_max)
                        if cfg.nested == "fold" else None)
+        # echo replies: only in the modes that speak the option class (hint, fold), per peer and global limits
+        self.replies = (self.prober.replies if self.prober is not None else
+                        ReplyLimiter(self.peers, rate=cfg.echo_reply_rate, burst=cfg.echo_reply_burst,
+                                     global_rate=cfg.echo_reply_global_rate,
+                                     global_burst=cfg.echo_reply_global_burst, now=clock()))
         self.lock = threading.Lock()
         self.tx_stats, self.rx_stats, self.ctl_stats = Stats(), Stats(), Stats()
         # with nested off we behave as a legacy endpoint: our options are unknown critical options
@@ -307,7 +315,7 @@ class Endpoint:
             if kind == "learn":
                 self.fdb.learn(msg[1], msg[2], self.clock())
             elif kind == "echo":
-                self._on_echo(msg[1], msg[2])
+                self._on_echo(msg[1], msg[2], msg[3] if len(msg) > 3 else None)
             elif kind == "stats":
                 self.rx_snapshot = msg[1]
 
@@ -330,9 +338,12 @@ class Endpoint:
         for k, echo in echoes:
             self._send_echo(k, echo, reply=False)
 
-    def _send_echo(self, key: str, echo: Echo, *, reply: bool) -> None:
+    def _send_echo(self, key: str, echo: Echo, *, reply: bool, limit: int | None = None) -> None:
         pkt = build_geneve(self.cfg.id, ETH_P_TEB, build_echo(echo, reply=reply, opt_class=self.cfg.opt_class),
                            oam=True)
+        if limit is not None and len(pkt) > limit:  # never larger than the request: no amplification
+            self.ctl_stats.c["echo_replies_too_large"] += 1
+            return
         try:
             self.rx.sock.sendto(pkt, self.peers[key].sockaddr)
             self.ctl_stats.c["echo_replies_sent" if reply else "echo_requests_sent"] += 1
@@ -618,11 +629,11 @@ class Endpoint:
                 st.drop(reason, cnt)
             for w in res.writes:
                 self._tap_write(w, key)
-            for pkt, _dg in res.control:
+            for pkt, dg in res.control:
                 if child:
-                    self._to_parent(("echo", pkt, key))
+                    self._to_parent(("echo", pkt, key, len(dg)))
                 else:
-                    self._on_echo(pkt, key)
+                    self._on_echo(pkt, key, len(dg))
             c["time_process_ns"] += t2 - t1
             c["time_tap_ns"] += clock() - t2
 
@@ -661,18 +672,27 @@ class Endpoint:
                 self._learned[mac] = (key, now)
                 self._to_parent(("learn", mac, key))
 
-    def _on_echo(self, pkt, key: str) -> None:
+    def _on_echo(self, pkt, key: str, size: int | None = None) -> None:
+        """An echo packet from configured peer ``key`` (``size``: the request datagram's length).
+
+        A request earns at most a reply (rate-limited, never larger than the request) and never changes
+        the peer's state; only a reply to an outstanding nonce of ours does (:mod:`udpnest.peers`)."""
         now = self.clock()
         if pkt.echo_request is not None:
             self.ctl_stats.c["echo_requests_received"] += 1
             req = pkt.echo_request
+            if self.cfg.nested == "off" or key not in self.peers:  # a legacy endpoint never answers
+                self.ctl_stats.drop(Reason.UNKNOWN_CRITICAL_OPTION if key in self.peers else Reason.NO_PEER)
+                return
             with self.lock:
-                ok = self.prober.may_reply(key, now) if self.prober is not None else True
                 if self.prober is not None:
-                    self.prober.peers[key].on_echo(req, now)
+                    ok = self.prober.may_reply(key, now)
+                    self.prober.on_request(key, req, now)
+                else:
+                    ok = self.replies.allow(key, now)
             if ok:
                 self._send_echo(key, Echo(req.nonce, req.timestamp, self.cfg.max_levels, 252, self.caps),
-                                reply=True)
+                                reply=True, limit=size)
             else:
                 self.ctl_stats.drop(Reason.RATE_LIMITED)
         if pkt.echo_reply is not None:
