@@ -103,3 +103,58 @@ def test_forged_and_replayed_replies_change_nothing():
     assert ep.peer_mode(PEER, t[0]) == "fold"
     ep._on_echo(parse_packet(echo_packet(reply=True, nonce=sent[0].nonce)), PEER)
     assert ep.ctl_stats.c["echo_reply_unknown_nonce"] == 5 and peer.counters["replies_ok"] == 1
+
+
+# --- bounded RX-process state and IPC (issue 9.3, 9.6) --------------------------------------------------
+def test_learned_macs_bounded_lru():
+    from udpnest.rxguard import LearnedMacs
+
+    lm = LearnedMacs(1000, refresh=75.0)
+    for i in range(700_000 // 100):  # 7,000 random-looking sources (the issue used 700,000)
+        assert lm.report(i.to_bytes(6, "big"), "p", 1.0)
+    assert len(lm) == 1000 and lm.evicted == 6000
+    mac = (6999).to_bytes(6, "big")
+    assert not lm.report(mac, "p", 2.0)  # known, fresh: no report
+    assert lm.report(mac, "q", 2.0)  # moved
+    assert lm.report(mac, "q", 80.0)  # refresh due
+    lm.forget(mac)
+    assert lm.report(mac, "q", 80.1)
+
+
+def test_rx_process_learned_macs_bounded_and_reported(monkeypatch):
+    """The RX child's learned-MAC table (main: a dict that never forgot) stays at learned_max."""
+    from udpnest.gro import Kind as GroKind
+    from udpnest.gro import TapWrite
+    from udpnest.wire.vnet import ZERO_VNET_HDR
+
+    ep = endpoint("off", learned_max=100)
+    ep.rx_child = True
+    sent = []
+
+    class FakeChan:
+        def send(self, msg):
+            sent.append(msg)
+            return len(sent) % 10 != 0  # every tenth message is dropped: the queue was full
+
+    ep._chan = FakeChan()
+    for i in range(1000):
+        frame = bytes(6) + bytes([2, 0, 0, 0, i >> 8, i & 0xFF]) + b"\x08\x00" + bytes(40)
+        ep._tap_write(TapWrite(ZERO_VNET_HDR, (frame,), GroKind.PLAIN, 1), PEER)
+    assert len(ep._learned) <= 100
+    assert ep.rx_stats.c["learned_evicted"] >= 800  # (a dropped report is forgotten, to be sent again)
+    assert ep.rx_stats.c["ipc_dropped"] == 100
+    assert len(sent) == 1000
+
+
+def test_channel_never_blocks_and_counts_drops():
+    import socket
+
+    from udpnest.rxguard import Channel
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        ch = Channel(a, 64 << 10)
+        results = [ch.send(("learn", bytes(6), "x" * 1000)) for _ in range(10_000)]  # nobody reads b
+        assert results[0] and not all(results)
+        assert ch.dropped == results.count(False) and ch.sent == results.count(True)
+        assert ch.sent < 10_000

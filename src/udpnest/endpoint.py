@@ -43,7 +43,8 @@ from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
-from .peers import Prober, ReplyLimiter
+from .peers import Prober, ReplyLimiter, TokenBucket
+from .rxguard import Channel, LearnedMacs
 from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
@@ -56,6 +57,7 @@ ETH_P_TEB = 0x6558
 TAP_BUF = VNET_HDR_LEN + 65536 + 64
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2  # <linux/in.h>; not in Python 3.11's socket
 HIST_EDGES = (1, 2, 4, 8, 16, 32, 64)  # segments per super-packet: 1, 2-3, 4-7, ..., 64+
+ECHO_FORWARD_RATE = 1000.0  # echo packets per second the RX process hands to the main process at most
 
 
 def _bucket(n: int) -> int:
@@ -135,7 +137,9 @@ class Endpoint:
         self.rx_child = False  # True in the RX child
         self.rx_snapshot: dict = {}
         self._stop_flag = mmap.mmap(-1, 1)
-        self._learned: dict[bytes, tuple[str, float]] = {}
+        self._learned = LearnedMacs(cfg.learned_max, cfg.fdb_ageing / 4)  # RX process: bounded (rxguard)
+        self._chan: Channel | None = None  # RX process's non-blocking end of rx_chan
+        self._echo_fwd = TokenBucket(ECHO_FORWARD_RATE, ECHO_FORWARD_RATE, 0.0)  # RX process -> main
         self.threads: list[threading.Thread] = []
         self.started = time.time()
 
@@ -253,6 +257,7 @@ class Endpoint:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         for sk in (parent, child):
             sk.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        cfg_ipc_queue = self.cfg.ipc_queue
         pid = os.fork()
         if pid == 0:  # the RX child: never returns
             code = 0
@@ -261,6 +266,7 @@ class Endpoint:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, lambda *_: self._stop_flag.__setitem__(0, 1))
                 self.rx_child, self.rx_chan = True, child
+                self._chan = Channel(child, cfg_ipc_queue)
                 _die_with_parent()
                 self._rx_loop()
             except BaseException:
@@ -319,11 +325,12 @@ class Endpoint:
             elif kind == "stats":
                 self.rx_snapshot = msg[1]
 
-    def _to_parent(self, msg) -> None:
-        try:
-            self.rx_chan.send(pickle.dumps(msg))
-        except OSError as e:
-            log.debug("rx channel: %s", e)
+    def _to_parent(self, msg) -> bool:
+        """Never blocks the RX loop: a full channel drops the message (counted as ``ipc_dropped``)."""
+        if self._chan.send(msg):
+            return True
+        self.rx_stats.c["ipc_dropped"] += 1
+        return False
 
     def _push_stats(self) -> None:
         st = self.rx_stats
@@ -426,6 +433,7 @@ class Endpoint:
                 try:
                     n = self.tap.read_into(buf)
                 except OSError as e:
+                    self.tx_stats.c["tap_read_errors"] += 1
                     log.warning("TAP read: %s", e)
                     break
                 if n == 0:
@@ -584,6 +592,7 @@ class Endpoint:
             except OSError as e:
                 if self.stop_event.is_set() or self._stop_flag[0]:
                     return
+                c["recv_errors"] += 1
                 log.debug("recv: %s", e)
                 continue
             if r is None:  # nothing more waiting: the held super-packet goes out now
@@ -631,7 +640,11 @@ class Endpoint:
                 self._tap_write(w, key)
             for pkt, dg in res.control:
                 if child:
-                    self._to_parent(("echo", pkt, key, len(dg)))
+                    if self._echo_fwd.peek(time.monotonic()):  # bounded work for the main process
+                        self._echo_fwd.take()
+                        self._to_parent(("echo", pkt, key, len(dg)))
+                    else:
+                        c["echo_forward_limited"] += 1
                 else:
                     self._on_echo(pkt, key, len(dg))
             c["time_process_ns"] += t2 - t1
@@ -665,12 +678,14 @@ class Endpoint:
             if not self.rx_child:
                 self.fdb.learn(mac, key, self.clock())
                 return
-            # tell the main loop only what changed, and refresh well within the ageing time
-            now = self.clock()
-            old = self._learned.get(mac)
-            if old is None or old[0] != key or now - old[1] > self.cfg.fdb_ageing / 4:
-                self._learned[mac] = (key, now)
-                self._to_parent(("learn", mac, key))
+            # tell the main loop only what changed, and refresh well within the ageing time (bounded LRU)
+            learned = self._learned
+            evicted = learned.evicted
+            if learned.report(mac, key, self.clock()):
+                if learned.evicted != evicted:
+                    st.c["learned_evicted"] += learned.evicted - evicted
+                if not self._to_parent(("learn", mac, key)):
+                    learned.forget(mac)  # try again with the next frame
 
     def _on_echo(self, pkt, key: str, size: int | None = None) -> None:
         """An echo packet from configured peer ``key`` (``size``: the request datagram's length).
