@@ -157,6 +157,11 @@ class Endpoint:
             # with shutdown(SHUT_RD)
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
                                 bufsize=8 << 20, blocking=True)
+            # non-peers are dropped in the kernel before they take receive-buffer space (io/bpf.py); our own
+            # address passes: the status wake-up datagram comes from it
+            if not self.rx.restrict_sources([p.address for p in cfg.remote] + [cfg.local], cfg.allow):
+                log.warning("no kernel source filter (%s): non-peers are dropped in userspace only",
+                            self.rx.filter_error)
             for _ in range(cfg.tx_sockets):
                 s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
                               bufsize=4 << 20)
@@ -334,6 +339,7 @@ class Endpoint:
 
     def _push_stats(self) -> None:
         st = self.rx_stats
+        st.c["socket_drops"] = self.rx.socket_drops
         self._to_parent(("stats", {"c": dict(st.c), "drops": dict(st.drops), "hist": list(st.hist)}))
 
     def _send_probes(self) -> None:
@@ -389,6 +395,8 @@ class Endpoint:
             rx.c.update(self.rx_snapshot.get("c", {}))
             rx.drops.update(self.rx_snapshot.get("drops", {}))
             rx.hist = list(self.rx_snapshot.get("hist", rx.hist))
+        elif self.rx is not None:
+            rx.c["socket_drops"] = self.rx.socket_drops
         drops = Counter()
         for st in (tx, rx, self.ctl_stats):
             drops.update(st.drops)
@@ -410,7 +418,8 @@ class Endpoint:
                     "refused": offload_names(self.tap.refused) if self.tap else []},
             "underlay": {"gso": bool(self.tx and not self.tx[0].gso_disabled),
                          "gro": bool(self.rx and self.rx.gro_supported),
-                         "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx)},
+                         "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx),
+                         "source_filter": bool(self.rx and self.rx.filter_error is None)},
             "tx": dict(tx.c), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
             "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
             "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
