@@ -295,3 +295,13 @@ def test_mac_normalised_and_bounds_defaults():
 def test_cli_flag_strings_validated():
     c = cfg(probe_interval="0.5", echo_reply_rate="3", learned_max="1000")
     assert (c.probe_interval, c.echo_reply_rate, c.learned_max) == (0.5, 3.0, 1000)
+
+
+def test_default_tap_mac_is_stable_local_unicast():
+    a, b = cfg(), cfg()
+    assert a.tap_mac is None and a.effective_tap_mac == b.effective_tap_mac
+    first = int(a.effective_tap_mac[:2], 16)
+    assert first & 0x02 and not first & 0x01
+    assert cfg(tap="other0").effective_tap_mac != a.effective_tap_mac
+    assert cfg(id=43).effective_tap_mac != a.effective_tap_mac
+    assert cfg(tap_mac="02:00:00:00:00:09").effective_tap_mac == "02:00:00:00:00:09"

@@ -158,3 +158,14 @@ def test_channel_never_blocks_and_counts_drops():
         assert results[0] and not all(results)
         assert ch.dropped == results.count(False) and ch.sent == results.count(True)
         assert ch.sent < 10_000
+
+
+def test_announce_floods_garp_and_na_to_every_peer():
+    ep = endpoint("off", remote=(PEER, "198.51.100.3"))
+    ep.tap.current_addresses = lambda: ["192.0.2.49/28", "2001:db8:d::1/64"]
+    ep._announce()
+    sent = ep.tx[0].sent
+    assert {addr[0] for _, addr in sent} == {PEER, "198.51.100.3"} and len(sent) == 4
+    mac = bytes(int(x, 16) for x in ep.cfg.effective_tap_mac.split(":"))
+    assert all(d[8 + 6 : 8 + 12] == mac for d, _ in sent)  # Geneve header (8) + Ethernet source
+    assert ep.ctl_stats.c["announcements_sent"] == 2

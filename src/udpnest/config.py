@@ -8,6 +8,7 @@ names the setting at fault: ``config: remote[1]: '203.0.113.9:99999' port out of
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import math
 import tomllib
@@ -91,6 +92,15 @@ class EndpointConfig:
         return ":" in self.local
 
     @property
+    def effective_tap_mac(self) -> str:
+        """``tap_mac``, or one derived from (TAP name, VNI, local address): the same after every restart, so
+        the far workload's neighbour entry stays right (a random MAC cost a 75 s outage, issue 9.5).
+        Locally administered, unicast."""
+        if self.tap_mac is not None:
+            return self.tap_mac
+        return derive_mac(self.tap, self.id, self.local)
+
+    @property
     def tx_tap_name(self) -> str:
         return self.tx_tap or (self.tap[:12] + "-tx")
 
@@ -102,6 +112,12 @@ class EndpointConfig:
     def max_datagram(self) -> int:
         """Largest UDP payload that fits the underlay MTU without IP fragmentation."""
         return self.underlay_mtu - (40 if self.family_v6 else 20) - 8
+
+
+def derive_mac(tap: str, vni: int, local: str) -> str:
+    h = bytearray(hashlib.sha256(f"udpnest-tap|{tap}|{vni}|{local}".encode()).digest()[:6])
+    h[0] = (h[0] & 0xFC) | 0x02  # locally administered, unicast
+    return ":".join(f"{b:02x}" for b in h)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(EndpointConfig)}

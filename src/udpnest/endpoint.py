@@ -34,6 +34,7 @@ import time
 import zlib
 from collections import Counter
 
+from .announce import announcements
 from .config import EndpointConfig
 from .fdb import Fdb
 from .fold import fold, gro_hint_for
@@ -49,7 +50,7 @@ from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
 from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo, build_gro_hint
-from .wire.vnet import GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr
+from .wire.vnet import GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, ZERO_VNET_HDR, VnetHdr
 
 log = logging.getLogger("udpnest")
 
@@ -142,6 +143,7 @@ class Endpoint:
         self._echo_fwd = TokenBucket(ECHO_FORWARD_RATE, ECHO_FORWARD_RATE, 0.0)  # RX process -> main
         self.threads: list[threading.Thread] = []
         self.started = time.time()
+        self._announce_due = [0.0, 1.0, 3.0]  # seconds after start: gratuitous ARP / NA (announce.py)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 
@@ -149,7 +151,7 @@ class Endpoint:
         cfg = self.cfg
         try:
             self.tap = Tap(cfg.tap, netns=cfg.tap_netns, offloads=DEFAULT_OFFLOADS, mtu=cfg.tap_mtu,
-                           addresses=cfg.tap_addresses, mac=cfg.tap_mac, up=True)
+                           addresses=cfg.tap_addresses, mac=cfg.effective_tap_mac, up=True)
             if self.tap.refused:
                 log.warning("TAP %s: kernel refused offloads %s; using %s", self.tap.name,
                             offload_names(self.tap.refused), offload_names(self.tap.offloads))
@@ -315,6 +317,8 @@ class Endpoint:
                 self.stop_event.set()
             if self.prober is not None:
                 self._send_probes()
+            if self._announce_due and time.time() - self.started >= self._announce_due[0]:
+                self._announce()
 
     def _drain_rx_channel(self) -> None:
         while True:
@@ -363,6 +367,15 @@ class Endpoint:
         except OSError as e:
             self.ctl_stats.drop(Reason.SEND_ERROR)
             log.debug("echo to %s: %s", key, e)
+
+    def _announce(self) -> None:
+        """Announce the TAP's addresses to every peer (the far workload updates its neighbour entry at once)."""
+        self._announce_due.pop(0)
+        if self.tap is None or not hasattr(self.tap, "current_addresses"):
+            return
+        for frame in announcements(self.cfg.effective_tap_mac, self.tap.current_addresses()):
+            self._tx_frame(memoryview(ZERO_VNET_HDR + frame))
+            self.ctl_stats.c["announcements_sent"] += 1
 
     def _serve_control(self) -> None:
         try:
