@@ -10,7 +10,7 @@ at start, logs, and restores at stop (docs/operations.md):
 * ``net.ipv4.conf.<tap>.accept_local = 1``: accept a local source address on this TAP.
 
 The original values of the namespace-wide keys are written to a state file
-(``/run/udpnest/kernel-tx-<netns>-<tap>.json``) *before* anything is changed and removed after they are
+(``/run/udpnest/kernel-tx-<netns inode>-<tap>.json``) *before* anything is changed and removed after they are
 restored.  If udpnest is killed (``kill -9``) the file survives; the next start takes the originals from
 it instead of recording the values the killed run left behind (issue 9.5: ``ip_forward = 1`` stayed on
 for good), and restores them at its own stop.
@@ -30,8 +30,18 @@ log = logging.getLogger("udpnest")
 STATE_DIR = "/run/udpnest"
 
 
+def netns_id(netns: str | None) -> str:
+    """The network namespace's inode number: unique while it exists, the same after a restart of udpnest."""
+    with in_netns(netns):
+        return str(os.stat("/proc/thread-self/ns/net").st_ino)
+
+
 def state_path(name: str, netns: str | None, state_dir: str = STATE_DIR) -> str:
-    return os.path.join(state_dir, f"kernel-tx-{netns or 'host'}-{name}.json")
+    try:
+        ns = netns_id(netns)
+    except OSError:
+        ns = netns or "host"
+    return os.path.join(state_dir, f"kernel-tx-{ns}-{name}.json")
 
 
 def load_state(path: str) -> dict[str, str]:
@@ -48,7 +58,7 @@ def load_state(path: str) -> dict[str, str]:
 
 def save_state(path: str, originals: dict[str, str]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(originals, f)
         f.flush()
