@@ -74,6 +74,7 @@ class EndpointConfig:
     verify_csum: bool = True
     rx_process: bool = True  # run the RX loop in a forked process (no GIL shared with TX)
     control: str | None = None  # unix socket path; default /run/udpnest/<tap>.sock
+    metrics: str | None = None  # ADDR:PORT of the Prometheus exporter (metrics.py); off by default
 
     @property
     def family_v6(self) -> bool:
@@ -212,6 +213,11 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
             except ValueError:
                 raise ConfigError(f"tap_addresses[{i}]", f"{a!r} is not ADDRESS/PREFIX") from None
         out["tap_addresses"] = tuple(addrs)
+    if "metrics" in raw:  # ADDR:PORT, [V6ADDR]:PORT; the port is required
+        m = str(raw["metrics"]).strip()
+        if not m.rpartition(":")[2].isdigit() or not (m.count(":") == 1 or m.startswith("[")):
+            raise ConfigError("metrics", f"{m!r} is not ADDR:PORT (e.g. 127.0.0.1:9108 or [::1]:9108)")
+        out["metrics"] = str(parse_peer("metrics", m, 0))
     ports = dict(DEFAULT_PORTS)
     if "nested_ports" in raw:
         spec = raw["nested_ports"]

@@ -130,6 +130,7 @@ class Endpoint:
         self._learned: dict[bytes, tuple[str, float]] = {}
         self.threads: list[threading.Thread] = []
         self.started = time.time()
+        self.hooks: list = []  # called by the main loop each round (service.py: reload)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 
@@ -296,6 +297,8 @@ class Endpoint:
                 self.stop_event.set()
             if self.prober is not None:
                 self._send_probes()
+            for hook in self.hooks:
+                hook()
 
     def _drain_rx_channel(self) -> None:
         while True:
@@ -397,6 +400,7 @@ class Endpoint:
             "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
             "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
             "drops": dict(drops),
+            "drops_by_direction": {"tx": dict(tx.drops), "rx": dict(rx.drops), "control": dict(self.ctl_stats.drops)},
             "peers": peers,
             "fdb": self.fdb.stats(),
         }
@@ -423,9 +427,18 @@ class Endpoint:
                 self._tx_frame(mv[:n])
                 self.tx_stats.c["time_frame_ns"] += time.perf_counter_ns() - t0
 
+    def reload(self, new_cfg: EndpointConfig) -> list[str]:
+        """Apply a new configuration without closing the TAP or the sockets (main thread only; see
+        :mod:`udpnest.service`).  Returns the changed settings; ConfigError if one cannot change."""
+        from .service import apply_reload
+
+        return apply_reload(self, new_cfg)
+
     def peer_mode(self, key: str, now: float) -> str:
-        if self.prober is not None:
-            return self.prober.peers[key].mode(now)
+        prober = self.prober  # one read: a reload (service.py) may replace it meanwhile
+        if prober is not None:
+            p = prober.peers.get(key)
+            return p.mode(now) if p is not None else self.cfg.fallback
         return {"off": "plain", "hint": "hint", "fold": "fold"}[self.cfg.nested]
 
     def _tx_frame(self, data: memoryview) -> None:
@@ -585,6 +598,10 @@ class Endpoint:
                 return
             n, gso, addr = r
             if child and n == 0 and addr[:2] == wake:
+                from .service import rx_child_messages
+
+                rx_child_messages(self)  # a reload (service.py) sends the new configuration first
+                cfg = self.cfg
                 self._push_stats()  # the main loop wants fresh counters (udpnest status)
                 continue
             t1 = clock()
