@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nestlab
 import pytest
@@ -241,3 +243,100 @@ def test_ready_reload_under_traffic_and_clean_stop(lab_v4, endpoints):
         notify.close()
         with IPRoute(netns=plans["b"].netns) as ip:
             ip.addr("del", index=topology._index(ip, plans["b"].underlay_ifname), address=NEW_PEER, prefixlen=24)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Wireshark dissector and `udpnest decode` on captured fold / echo traffic
+
+def _capture(ns: str, filt: str, pcap, log, seconds: int = 6) -> subprocess.Popen:
+    with open(log, "w") as f:
+        proc = subprocess.Popen(bench.ns_argv(ns, ["tshark", "-n", "-q", "-i", topology.IF_UNDERLAY, "-f", filt,
+                                                   "-B", "64", "-a", f"duration:{seconds}", "-F", "pcap", "-w",
+                                                   str(pcap)]),
+                                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while "Capturing on" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"tshark did not start: {log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    time.sleep(1.5)  # "Capturing on" comes a little before packets are really captured
+    return proc
+
+
+@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed")
+def test_dissector_and_decode_on_captured_traffic(lab_v4, endpoints):
+    """Fold and echo traffic between two real endpoints, captured on a "wire" underlay (datagrams as on a
+    real wire), read by the Lua dissector: its fields and unfolded frames equal what udpnest's own parser
+    makes of the same datagrams, no malformed or error expert info; ``udpnest decode`` agrees."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from scapy.layers.inet import UDP
+    from scapy.utils import rdpcap
+
+    import tshark_udpnest as ts
+    from udpnest.fold import unfold
+    from udpnest.wire.options import parse_packet
+
+    lab = lab_v4
+    spec = lab.spec
+    topology.set_underlay(spec, "wire")
+    cap = None
+    try:
+        a, b = endpoints(lab).pair("fold", extra=PROBE)
+        nestlab.wait_modes([a, b], "fold", timeout=10)
+        assert nestlab.ping(spec).returncode == 0
+        pcap, log = lab.tmp / f"fold-{spec.prefix}.pcap", lab.tmp / f"tshark-fold-{spec.prefix}.log"
+        cap = _capture(spec.ns("ha"), f"udp port {topology.GENEVE_PORT}", pcap, log, seconds=5)
+        sent, got = nestlab.tcp_transfer(spec, 2 * nestlab.MIB, port=5333)
+        assert got["sha256"] == sent["sha256"]
+        cap.wait(20)
+    finally:
+        if cap is not None and cap.poll() is None:
+            cap.kill()
+            cap.wait()
+        topology.set_underlay(spec, "offload")
+
+    pkts = rdpcap(str(pcap))
+    payloads = [bytes(p[UDP].payload) for p in pkts]
+    parsed = [parse_packet(pl) for pl in payloads]
+    folds = {i + 1 for i, p in enumerate(parsed) if p.folds}
+    echoes = {i + 1: p for i, p in enumerate(parsed) if p.echo_request or p.echo_reply}
+    assert len(folds) >= 1000, len(folds)  # 2 MiB of TCP, folded
+    assert sum(1 for p in echoes.values() if p.echo_request) >= 4, "echo requests (both directions)"
+    assert sum(1 for p in echoes.values() if p.echo_reply) >= 4, "echo replies"
+
+    decode_as = ("-d", f"udp.port=={topology.NESTED_PORT},vxlan")
+    rows = ts.fields(pcap, ["udpnest.fold.levels", "udpnest.fold.enc", "udpnest.fold.l2_len", "udpnest.fold.l3_len",
+                            "udpnest.fold.tun_len", "udpnest.fold.flags.len_zeroed", "udpnest.fold.flags.csum_zeroed",
+                            "udpnest.geneve.vni", "vxlan.vni", "udpnest.echo.nonce", "udpnest.echo.cap_flags.fold",
+                            "udpnest.echo.reply"], *decode_as)
+    assert len(rows) == len(pkts)
+    for n in folds:
+        r = rows[n - 1]
+        assert r["udpnest.fold.levels"] == ["1"], (n, r)
+        assert (r["udpnest.fold.enc"], r["udpnest.fold.l2_len"], r["udpnest.fold.l3_len"], r["udpnest.fold.tun_len"]) \
+            == (["1"], ["14"], ["20"], ["8"]), (n, r)
+        assert r["udpnest.fold.flags.len_zeroed"] == ["1"] and r["udpnest.fold.flags.csum_zeroed"] == ["1"]
+        assert r["udpnest.geneve.vni"] == [str(parsed[n - 1].hdr.vni)] == ["7"]
+        assert r["vxlan.vni"] == [str(topology.NESTED_VNI)], (n, r)
+    for n, p in echoes.items():
+        e = p.echo_request or p.echo_reply
+        r = rows[n - 1]
+        assert r["udpnest.echo.nonce"] == [f"0x{e.nonce:016x}"], (n, r)
+        assert r["udpnest.echo.cap_flags.fold"] == ["1"]
+        assert r["udpnest.echo.reply"] == [str(int(p.echo_reply is not None))]
+    # the frames the dissector rebuilds are exactly udpnest's unfold()
+    unfolded = ts.unfolded_frames(pcap)
+    assert set(unfolded) == folds
+    for n in folds:
+        assert unfolded[n] == unfold(payloads[n - 1]).frame, n
+    bad = [(n, i) for n, items in enumerate(ts.experts(pcap), 1) for i in items
+           if i[0] == ts.MALFORMED_GROUP or i[1] >= ts.ERROR_SEVERITY]
+    assert not bad, bad[:5]
+
+    out = subprocess.run([sys.executable, "-m", "udpnest.cli", "decode", "--vxlan-port", str(topology.NESTED_PORT),
+                          str(pcap)], capture_output=True, text=True, timeout=300, env=bench._pythonpath_env())
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.splitlines()[-1]
+    assert f"fold {len(folds)}" in last and "malformed" not in last, last
+    assert f"VXLAN / Ether / IP / TCP {spec.inner_address('a')}" in out.stdout
