@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint deps venv clean
 
-$(BIN)/udpnest: pyproject.toml
+$(BIN)/udpnest: pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@

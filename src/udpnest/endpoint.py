@@ -755,8 +755,10 @@ def query_status(path: str, timeout: float = 2.0) -> dict:
 
 
 
-def lab_argv(plan, nested: str = "fold", tx_path: str = "kernel") -> list[str]:
+def lab_argv(plan, nested: str = "fold", tx_path: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
     """Command line of one endpoint serving a lab host (``udpnest.lab.topology.EndpointPlan``).
+
+    ``tx_path`` None leaves the endpoint's default; ``extra`` arguments are appended.
 
     The TAP stays in the host namespace (the lab routes the workload's nested VXLAN into it); the
     control socket is named after the namespace so both endpoints can run on one machine.
@@ -766,9 +768,11 @@ def lab_argv(plan, nested: str = "fold", tx_path: str = "kernel") -> list[str]:
     argv = [sys.executable, "-m", "udpnest.cli", "up", "--id", "7", "--local", plan.underlay_local,
             "--remote", plan.underlay_remote if plan.underlay_family == 4 else f"[{plan.underlay_remote}]",
             "--dstport", str(plan.geneve_port), "--tap", plan.tap_ifname, "--tap-mtu", str(plan.tap_mtu),
-            "--nested", nested, "--nested-port", f"{plan.nested_port}:vxlan", "--tx-path", tx_path,
+            "--nested", nested, "--nested-port", f"{plan.nested_port}:vxlan",
             "--control", lab_control_path(plan)]
-    return argv
+    if tx_path is not None:
+        argv += ["--tx-path", tx_path]
+    return argv + list(extra)
 
 
 def lab_control_path(plan) -> str:
