@@ -149,3 +149,15 @@ def test_http_exporter_serves_the_status():
 
 def test_collector_has_no_fixed_description():
     assert list(StatusCollector(dict).describe()) == []
+
+
+def test_metrics_flag_and_toml_key(tmp_path):
+    from udpnest.cli import build_parser
+    from udpnest.cli_endpoint import load_config
+
+    base = ["up", "--id", "1", "--local", "192.0.2.1", "--remote", "192.0.2.2"]
+    assert load_config(build_parser().parse_args(base)).metrics is None  # off by default
+    assert load_config(build_parser().parse_args([*base, "--metrics", "127.0.0.1:9108"])).metrics == "127.0.0.1:9108"
+    conf = tmp_path / "e.toml"
+    conf.write_text('id = 1\nlocal = "192.0.2.1"\nremote = ["192.0.2.2"]\nmetrics = "[::1]:9108"\n')
+    assert load_config(build_parser().parse_args(["up", "--config", str(conf)])).metrics == "[::1]:9108"
