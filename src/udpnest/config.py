@@ -92,6 +92,7 @@ class EndpointConfig:
     tap_txqueuelen: int = 256
     underlay_rate_mbit: int = 10000
     queue_ms: float = 2.0
+    metrics: str | None = None  # ADDR:PORT of the Prometheus exporter (metrics.py); off by default
 
     @property
     def family_v6(self) -> bool:
@@ -344,6 +345,11 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
                 raise ConfigError(f"allow[{i}]", f"{net} is not the same address family as local {out['local']}")
             nets.append(str(net))
         out["allow"] = tuple(nets)
+    if "metrics" in raw:  # ADDR:PORT, [V6ADDR]:PORT; the port is required
+        m = str(raw["metrics"]).strip()
+        if not m.rpartition(":")[2].isdigit() or not (m.count(":") == 1 or m.startswith("[")):
+            raise ConfigError("metrics", f"{m!r} is not ADDR:PORT (e.g. 127.0.0.1:9108 or [::1]:9108)")
+        out["metrics"] = str(parse_peer("metrics", m, 0))
     ports = dict(DEFAULT_PORTS)
     if "nested_ports" in raw:
         spec = raw["nested_ports"]

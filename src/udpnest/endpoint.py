@@ -109,17 +109,7 @@ class Endpoint:
         self.stop_event = threading.Event()
         self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing)
         self.peers = {p.address: p for p in cfg.remote}
-        self.prober = (Prober(self.peers, interval=cfg.probe_interval, window=cfg.probe_window,
-                              budget=cfg.probe_budget, fallback=cfg.fallback, now=clock(),
-                              reply_rate=cfg.echo_reply_rate, reply_burst=cfg.echo_reply_burst,
-                              reply_global_rate=cfg.echo_reply_global_rate,
-                              reply_global_burst=cfg.echo_reply_global_burst, backoff_max=cfg.probe_backoff_max)
-                       if cfg.nested == "fold" else None)
-        # echo replies: only in the modes that speak the option class (hint, fold), per peer and global limits
-        self.replies = (self.prober.replies if self.prober is not None else
-                        ReplyLimiter(self.peers, rate=cfg.echo_reply_rate, burst=cfg.echo_reply_burst,
-                                     global_rate=cfg.echo_reply_global_rate,
-                                     global_burst=cfg.echo_reply_global_burst, now=clock()))
+        self.prober, self.replies = probing(cfg, list(self.peers), clock())
         self.lock = threading.Lock()
         self.tx_stats, self.rx_stats, self.ctl_stats = Stats(), Stats(), Stats()
         # with nested off we behave as a legacy endpoint: our options are unknown critical options
@@ -147,6 +137,7 @@ class Endpoint:
         self.threads: list[threading.Thread] = []
         self.started = time.time()
         self._announce_due = [0.0, 1.0, 3.0]  # seconds after start: gratuitous ARP / NA (announce.py)
+        self.hooks: list = []  # called by the main loop each round (service.py: reload)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 
@@ -164,11 +155,7 @@ class Endpoint:
             # buffers sized from the rate (config.socket_buffer), not a fixed 8 MB: a full buffer is latency
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
                                 bufsize=cfg.socket_buffer, blocking=True)
-            # non-peers are dropped in the kernel before they take receive-buffer space (io/bpf.py); our own
-            # address passes: the status wake-up datagram comes from it
-            if not self.rx.restrict_sources([p.address for p in cfg.remote] + [cfg.local], cfg.allow):
-                log.warning("no kernel source filter (%s): non-peers are dropped in userspace only",
-                            self.rx.filter_error)
+            self.filter_sources()
             for _ in range(cfg.tx_sockets):
                 s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
                               bufsize=cfg.socket_buffer)
@@ -188,6 +175,14 @@ class Endpoint:
 
             log.warning("udpnest is running the pure-Python engine (much slower)%s",
                         f": native core not built ({NATIVE_ERROR})" if NATIVE_ERROR else "")
+
+    def filter_sources(self) -> None:
+        """Drop non-peers in the kernel, before they take receive-buffer space (io/bpf.py); called at open
+        and whenever the peer set changes (service.py's reload).  Our own address passes: the status
+        wake-up datagram comes from it."""
+        if not self.rx.restrict_sources(list(self.peers) + [self.cfg.local], self.cfg.allow):
+            log.warning("no kernel source filter (%s): non-peers are dropped in userspace only",
+                        self.rx.filter_error)
 
     def _tune_tx(self, s: UdpSocket) -> None:
         cfg = self.cfg
@@ -329,6 +324,8 @@ class Endpoint:
                 self._send_probes()
             if self._announce_due and time.time() - self.started >= self._announce_due[0]:
                 self._announce()
+            for hook in self.hooks:
+                hook()
 
     def _drain_rx_channel(self) -> None:
         while True:
@@ -448,6 +445,7 @@ class Endpoint:
             "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
             "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
             "drops": dict(drops),
+            "drops_by_direction": {"tx": dict(tx.drops), "rx": dict(rx.drops), "control": dict(self.ctl_stats.drops)},
             "peers": peers,
             "fdb": self.fdb.stats(),
         }
@@ -475,9 +473,18 @@ class Endpoint:
                 self._tx_frame(mv[:n])
                 self.tx_stats.c["time_frame_ns"] += time.perf_counter_ns() - t0
 
+    def reload(self, new_cfg: EndpointConfig) -> list[str]:
+        """Apply a new configuration without closing the TAP or the sockets (main thread only; see
+        :mod:`udpnest.service`).  Returns the changed settings; ConfigError if one cannot change."""
+        from .service import apply_reload
+
+        return apply_reload(self, new_cfg)
+
     def peer_mode(self, key: str, now: float) -> str:
-        if self.prober is not None:
-            return self.prober.peers[key].mode(now)
+        prober = self.prober  # one read: a reload (service.py) may replace it meanwhile
+        if prober is not None:
+            p = prober.peers.get(key)
+            return p.mode(now) if p is not None else self.cfg.fallback
         return {"off": "plain", "hint": "hint", "fold": "fold"}[self.cfg.nested]
 
     def _tx_frame(self, data: memoryview) -> None:
@@ -574,7 +581,7 @@ class Endpoint:
         super-packet (more than one UDP GRO aggregate) become one TAP write; it is written as soon as
         nothing more is waiting."""
         buf = bytearray(RECV_BUF_SIZE + 64)
-        drv = self._rx_driver()
+        drv, drv_cfg = self._rx_driver(), self.cfg
         c = self.rx_stats.c
         clock = time.perf_counter_ns
         child = self.rx_child
@@ -598,8 +605,15 @@ class Endpoint:
                 return
             n, gso, addr = r
             if child and n == 0 and addr[:2] == wake:
+                from .service import rx_child_messages
+
+                rx_child_messages(self)  # a reload (service.py) sends the new configuration first
                 self._push_stats()  # the main loop wants fresh counters (udpnest status)
                 continue
+            if drv.peers is not self.peers or drv_cfg is not self.cfg:  # a reload: a driver for the new set
+                for w, key in drv.flush():
+                    self._tap_write(w, key)
+                drv, drv_cfg = self._rx_driver(), self.cfg
             t1 = clock()
             out = drv.read(buf, n, gso, addr[0])
             t2 = clock()
@@ -678,6 +692,20 @@ class Endpoint:
             with self.lock:
                 result = self.prober.peers[key].on_reply(pkt.echo_reply, now)
             self.ctl_stats.c[f"echo_reply_{result.value}"] += 1
+
+
+def probing(cfg: EndpointConfig, keys: list, now: float) -> tuple[Prober | None, ReplyLimiter]:
+    """The prober (``nested fold`` only) and the echo reply limiter for peers ``keys``: replies only in the
+    modes that speak the option class (hint, fold), with per-peer and global limits."""
+    prober = (Prober(keys, interval=cfg.probe_interval, window=cfg.probe_window, budget=cfg.probe_budget,
+                     fallback=cfg.fallback, now=now, reply_rate=cfg.echo_reply_rate, reply_burst=cfg.echo_reply_burst,
+                     reply_global_rate=cfg.echo_reply_global_rate, reply_global_burst=cfg.echo_reply_global_burst,
+                     backoff_max=cfg.probe_backoff_max)
+              if cfg.nested == "fold" else None)
+    replies = (prober.replies if prober is not None else
+               ReplyLimiter(keys, rate=cfg.echo_reply_rate, burst=cfg.echo_reply_burst,
+                            global_rate=cfg.echo_reply_global_rate, global_burst=cfg.echo_reply_global_burst, now=now))
+    return prober, replies
 
 
 _TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it
