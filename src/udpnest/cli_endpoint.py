@@ -50,6 +50,8 @@ def register(sub) -> None:
     up.add_argument("--probe-interval", dest="probe_interval", help="seconds between echo probes (default 1)")
     up.add_argument("--probe-window", dest="probe_window", help="validity window in intervals (default 3)")
     up.add_argument("--control", help="unix socket for 'udpnest status' (default /run/udpnest/TAP.sock)")
+    up.add_argument("--metrics", metavar="ADDR:PORT",
+                    help="serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; e.g. 127.0.0.1:9108)")
     up.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     up.set_defaults(func=cmd_up)
 
@@ -63,13 +65,18 @@ def register(sub) -> None:
 _NOT_CONFIG = {"config", "log_level", "func", "command"}
 
 
+def load_config(args: argparse.Namespace):
+    """The TOML file (read again on every call: SIGHUP reloads it), then the command-line flags over it."""
+    values = load_toml(args.config) if args.config else {}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    values.update({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None})
+    return build_config(values)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     try:
-        values = load_toml(args.config) if args.config else {}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        values.update({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None})
-        cfg = build_config(values)
+        cfg = load_config(args)
     except ConfigError as e:
         print(f"udpnest: {e}", file=sys.stderr)
         return 2
@@ -86,8 +93,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"udpnest: cannot start: {e}", file=sys.stderr)
         return 1
-    ep.run()
-    return 0
+    from .service import Service  # SIGTERM/SIGHUP, systemd readiness, --metrics
+
+    try:
+        return Service(ep, lambda: load_config(args)).run()
+    except OSError as e:
+        print(f"udpnest: cannot start: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:

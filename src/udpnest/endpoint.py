@@ -34,6 +34,7 @@ import time
 import zlib
 from collections import Counter
 
+from .announce import announcements
 from .config import EndpointConfig
 from .engine import check as check_engine
 from .fdb import Fdb
@@ -41,12 +42,13 @@ from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
-from .peers import Prober
+from .peers import Prober, ReplyLimiter, TokenBucket
+from .rxguard import Channel, LearnedMacs
 from .txplan import TxPlanner
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
 from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo
-from .wire.vnet import GSO_ECN, VNET_HDR_LEN
+from .wire.vnet import GSO_ECN, VNET_HDR_LEN, ZERO_VNET_HDR
 
 log = logging.getLogger("udpnest")
 
@@ -54,6 +56,7 @@ ETH_P_TEB = 0x6558
 TAP_BUF = VNET_HDR_LEN + 65536 + 64
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2  # <linux/in.h>; not in Python 3.11's socket
 HIST_EDGES = (1, 2, 4, 8, 16, 32, 64)  # segments per super-packet: 1, 2-3, 4-7, ..., 64+
+ECHO_FORWARD_RATE = 1000.0  # echo packets per second the RX process hands to the main process at most
 
 
 def _bucket(n: int) -> int:
@@ -106,9 +109,7 @@ class Endpoint:
         self.stop_event = threading.Event()
         self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing)
         self.peers = {p.address: p for p in cfg.remote}
-        self.prober = (Prober(self.peers, interval=cfg.probe_interval, window=cfg.probe_window,
-                              budget=cfg.probe_budget, fallback=cfg.fallback, now=clock())
-                       if cfg.nested == "fold" else None)
+        self.prober, self.replies = probing(cfg, list(self.peers), clock())
         self.lock = threading.Lock()
         self.tx_stats, self.rx_stats, self.ctl_stats = Stats(), Stats(), Stats()
         # with nested off we behave as a legacy endpoint: our options are unknown critical options
@@ -130,9 +131,13 @@ class Endpoint:
         self.rx_child = False  # True in the RX child
         self.rx_snapshot: dict = {}
         self._stop_flag = mmap.mmap(-1, 1)
-        self._learned: dict[bytes, tuple[str, float]] = {}
+        self._learned = LearnedMacs(cfg.learned_max, cfg.fdb_ageing / 4)  # RX process: bounded (rxguard)
+        self._chan: Channel | None = None  # RX process's non-blocking end of rx_chan
+        self._echo_fwd = TokenBucket(ECHO_FORWARD_RATE, ECHO_FORWARD_RATE, 0.0)  # RX process -> main
         self.threads: list[threading.Thread] = []
         self.started = time.time()
+        self._announce_due = [0.0, 1.0, 3.0]  # seconds after start: gratuitous ARP / NA (announce.py)
+        self.hooks: list = []  # called by the main loop each round (service.py: reload)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 
@@ -140,7 +145,7 @@ class Endpoint:
         cfg = self.cfg
         try:
             self.tap = Tap(cfg.tap, netns=cfg.tap_netns, offloads=DEFAULT_OFFLOADS, mtu=cfg.tap_mtu,
-                           addresses=cfg.tap_addresses, mac=cfg.tap_mac, up=True)
+                           addresses=cfg.tap_addresses, mac=cfg.effective_tap_mac, up=True)
             if self.tap.refused:
                 log.warning("TAP %s: kernel refused offloads %s; using %s", self.tap.name,
                             offload_names(self.tap.refused), offload_names(self.tap.offloads))
@@ -150,6 +155,7 @@ class Endpoint:
             # buffers sized from the rate (config.socket_buffer), not a fixed 8 MB: a full buffer is latency
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
                                 bufsize=cfg.socket_buffer, blocking=True)
+            self.filter_sources()
             for _ in range(cfg.tx_sockets):
                 s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
                               bufsize=cfg.socket_buffer)
@@ -169,6 +175,14 @@ class Endpoint:
 
             log.warning("udpnest is running the pure-Python engine (much slower)%s",
                         f": native core not built ({NATIVE_ERROR})" if NATIVE_ERROR else "")
+
+    def filter_sources(self) -> None:
+        """Drop non-peers in the kernel, before they take receive-buffer space (io/bpf.py); called at open
+        and whenever the peer set changes (service.py's reload).  Our own address passes: the status
+        wake-up datagram comes from it."""
+        if not self.rx.restrict_sources(list(self.peers) + [self.cfg.local], self.cfg.allow):
+            log.warning("no kernel source filter (%s): non-peers are dropped in userspace only",
+                        self.rx.filter_error)
 
     def _tune_tx(self, s: UdpSocket) -> None:
         cfg = self.cfg
@@ -255,6 +269,7 @@ class Endpoint:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         for sk in (parent, child):
             sk.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        cfg_ipc_queue = self.cfg.ipc_queue
         pid = os.fork()
         if pid == 0:  # the RX child: never returns
             code = 0
@@ -263,6 +278,7 @@ class Endpoint:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, lambda *_: self._stop_flag.__setitem__(0, 1))
                 self.rx_child, self.rx_chan = True, child
+                self._chan = Channel(child, cfg_ipc_queue)
                 _die_with_parent()
                 self._rx_loop()
             except BaseException:
@@ -306,6 +322,10 @@ class Endpoint:
                 self.stop_event.set()
             if self.prober is not None:
                 self._send_probes()
+            if self._announce_due and time.time() - self.started >= self._announce_due[0]:
+                self._announce()
+            for hook in self.hooks:
+                hook()
 
     def _drain_rx_channel(self) -> None:
         while True:
@@ -317,18 +337,20 @@ class Endpoint:
             if kind == "learn":
                 self.fdb.learn(msg[1], msg[2], self.clock())
             elif kind == "echo":
-                self._on_echo(msg[1], msg[2])
+                self._on_echo(msg[1], msg[2], msg[3] if len(msg) > 3 else None)
             elif kind == "stats":
                 self.rx_snapshot = msg[1]
 
-    def _to_parent(self, msg) -> None:
-        try:
-            self.rx_chan.send(pickle.dumps(msg))
-        except OSError as e:
-            log.debug("rx channel: %s", e)
+    def _to_parent(self, msg) -> bool:
+        """Never blocks the RX loop: a full channel drops the message (counted as ``ipc_dropped``)."""
+        if self._chan.send(msg):
+            return True
+        self.rx_stats.c["ipc_dropped"] += 1
+        return False
 
     def _push_stats(self) -> None:
         st = self.rx_stats
+        st.c["socket_drops"] = self.rx.socket_drops
         self._to_parent(("stats", {"c": dict(st.c), "drops": dict(st.drops), "hist": list(st.hist)}))
 
     def _send_probes(self) -> None:
@@ -340,15 +362,27 @@ class Endpoint:
         for k, echo in echoes:
             self._send_echo(k, echo, reply=False)
 
-    def _send_echo(self, key: str, echo: Echo, *, reply: bool) -> None:
+    def _send_echo(self, key: str, echo: Echo, *, reply: bool, limit: int | None = None) -> None:
         pkt = build_geneve(self.cfg.id, ETH_P_TEB, build_echo(echo, reply=reply, opt_class=self.cfg.opt_class),
                            oam=True)
+        if limit is not None and len(pkt) > limit:  # never larger than the request: no amplification
+            self.ctl_stats.c["echo_replies_too_large"] += 1
+            return
         try:
             self.rx.sock.sendto(pkt, self.peers[key].sockaddr)
             self.ctl_stats.c["echo_replies_sent" if reply else "echo_requests_sent"] += 1
         except OSError as e:
             self.ctl_stats.drop(Reason.SEND_ERROR)
             log.debug("echo to %s: %s", key, e)
+
+    def _announce(self) -> None:
+        """Announce the TAP's addresses to every peer (the far workload updates its neighbour entry at once)."""
+        self._announce_due.pop(0)
+        if self.tap is None or not hasattr(self.tap, "current_addresses"):
+            return
+        for frame in announcements(self.cfg.effective_tap_mac, self.tap.current_addresses()):
+            self._tx_frame(memoryview(ZERO_VNET_HDR + frame))
+            self.ctl_stats.c["announcements_sent"] += 1
 
     def _serve_control(self) -> None:
         try:
@@ -381,6 +415,8 @@ class Endpoint:
             rx.c.update(self.rx_snapshot.get("c", {}))
             rx.drops.update(self.rx_snapshot.get("drops", {}))
             rx.hist = list(self.rx_snapshot.get("hist", rx.hist))
+        elif self.rx is not None:
+            rx.c["socket_drops"] = self.rx.socket_drops
         drops = Counter()
         for st in (tx, rx, self.ctl_stats):
             drops.update(st.drops)
@@ -403,11 +439,13 @@ class Endpoint:
                     "refused": offload_names(self.tap.refused) if self.tap else []},
             "underlay": {"gso": bool(self.tx and not self.tx[0].gso_disabled),
                          "gro": bool(self.rx and self.rx.gro_supported),
-                         "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx)},
+                         "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx),
+                         "source_filter": bool(self.rx and self.rx.filter_error is None)},
             "tx": dict(tx.c), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
             "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
             "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
             "drops": dict(drops),
+            "drops_by_direction": {"tx": dict(tx.drops), "rx": dict(rx.drops), "control": dict(self.ctl_stats.drops)},
             "peers": peers,
             "fdb": self.fdb.stats(),
         }
@@ -426,6 +464,7 @@ class Endpoint:
                 try:
                     n = self.tap.read_into(buf)
                 except OSError as e:
+                    self.tx_stats.c["tap_read_errors"] += 1
                     log.warning("TAP read: %s", e)
                     break
                 if n == 0:
@@ -434,9 +473,18 @@ class Endpoint:
                 self._tx_frame(mv[:n])
                 self.tx_stats.c["time_frame_ns"] += time.perf_counter_ns() - t0
 
+    def reload(self, new_cfg: EndpointConfig) -> list[str]:
+        """Apply a new configuration without closing the TAP or the sockets (main thread only; see
+        :mod:`udpnest.service`).  Returns the changed settings; ConfigError if one cannot change."""
+        from .service import apply_reload
+
+        return apply_reload(self, new_cfg)
+
     def peer_mode(self, key: str, now: float) -> str:
-        if self.prober is not None:
-            return self.prober.peers[key].mode(now)
+        prober = self.prober  # one read: a reload (service.py) may replace it meanwhile
+        if prober is not None:
+            p = prober.peers.get(key)
+            return p.mode(now) if p is not None else self.cfg.fallback
         return {"off": "plain", "hint": "hint", "fold": "fold"}[self.cfg.nested]
 
     def _tx_frame(self, data: memoryview) -> None:
@@ -532,7 +580,7 @@ class Endpoint:
         super-packet (more than one UDP GRO aggregate) become one TAP write; it is written as soon as
         nothing more is waiting."""
         buf = bytearray(RECV_BUF_SIZE + 64)
-        drv = self._rx_driver()
+        drv, drv_cfg = self._rx_driver(), self.cfg
         c = self.rx_stats.c
         clock = time.perf_counter_ns
         child = self.rx_child
@@ -543,6 +591,7 @@ class Endpoint:
             except OSError as e:
                 if self.stop_event.is_set() or self._stop_flag[0]:
                     return
+                c["recv_errors"] += 1
                 log.debug("recv: %s", e)
                 continue
             if r is None:  # nothing more waiting: the held super-packet goes out now
@@ -555,18 +604,29 @@ class Endpoint:
                 return
             n, gso, addr = r
             if child and n == 0 and addr[:2] == wake:
+                from .service import rx_child_messages
+
+                rx_child_messages(self)  # a reload (service.py) sends the new configuration first
                 self._push_stats()  # the main loop wants fresh counters (udpnest status)
                 continue
+            if drv.peers is not self.peers or drv_cfg is not self.cfg:  # a reload: a driver for the new set
+                for w, key in drv.flush():
+                    self._tap_write(w, key)
+                drv, drv_cfg = self._rx_driver(), self.cfg
             t1 = clock()
             out = drv.read(buf, n, gso, addr[0])
             t2 = clock()
             for w, key in out.writes:
                 self._tap_write(w, key)
-            for pkt, key in out.control:
+            for pkt, key, size in out.control:
                 if child:
-                    self._to_parent(("echo", pkt, key))
+                    if self._echo_fwd.peek(time.monotonic()):  # bounded work for the main process
+                        self._echo_fwd.take()
+                        self._to_parent(("echo", pkt, key, size))
+                    else:
+                        c["echo_forward_limited"] += 1
                 else:
-                    self._on_echo(pkt, key)
+                    self._on_echo(pkt, key, size)
             c["time_process_ns"] += t2 - t1
             c["time_tap_ns"] += clock() - t2
 
@@ -591,25 +651,36 @@ class Endpoint:
             if not self.rx_child:
                 self.fdb.learn(mac, key, self.clock())
                 return
-            # tell the main loop only what changed, and refresh well within the ageing time
-            now = self.clock()
-            old = self._learned.get(mac)
-            if old is None or old[0] != key or now - old[1] > self.cfg.fdb_ageing / 4:
-                self._learned[mac] = (key, now)
-                self._to_parent(("learn", mac, key))
+            # tell the main loop only what changed, and refresh well within the ageing time (bounded LRU)
+            learned = self._learned
+            evicted = learned.evicted
+            if learned.report(mac, key, self.clock()):
+                if learned.evicted != evicted:
+                    st.c["learned_evicted"] += learned.evicted - evicted
+                if not self._to_parent(("learn", mac, key)):
+                    learned.forget(mac)  # try again with the next frame
 
-    def _on_echo(self, pkt, key: str) -> None:
+    def _on_echo(self, pkt, key: str, size: int | None = None) -> None:
+        """An echo packet from configured peer ``key`` (``size``: the request datagram's length).
+
+        A request earns at most a reply (rate-limited, never larger than the request) and never changes
+        the peer's state; only a reply to an outstanding nonce of ours does (:mod:`udpnest.peers`)."""
         now = self.clock()
         if pkt.echo_request is not None:
             self.ctl_stats.c["echo_requests_received"] += 1
             req = pkt.echo_request
+            if self.cfg.nested == "off" or key not in self.peers:  # a legacy endpoint never answers
+                self.ctl_stats.drop(Reason.UNKNOWN_CRITICAL_OPTION if key in self.peers else Reason.NO_PEER)
+                return
             with self.lock:
-                ok = self.prober.may_reply(key, now) if self.prober is not None else True
                 if self.prober is not None:
-                    self.prober.peers[key].on_echo(req, now)
+                    ok = self.prober.may_reply(key, now)
+                    self.prober.on_request(key, req, now)
+                else:
+                    ok = self.replies.allow(key, now)
             if ok:
                 self._send_echo(key, Echo(req.nonce, req.timestamp, self.cfg.max_levels, 252, self.caps),
-                                reply=True)
+                                reply=True, limit=size)
             else:
                 self.ctl_stats.drop(Reason.RATE_LIMITED)
         if pkt.echo_reply is not None:
@@ -620,6 +691,20 @@ class Endpoint:
             with self.lock:
                 result = self.prober.peers[key].on_reply(pkt.echo_reply, now)
             self.ctl_stats.c[f"echo_reply_{result.value}"] += 1
+
+
+def probing(cfg: EndpointConfig, keys: list, now: float) -> tuple[Prober | None, ReplyLimiter]:
+    """The prober (``nested fold`` only) and the echo reply limiter for peers ``keys``: replies only in the
+    modes that speak the option class (hint, fold), with per-peer and global limits."""
+    prober = (Prober(keys, interval=cfg.probe_interval, window=cfg.probe_window, budget=cfg.probe_budget,
+                     fallback=cfg.fallback, now=now, reply_rate=cfg.echo_reply_rate, reply_burst=cfg.echo_reply_burst,
+                     reply_global_rate=cfg.echo_reply_global_rate, reply_global_burst=cfg.echo_reply_global_burst,
+                     backoff_max=cfg.probe_backoff_max)
+              if cfg.nested == "fold" else None)
+    replies = (prober.replies if prober is not None else
+               ReplyLimiter(keys, rate=cfg.echo_reply_rate, burst=cfg.echo_reply_burst,
+                            global_rate=cfg.echo_reply_global_rate, global_burst=cfg.echo_reply_global_burst, now=now))
+    return prober, replies
 
 
 _TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it

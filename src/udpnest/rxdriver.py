@@ -30,7 +30,7 @@ from .wire.options import DEFAULT_OPT_CLASS, GenevePacket
 
 class RxOut(NamedTuple):
     writes: list[tuple[rxpipe.TapWrite, str]]  # (write, peer key), in order
-    control: list[tuple[GenevePacket, str]]  # echo request/reply packets, with the peer key
+    control: list[tuple[GenevePacket, str, int]]  # echo request/reply packets, peer key, datagram length
 
 
 class RxDriver:
@@ -94,8 +94,8 @@ class RxDriver:
             self.drops[reason.value] += cnt
         for w in res.writes:
             out.writes.append((w, key))
-        for pkt, _dg in res.control:
-            out.control.append((pkt, key))
+        for pkt, dg in res.control:
+            out.control.append((pkt, key, len(dg)))
         return out
 
     def flush(self) -> list[tuple[rxpipe.TapWrite, str]]:

@@ -16,9 +16,11 @@ Definitions used in the bench output:
 
 from __future__ import annotations
 
-import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 GB = 1e9
 REFERENCE_MODE = "kernel-vxlan-in-vxlan"
@@ -69,25 +71,21 @@ def parse_iperf3(obj: Mapping) -> IperfResult:
 
 
 def median(xs: Iterable[float]) -> float:
-    v = sorted(xs)
+    """:func:`statistics.median` (raises ``statistics.StatisticsError``, a ValueError, for no values)."""
+    v = list(xs)
     if not v:
-        raise ValueError("median of no values")
-    n = len(v)
-    mid = n // 2
-    return v[mid] if n % 2 else (v[mid - 1] + v[mid]) / 2
+        raise statistics.StatisticsError("median of no values")
+    return statistics.median(v)
 
 
 def percentile(xs: Iterable[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default ``linear`` method)."""
-    v = sorted(xs)
+    """:func:`numpy.percentile` with its default ``linear`` method (interpolation between closest ranks)."""
+    v = list(xs)
     if not v:
         raise ValueError("percentile of no values")
     if not 0 <= p <= 100:
         raise ValueError(f"percentile {p} out of range")
-    k = (len(v) - 1) * p / 100.0
-    lo = math.floor(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+    return float(np.percentile(np.asarray(v, dtype=float), p))
 
 
 def cpu_s_per_gb(cpu_seconds: float, bytes_moved: int) -> float:
