@@ -199,8 +199,8 @@ def drive(engine: str, reads, *, vni=VNI, opt_class=0xFF4E, verify=True) -> tupl
         b = bytearray(buf) + bytearray(64)  # as the loop's buffer: larger than the read
         out = d.read(b, n, g, key)
         take(out.writes)
-        for pkt, k in out.control:
-            log.append(("c", pkt, k))
+        for pkt, k, size in out.control:
+            log.append(("c", pkt, k, size))
         if not d.holding or random.random() < 0.2:
             take(d.flush())
         b[:] = b"\xa5" * len(b)  # the next read reuses the buffer: nothing may still point into it
