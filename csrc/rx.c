@@ -22,7 +22,8 @@
  *      found (ip4: ((off, innermost), ...); ip6: (off, ...); udp: ((off, has_csum, ip_off, ip_v6), ...);
  *      keep_*: the header masks, one byte per header byte).  Returns the outcome code of the first
  *      failing check (RX_OUTCOMES[code]) or (payload bytes, flags of the last row, seq0, first_ids,
- *      last_ids) when every row continues the first.
+ *      last_ids) when every row continues the first.  count == 1: one datagram of row_len bytes holding
+ *      a whole super-packet (rxpipe._whole): lengths, flags and checksums only; 0 when they pass.
  *
  * Bounds: every offset handed in is checked against the row lengths and the buffer before any read.
  * The byte work runs with the GIL released.
@@ -480,6 +481,44 @@ static int rx_check(const uint8_t *buf, size_t count, size_t row_len, size_t las
     return O_OK;
 }
 
+/* rxpipe._whole's checks after the layout (one datagram of n bytes holding a whole super-packet):
+ * lengths, flags, then rxpipe._whole_csums_ok: IPv4 header checksums valid; TCP and non-zero nested UDP
+ * checksums valid or exactly the pseudo-header sum (CHECKSUM_PARTIAL).  An outcome code. */
+static int rx_whole_check(const uint8_t *buf, size_t n, const rx_layout *L, int verify)
+{
+    const size_t G = L->G;
+    if (!rx_lengths_fit(buf, L, (long)n))
+        return O_LENGTHS;
+    if (buf[G + L->tcp + 13] & (0x02 | 0x04 | 0x20 | 0x80))
+        return O_FLAGS;
+    if (!verify)
+        return O_OK;
+    for (int k = 0; k < L->n4; k++) {
+        size_t o = G + L->ip4[k];
+        if (un_sum(buf + o, (size_t)(buf[o] & 0xF) * 4, 0) % 0xFFFF)
+            return O_CSUM;
+    }
+    for (int k = -1; k < L->nu; k++) {
+        size_t off, ip, field;
+        int v6;
+        unsigned proto;
+        if (k < 0) {
+            off = L->tcp, ip = L->tcp_ip, v6 = L->tcp_ip_v6, proto = 6, field = 16;
+        } else {
+            if (!L->udp_has[k])
+                continue;
+            off = L->udp[k], ip = L->udp_ip[k], v6 = L->udp_v6[k], proto = 17, field = 6;
+        }
+        uint32_t pseudo = rx_pseudo(buf + G + ip, v6, proto, n - G - off);
+        const uint8_t *seg = buf + G + off;
+        if (un_sum(seg, n - G - off, pseudo) % 0xFFFF == 0)
+            continue;
+        if (un_get16(seg + field) != pseudo)
+            return O_CSUM;
+    }
+    return O_OK;
+}
+
 static int rx_offsets(PyObject *seq, size_t *out, int *n, const char *what)
 {
     if (!PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) > MAX_L) {
@@ -559,7 +598,7 @@ static PyObject *native_rx_coalesce(PyObject *self, PyObject *args)
     }
     /* bounds: every field read lies within the first G + H bytes of every row, the rows in the buffer */
     size_t GH = L.G + L.H;
-    int ok = count >= 2 && G >= 0 && H > 0 && row_len > 0 && (size_t)row_len > GH && (size_t)last_len > GH &&
+    int ok = count >= 1 && G >= 0 && H > 0 && row_len > 0 && (size_t)row_len > GH && (size_t)last_len > GH &&
              last_len <= row_len && (count - 1) * row_len + last_len <= b.len && kf.len >= (Py_ssize_t)GH &&
              kl.len >= (Py_ssize_t)GH && L.tcp + 20 <= L.H && L.tcp_ip + (L.tcp_ip_v6 ? 40 : 20) <= L.H &&
              L.tcp_ip < L.tcp;
@@ -575,6 +614,13 @@ static PyObject *native_rx_coalesce(PyObject *self, PyObject *args)
     }
     const uint8_t *buf = b.buf;
     int code;
+    if (count == 1) { /* one datagram holding a whole super-packet: rxpipe._whole's checks, no gather */
+        Py_BEGIN_ALLOW_THREADS
+        code = rx_whole_check(buf, (size_t)row_len, &L, verify);
+        Py_END_ALLOW_THREADS
+        result = PyLong_FromLong(code);
+        goto out;
+    }
     Py_BEGIN_ALLOW_THREADS
     code = rx_check(buf, (size_t)count, (size_t)row_len, (size_t)last_len, &L, kf.buf, kl.buf, verify);
     Py_END_ALLOW_THREADS

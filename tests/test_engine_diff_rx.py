@@ -26,6 +26,7 @@ from udpnest.fold import DEFAULT_PORTS, find_levels, fold, gro_hint_for
 from udpnest.gso import segment_tcp, tcp_layout
 from udpnest.rxdriver import RxDriver
 from udpnest.rxpipe import _frame_info, receive, rows_of
+from udpnest.wire import csum
 from udpnest.wire.errors import Reason
 from udpnest.wire.geneve import build_geneve, build_option
 from udpnest.wire.options import Echo, build_echo, build_gro_hint
@@ -441,3 +442,39 @@ def test_fold_acks_natively_after_the_first(depth, csum_v6):
     d.read(bytearray(other), len(other), 0, PEER)
     d.read(bytearray(other), len(other), 0, PEER)
     assert d.counts["native_deferred"] == 2
+
+
+@pytest.mark.parametrize("mode", ["plain", "hint", "fold"])
+@pytest.mark.parametrize("depth", [0, 1])
+def test_whole_super_packets_natively(mode, depth):
+    """One datagram holding a whole super-packet (a veth without UDP GSO): checked in C, not deferred; good,
+    partial-checksum and corrupted variants give the same results in both engines."""
+    rng = random.Random(f"whole{mode}{depth}")
+    reads = []
+    for i in range(4):
+        levels = [P.Tunnel(ip=P.IPSpec(v6=i % 2 == 0), udp_csum=True)] * depth
+        frame = bytearray(P.frame(levels, P.Inner(ip=P.IPSpec(v6=i >= 2), payload=rng.randbytes(20000), flags="A")))
+        if mode == "fold":
+            dg = fold(bytes(frame), gso=True, vni=VNI).payload
+        else:
+            h = gro_hint_for(bytes(frame)) if mode == "hint" else None
+            dg = build_geneve(VNI, 0x6558, build_gro_hint(h) if h else b"") + bytes(frame)
+        reads.append((dg, len(dg), 0, PEER))
+        # the CHECKSUM_PARTIAL form (what the lab's kernel TX path sends over a veth)
+        lay = tcp_layout(bytes(frame), tuple(lv.udp_off for lv in find_levels(bytes(frame))))
+        part = bytearray(frame)
+        for off, ip, v6, proto, field in [(lay.tcp, lay.tcp_ip, lay.tcp_ip_v6, 6, 16)] + [
+                (u, *lay.ip_before(u), 17, 6) for u, has in lay.udp if has]:
+            src, dst = csum.ip_addresses(part, ip, v6)
+            part[off + field : off + field + 2] = csum.pseudo_sum(src, dst, proto, len(part) - off).to_bytes(2, "big")
+        pdg = dg[: len(dg) - len(frame)] + bytes(part) if mode != "fold" else fold(bytes(part), gso=True,
+                                                                                     vni=VNI).payload
+        reads.append((pdg, len(pdg), 0, PEER))
+        for pos in (len(dg) - 1, len(dg) - 15000, 60, 40):
+            b = bytearray(dg)
+            b[pos] ^= 0x08
+            reads.append((bytes(b), len(b), 0, PEER))
+    d = RxDriver(peers={PEER}, vni=VNI, engine="native")
+    d.read(bytearray(reads[0][0]), reads[0][1], 0, PEER)
+    assert d.counts["coalesce_whole"] == 1 and d.counts["native_deferred"] == 0
+    same(reads)

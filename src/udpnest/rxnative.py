@@ -14,8 +14,8 @@ reference, byte for byte (tests/test_engine_diff_rx.py).  The split:
   the nested headers of every later datagram whose header is the same but for the carried IPv4 IDs
   (lengths, IPv4 header checksums, nested UDP checksums, as ``fold.restore_headers``);
 * deferred to the reference, counted as ``native_deferred`` (one per datagram or per read): echo packets,
-  the first FOLD datagram of each header, and whole super-packets in one datagram (a veth without UDP
-  GSO), all rare in the steady state.
+  the first FOLD datagram of each header, both rare in the steady state.  A whole super-packet in one
+  datagram (a veth without UDP GSO) has its checks in C too (``rx_coalesce`` with count 1).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 from . import _native
 from .fold import DEFAULT_PORTS, F_CSUM_ZEROED, F_V6, FOLD_META_LEN, Encap, _Carried
-from .gso import Layout
+from .gso import Layout, aligned_mss
 from .rxpipe import (
     Kind,
     Outcome,
@@ -36,7 +36,7 @@ from .rxpipe import (
     _geneve_info,
     _masks,
     _single,
-    receive,
+    _super_write,
     rows_of,
 )
 from .wire.errors import ParseError, Reason
@@ -102,13 +102,15 @@ class Receiver:
     def receive(self, buf, n: int, gso: int) -> RxResult:
         mv = memoryview(buf)[:n]
         count, row_len, last_len = rows_of(n, gso)
-        if not gso and n > self.max_datagram:
-            self.counts["native_deferred"] += 1
-            return receive(buf, n, gso, opt_class=self.opt_class, ports=self.ports, verify_csum=self.verify,
-                           max_datagram=self.max_datagram, hold=True, vni=self.vni)
         res = RxResult([], [], [])
         outcome = Outcome.SINGLE
-        if count > 1:
+        if not gso and n > self.max_datagram:
+            w = self._whole(mv, n)
+            if w.__class__ is TapWrite:
+                res.writes.append(w)
+                return res._replace(outcome=Outcome.WHOLE)
+            outcome = w
+        elif count > 1:
             run = self._coalesce(mv, count, row_len, last_len)
             if isinstance(run, Run):
                 return res._replace(run=run, outcome=Outcome.COALESCED)
@@ -165,6 +167,28 @@ class Receiver:
             offs = tuple(G + u + 6 for u, _ in lay.udp)
             self.last = (row_len, bytes(mv[: G + lay.hdr_len]), _layout_args(G, lay)[6], offs, info)
         return info
+
+    def _whole(self, mv: memoryview, n: int) -> TapWrite | Outcome:
+        """rxpipe._whole with its checks in C."""
+        try:
+            info = self._info(mv, n)
+        except ParseError:
+            return Outcome.PARSE
+        if info is None:
+            return Outcome.INELIGIBLE
+        G, lay = info.G, info.layout
+        H = lay.hdr_len
+        gso_size = aligned_mss(self.max_datagram, G + H)
+        if gso_size < 64 or n - G - H <= gso_size:
+            return Outcome.SHORT
+        code = _native.rx_coalesce(mv, 1, n, n, G, H, *_layout_args(G, lay), self.verify)
+        if code:
+            return OUTCOMES[code]
+        if info.carried is not None and not info.carried[0].flags & F_CSUM_ZEROED:
+            return Outcome.FOLD_CSUM
+        w = _super_write(info, bytes(mv[G : G + H]), (mv[G + H :],), n - G - H, gso_size,
+                         -(-(n - G - H) // gso_size))
+        return Outcome.TOO_LARGE if w is None else w
 
     def _coalesce(self, mv: memoryview, count: int, row_len: int, last_len: int) -> Run | Outcome:
         try:
