@@ -8,7 +8,7 @@ Not a test: prints timings (best of 5 repeats, microseconds per read).  Run on a
 Cases, each in fold and plain mode (one nested IPv4 VXLAN level with a UDP checksum, TCP inner, path MTU
 1500): coalescing a 45-datagram UDP_GRO read into one held run (+ finish: the TAP write's headers), one
 ACK datagram, two reads of one super-packet merged (read, read, finish), and a 45-datagram read that does
-not coalesce (a sequence gap: 45 one-datagram writes).
+not coalesce (a sequence gap: 45 one-datagram writes), and one datagram holding a whole super-packet.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ def reads(mode: str, payload_len: int) -> tuple[bytes, int]:
     return bytes(segs.buffer), segs.row_len
 
 
+def whole(mode: str) -> bytes:
+    """One datagram holding a whole ~62 KB super-packet (a veth without UDP GSO, the lab's offload path)."""
+    frame = super_packet(payload_len=45 * 1380)
+    return fold(frame, vni=VNI, gso=True).payload if mode == "fold" else build_geneve(VNI, 0x6558) + frame
+
+
 def _cases(d: RxDriver, row: int, buf45, ack, first, second, gap):
     b45, back, bgap = bytearray(buf45), bytearray(ack), bytearray(gap)
     b1, b2 = bytearray(first), bytearray(second)
@@ -67,6 +73,15 @@ def _cases(d: RxDriver, row: int, buf45, ack, first, second, gap):
     return coalesce, one_ack, merged, no_coalesce
 
 
+def _whole_case(d: RxDriver, dg: bytes):
+    b = bytearray(dg)
+
+    def one_whole():
+        return d.read(b, len(b), 0, PEER)
+
+    return one_whole
+
+
 def run(engines: list[str], number: int = 2000) -> dict:
     out: dict = {}
     for mode in ("fold", "plain"):
@@ -79,12 +94,15 @@ def run(engines: list[str], number: int = 2000) -> dict:
         for engine in engines:
             d = RxDriver(peers={PEER}, vni=VNI, engine=engine)
             coalesce, one_ack, merged, no_coalesce = _cases(d, row, buf45, ack, first, second, gap)
+            one_whole = _whole_case(d, whole(mode))
+            assert len(one_whole().writes) == 1
             assert coalesce()[0][0].segments == len(buf45) // row + (1 if len(buf45) % row else 0)
             assert len(one_ack().writes) == 1
             assert len(merged()) == 1 and d.counts["merged_reads"] >= 1
             assert len(no_coalesce().writes) > 40
             for name, fn in (("coalesce 45-datagram read", coalesce), ("one ACK datagram", one_ack),
-                             ("merge two reads", merged), ("45 datagrams, not coalesced", no_coalesce)):
+                             ("merge two reads", merged), ("45 datagrams, not coalesced", no_coalesce),
+                             ("one whole 62 KB super-packet datagram", one_whole)):
                 n = number if "ACK" not in name else number * 10
                 best = min(timeit.repeat(fn, number=n, repeat=5)) / n
                 out[f"{mode} {engine}: {name}"] = round(best * 1e6, 2)
