@@ -34,6 +34,7 @@
 #define TCP_CWR 0x80
 #define MAX_IP 8
 #define MAX_UDP 8
+#define UN_MAX_HDR 4096 /* headers before the payload: far more than 3 levels of anything need */
 
 PyObject *un_Reject; /* udpnest._native.Reject(reason_value, detail) */
 
@@ -256,7 +257,7 @@ static void do_segment(uint8_t *out, const uint8_t *prefix, size_t P, const uint
     size_t W = P + H + mss;
     const unsigned tcp = L->tcp;
     const int is_udp = L->l4 == 17;
-    uint8_t tmpl[512 + 64];
+    uint8_t tmpl[UN_MAX_HDR];
     memcpy(tmpl, f, H);
     uint32_t seq0 = 0;
     uint8_t flags0 = 0, mid = 0;
@@ -356,7 +357,7 @@ static PyObject *tx_segment(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "mss must be in 1..65535 (got %lu)", mss);
         goto done;
     }
-    if (L.hdr_len > 512) {
+    if (L.hdr_len > UN_MAX_HDR) {
         reject("fold_too_large", "headers of %u bytes", L.hdr_len);
         goto done;
     }
@@ -380,6 +381,258 @@ static PyObject *tx_segment(PyObject *self, PyObject *args)
 done:
     Py_XDECREF(out);
     PyBuffer_Release(&pb);
+    PyBuffer_Release(&fb);
+    return res;
+}
+
+/* ---- fold fast path (txplan's fold + tcp_layout + segment_size + segment, for the steady state) ------- */
+
+#define ETH_P_TEB 0x6558
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define MAX_PORTS 32
+#define TYPE_FOLD 0x81
+
+struct fold_level {
+    unsigned off, l2, l3, v6, tun, encap, next, udp_csum_nz;
+};
+
+/* Ethernet (one 802.1Q tag skipped) at pos: header length and ethertype, or 0 */
+static unsigned eth_at(const uint8_t *f, size_t n, size_t pos, unsigned *etype)
+{
+    if (pos + 14 > n)
+        return 0;
+    unsigned et = un_get16(f + pos + 12);
+    if (et == ETH_P_8021Q) {
+        if (pos + 18 > n)
+            return 0;
+        *etype = un_get16(f + pos + 16);
+        return 18;
+    }
+    *etype = et;
+    return 14;
+}
+
+/* An IP header at pos: its length, version and protocol.  Returns 0 where the Python walk would raise
+ * or where this fast path does not follow it (IPv6 extension headers): the caller defers. */
+static unsigned ip_at(const uint8_t *f, size_t n, size_t pos, unsigned etype, unsigned *v6, unsigned *proto,
+                      int *frag)
+{
+    if (etype == ETH_P_IP) {
+        if (pos + 20 > n || f[pos] >> 4 != 4)
+            return 0;
+        unsigned hl = (unsigned)(f[pos] & 0xF) * 4;
+        if (hl < 20 || pos + hl > n)
+            return 0;
+        *v6 = 0;
+        *proto = f[pos + 9];
+        *frag = (un_get16(f + pos + 6) & 0x3FFF) != 0;
+        return hl;
+    }
+    if (etype == ETH_P_IPV6) {
+        if (pos + 40 > n || f[pos] >> 4 != 6)
+            return 0;
+        unsigned nh = f[pos + 6];
+        if (nh == 0 || nh == 43 || nh == 44 || nh == 50 || nh == 51 || nh == 60 || nh == 135 || nh == 139 ||
+            nh == 140 || nh == 253 || nh == 254)
+            return 0; /* extension headers: the Python reference walks them */
+        *v6 = 1;
+        *proto = nh;
+        *frag = 0;
+        return 40;
+    }
+    return 0;
+}
+
+/* fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)
+ *   -> (bytearray, row_len, count, last_len, mss), or None: not the common case, use the Python reference.
+ * ports: ((udp port, encap 1 VXLAN | 2 VXLAN-GPE | 3 Geneve), ...).  Only a TCP super-packet whose every
+ * nested level folds (1..max_levels levels within the option space) and whose headers parse without any
+ * doubt is handled; anything else returns None and txplan runs fold.py + gso.py, which produce the drop
+ * reason.  For what it handles, the bytes equal the reference's (tests/test_engine_diff_tx.py). */
+static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
+{
+    Py_buffer fb;
+    unsigned vni, opt_class, max_levels, max_dg, gso_size;
+    PyObject *ports;
+    if (!PyArg_ParseTuple(args, "y*IIOIII", &fb, &vni, &opt_class, &ports, &max_levels, &max_dg, &gso_size))
+        return NULL;
+    PyObject *res = NULL, *out = NULL;
+    unsigned pport[MAX_PORTS], penc[MAX_PORTS], np = 0;
+    PyObject *fast = PySequence_Fast(ports, "ports must be a sequence of (port, encap)");
+    if (fast == NULL)
+        goto done;
+    Py_ssize_t nports = PySequence_Fast_GET_SIZE(fast);
+    if (nports > MAX_PORTS) {
+        Py_DECREF(fast);
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nports; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &pport[np], &penc[np])) {
+            Py_DECREF(fast);
+            goto done;
+        }
+        np++;
+    }
+    Py_DECREF(fast);
+
+    const uint8_t *f = fb.buf;
+    size_t n = (size_t)fb.len, pos = 0;
+    unsigned kind = ETH_P_TEB, nlev = 0, used = 0;
+    struct fold_level lv[3];
+    if (max_levels > 3)
+        max_levels = 3;
+    if (gso_size == 0)
+        goto defer;
+    /* the nested levels (fold.find_levels with gso=True), outermost first */
+    for (;;) {
+        unsigned l2 = 0, etype = kind, v6, proto;
+        int frag;
+        if (kind == ETH_P_TEB && (l2 = eth_at(f, n, pos, &etype)) == 0)
+            goto defer;
+        size_t l3off = pos + l2;
+        unsigned l3 = ip_at(f, n, l3off, etype, &v6, &proto, &frag);
+        if (l3 == 0 || frag)
+            goto defer;
+        if (proto == 6 && nlev > 0) { /* the innermost packet: TCP */
+            if (nlev > max_levels)
+                goto defer;
+            break;
+        }
+        if (proto != 17 || nlev == max_levels)
+            goto defer;
+        size_t uoff = l3off + l3, toff = uoff + 8;
+        if (toff > n)
+            goto defer;
+        unsigned dport = un_get16(f + uoff + 2), encap = 0;
+        for (unsigned i = 0; i < np; i++)
+            if (pport[i] == dport)
+                encap = penc[i];
+        unsigned tun, next;
+        if (encap == 1 || encap == 2) {
+            if (toff + 8 > n || !(f[toff] & 0x08))
+                goto defer;
+            tun = 8;
+            if (encap == 1) {
+                next = ETH_P_TEB;
+            } else {
+                unsigned npr = f[toff + 3];
+                if (!(f[toff] & 0x04) || npr < 1 || npr > 3)
+                    goto defer;
+                next = npr == 1 ? ETH_P_IP : npr == 2 ? ETH_P_IPV6 : ETH_P_TEB;
+            }
+        } else if (encap == 3) {
+            if (toff + 8 > n || f[toff] >> 6 != 0)
+                goto defer;
+            tun = 8 + (unsigned)(f[toff] & 0x3F) * 4;
+            if (toff + tun > n)
+                goto defer;
+            next = un_get16(f + toff + 2);
+            if (next != ETH_P_TEB && next != ETH_P_IP && next != ETH_P_IPV6)
+                goto defer;
+        } else {
+            goto defer;
+        }
+        unsigned end = (unsigned)(toff + tun);
+        unsigned data = 6 + end - (unsigned)pos, optsz = 4 + ((data + 3) & ~3u);
+        if (optsz - 4 > 124 || used + optsz > 252)
+            goto defer;
+        lv[nlev] = (struct fold_level){(unsigned)pos, l2, l3, v6, tun, encap, next, un_get16(f + uoff + 6) != 0};
+        nlev++;
+        used += optsz;
+        pos = end;
+        kind = next;
+    }
+    /* the Geneve header with one FOLD option per level */
+    uint8_t prefix[8 + 252];
+    size_t P = 8 + used;
+    prefix[0] = (uint8_t)(used / 4);
+    prefix[1] = 0x40; /* C: FOLD is critical */
+    un_put16(prefix + 2, (uint16_t)lv[nlev - 1].next);
+    un_put32(prefix + 4, vni << 8);
+    size_t q = 8;
+    for (unsigned i = 0; i < nlev; i++) {
+        const struct fold_level *L = &lv[i];
+        unsigned hlen = L->l2 + L->l3 + 8 + L->tun, data = 6 + hlen, padded = (data + 3) & ~3u;
+        uint8_t *o = prefix + q;
+        un_put16(o, (uint16_t)opt_class);
+        o[2] = TYPE_FOLD;
+        o[3] = (uint8_t)(padded / 4);
+        o[4] = (uint8_t)L->encap;
+        o[5] = (uint8_t)(0x30 | (L->v6 ? 0x80 : 0) | (L->udp_csum_nz ? 0x40 : 0));
+        o[6] = (uint8_t)L->l2;
+        o[7] = (uint8_t)L->l3;
+        o[8] = (uint8_t)L->tun;
+        o[9] = 0;
+        uint8_t *h = o + 10;
+        memcpy(h, f + L->off, hlen);
+        if (L->v6) {
+            memset(h + L->l2 + 4, 0, 2);
+        } else {
+            memset(h + L->l2 + 2, 0, 2);
+            memset(h + L->l2 + 10, 0, 2);
+        }
+        memset(h + L->l2 + L->l3 + 4, 0, 4);
+        memset(h + hlen, 0, padded - data);
+        q += 4 + padded;
+    }
+    /* the innermost frame's layout (gso.tcp_layout without nested levels) */
+    const uint8_t *in = f + pos;
+    size_t inlen = n - pos, ipos = 0;
+    unsigned etype = kind, v6, proto;
+    int frag;
+    /* the reference (gso.tcp_layout) expects Ethernet first: an innermost IP packet is its business */
+    if (kind != ETH_P_TEB || (ipos = eth_at(in, inlen, 0, &etype)) == 0)
+        goto defer;
+    unsigned l3 = ip_at(in, inlen, ipos, etype, &v6, &proto, &frag);
+    if (l3 == 0 || frag || proto != 6)
+        goto defer;
+    size_t tcp = ipos + l3;
+    if (tcp + 20 > inlen || (in[tcp + 12] >> 4) < 5 || tcp + (size_t)(in[tcp + 12] >> 4) * 4 > inlen)
+        goto defer;
+    struct layout L = {0};
+    if (v6) {
+        L.ip6[0] = (unsigned)ipos;
+        L.n6 = 1;
+    } else {
+        L.ip4[0] = (unsigned)ipos;
+        L.n4 = 1;
+    }
+    L.tcp_ip = (unsigned)ipos;
+    L.tcp_ip_v6 = v6;
+    L.tcp = (unsigned)tcp;
+    L.hdr_len = (unsigned)(tcp + (size_t)(in[tcp + 12] >> 4) * 4);
+    L.l4 = 6;
+    /* gso.segment_size: aligned to 4 unless that costs a datagram */
+    long overhead = (long)(P + L.hdr_len), payload = (long)(inlen - L.hdr_len);
+    long raw = (long)max_dg - overhead;
+    if (gso_size && (long)gso_size < raw)
+        raw = gso_size;
+    long mss = raw - (overhead + raw) % 4;
+    if (mss > 0 && raw > mss && (payload + mss - 1) / mss > (payload + raw - 1) / raw)
+        mss = raw;
+    if (mss < 64 || mss > 65535 || L.hdr_len > UN_MAX_HDR)
+        goto defer;
+    size_t H = L.hdr_len, total = inlen - H;
+    size_t n_full = total / (size_t)mss, rem = total % (size_t)mss;
+    size_t count = n_full + ((rem || !n_full) ? 1 : 0);
+    size_t last_seg = (rem || !n_full) ? rem : (size_t)mss;
+    size_t W = P + H + (size_t)mss, nbytes = (count - 1) * W + P + H + last_seg;
+    out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)nbytes);
+    if (out == NULL)
+        goto done;
+    uint8_t *o = (uint8_t *)PyByteArray_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    do_segment(o, prefix, P, in, inlen, &L, (size_t)mss, SEG_FIX_IP_IDS);
+    Py_END_ALLOW_THREADS
+    res = Py_BuildValue("(Onnnl)", out, (Py_ssize_t)W, (Py_ssize_t)count, (Py_ssize_t)(P + H + last_seg), mss);
+    goto done;
+defer:
+    res = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(out);
     PyBuffer_Release(&fb);
     return res;
 }
@@ -469,6 +722,9 @@ static PyMethodDef tx_methods[] = {
     {"segment", tx_segment, METH_VARARGS,
      "segment(prefix, frame, (ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, hdr_len, l4_proto), mss, flags=1)\n"
      " -> (bytearray, row_len, count, last_len): gso.segment_tcp in C"},
+    {"fold_gso", tx_fold_gso, METH_VARARGS,
+     "fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)\n"
+     " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference)"},
     {"send_gso", tx_send_gso, METH_VARARGS,
      "send_gso(fd, buf, seg, (host, port)) -> bytes: sendmsg with UDP_SEGMENT=seg, GIL released"},
     {NULL, NULL, 0, NULL},

@@ -75,10 +75,10 @@ def assert_same(data: bytes, mode: str, max_datagram: int = 1472, kernel_tx: boo
 
 def _offsets(frame: bytes, n_levels: int):
     """(outer_th, inner_nh, l4 offset) of a generated frame, for its vnet header (best effort)."""
-    lv = find_levels(frame, max_levels=3)
+    lv = find_levels(frame, max_levels=3, gso=True)
     udp_off = lv[0].udp_off if lv else 34
     try:
-        lay = tcp_layout(frame, (udp_off,) if n_levels else (), inner_udp=True)
+        lay = tcp_layout(frame, tuple(x.udp_off for x in lv[:n_levels]), inner_udp=True)
         return udp_off, lay.tcp_ip, lay.tcp
     except ParseError:
         return udp_off, udp_off + 8 + 8 + 14, udp_off + 8 + 8 + 14 + 20
@@ -88,7 +88,12 @@ def _offsets(frame: bytes, n_levels: int):
 def tap_reads(draw):
     rng = random.Random(draw(st.integers(0, 2**32)))  # hypothesis draws the seed; sizes stay uniform
     n_levels = draw(st.integers(0, 3))
-    levels = [P.random_tunnel(rng) for _ in range(n_levels)]
+    if rng.random() < 0.5:  # the steady state: plain VXLAN/GPE/Geneve levels (the native fast path's shapes)
+        levels = [P.Tunnel(ip=P.IPSpec(v6=rng.random() < 0.5, ident=rng.randrange(65536), df=rng.random() < 0.5),
+                           encap=rng.choice(("vxlan", "vxlan", "gpe", "geneve")), udp_csum=rng.random() < 0.5,
+                           sport=rng.randrange(1024, 65536)) for _ in range(n_levels)]
+    else:
+        levels = [P.random_tunnel(rng) for _ in range(n_levels)]
     kind = draw(st.sampled_from(("gso", "gso", "uso", "single", "single_csum", "ack")))
     tcp = kind != "uso"
     # sizes from the seeded Random: hypothesis would favour tiny payloads (one segment)
@@ -143,7 +148,7 @@ def tap_reads(draw):
     return bytes(vnet + frame)
 
 
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.data_too_large])
 
 
@@ -167,6 +172,26 @@ def test_engines_agree_on_random_super_packets(mode, seed):
     vh = VnetHdr(flags=F_NEEDS_CSUM, gso_type=(GSO_TCPV6 if inner.ip.v6 else GSO_TCPV4) | tun, hdr_len=l4 + 20,
                  gso_size=1448, csum_start=l4, csum_offset=16, outer_th_offset=outer_th, inner_nh_offset=inner_nh)
     assert_same(vh.pack() + frame, mode)
+
+
+@pytest.mark.parametrize("nests", [(False,), (True,), (False, True), (True, False, True)])
+@pytest.mark.parametrize("inner_v6", [False, True])
+@pytest.mark.parametrize("csum", [False, True])
+def test_fold_fast_path_is_taken_and_equal(nests, inner_v6, csum):
+    """The steady state (VXLAN levels, TCP super-packet, fold) is one native call, with the reference's bytes."""
+    levels = [P.Tunnel(ip=P.IPSpec(v6=v6, ident=0xFFF0 + i), encap="vxlan", udp_csum=csum)
+              for i, v6 in enumerate(nests)]
+    inner = P.Inner(ip=P.IPSpec(v6=inner_v6), payload=bytes(range(256)) * 200,
+                    tcp_options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))])
+    frame = P.frame(levels, inner)
+    outer_th, inner_nh, l4 = _offsets(frame, len(levels))
+    vh = VnetHdr(flags=F_NEEDS_CSUM, gso_type=(GSO_TCPV6 if inner_v6 else GSO_TCPV4)
+                 | (GSO_UDP_TUNNEL_IPV6 if nests[0] else GSO_UDP_TUNNEL_IPV4), hdr_len=l4 + 32, gso_size=1448,
+                 csum_start=l4, csum_offset=16, outer_th_offset=outer_th, inner_nh_offset=inner_nh)
+    py, nat = planners(1472, False)
+    a, b = outcome(py, vh.pack() + frame, "fold"), outcome(nat, vh.pack() + frame, "fold")
+    assert nat.counters == {"native_fast": 1, "native_deferred": 0}
+    assert a == b and a[0] == "gso" and a[2] > 30
 
 
 # --- fuzzing the native entry points directly ------------------------------------------------------------

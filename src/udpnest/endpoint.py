@@ -405,7 +405,7 @@ class Endpoint:
             "underlay": {"gso": bool(self.tx and not self.tx[0].gso_disabled),
                          "gro": bool(self.rx and self.rx.gro_supported),
                          "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx)},
-            "tx": dict(tx.c), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
+            "tx": dict(tx.c, **self.planner.counters), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
             "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
             "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
             "drops": dict(drops),

@@ -47,6 +47,11 @@ class TxPlanner:
         self._vnet = _engine.native_vnet if native else VnetHdr.unpack
         self._segment = _engine.native_segment if native else segment_tcp
         self._finish = _engine.native_finish_csum if native else finish_csum
+        self._fold_gso = _engine._native.fold_gso if native else None
+        self._ports = tuple((int(p), int(e)) for p, e in ports.items())
+        #: native fast path use: "native_fast" plans built by one native call, "native_deferred" super-packets
+        #: the core left to the reference (rare shapes: USO, IPv6 extension headers, levels that do not fold)
+        self.counters: dict[str, int] = {"native_fast": 0, "native_deferred": 0} if native else {}
 
     def parse(self, data) -> tuple[VnetHdr, memoryview]:
         """The vnet header and the Ethernet frame of one TAP read; raises ParseError."""
@@ -76,6 +81,14 @@ class TxPlanner:
         if vh.base_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
             raise ParseError(Reason.BAD_VNET, f"gso type 0x{vh.gso_type:02x} not supported on TX")
         uso = vh.base_type == GSO_UDP_L4
+        if self._fold_gso is not None and mode == "fold" and vh.is_tunnel and not self.kernel_tx:
+            # the steady state in one native call: fold, layout, segment size, segmentation
+            r = None if uso else self._fold_gso(frame, self.vni, self.opt_class, self._ports, self.max_levels,
+                                                self.max_datagram, vh.gso_size)
+            if r is not None:
+                self.counters["native_fast"] += 1
+                return "gso", _engine.NativeSegments(*r)
+            self.counters["native_deferred"] += 1
         udp_offs = (vh.outer_th_offset,) if vh.is_tunnel else ()
         seg_frame = frame
         prefix = None
