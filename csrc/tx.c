@@ -445,6 +445,35 @@ static unsigned ip_at(const uint8_t *f, size_t n, size_t pos, unsigned etype, un
     return 0;
 }
 
+/* one FOLD option per level (fold._fold_option): metadata, the level's headers with lengths/checksums zeroed */
+static void fold_options(uint8_t *q, const uint8_t *f, const struct fold_level *lv, unsigned nlev, unsigned opt_class)
+{
+    for (unsigned i = 0; i < nlev; i++) {
+        const struct fold_level *L = &lv[i];
+        unsigned hlen = L->l2 + L->l3 + 8 + L->tun, data = 6 + hlen, padded = (data + 3) & ~3u;
+        un_put16(q, (uint16_t)opt_class);
+        q[2] = TYPE_FOLD;
+        q[3] = (uint8_t)(padded / 4);
+        q[4] = (uint8_t)L->encap;
+        q[5] = (uint8_t)(0x30 | (L->v6 ? 0x80 : 0) | (L->udp_csum_nz ? 0x40 : 0));
+        q[6] = (uint8_t)L->l2;
+        q[7] = (uint8_t)L->l3;
+        q[8] = (uint8_t)L->tun;
+        q[9] = 0;
+        uint8_t *h = q + 10;
+        memcpy(h, f + L->off, hlen);
+        if (L->v6) {
+            memset(h + L->l2 + 4, 0, 2);
+        } else {
+            memset(h + L->l2 + 2, 0, 2);
+            memset(h + L->l2 + 10, 0, 2);
+        }
+        memset(h + L->l2 + L->l3 + 4, 0, 4);
+        memset(h + hlen, 0, padded - data);
+        q += 4 + padded;
+    }
+}
+
 /* fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)
  *   -> (bytearray, row_len, count, last_len, mss), or None: not the common case, use the Python reference.
  * ports: ((udp port, encap 1 VXLAN | 2 VXLAN-GPE | 3 Geneve), ...).  Only a TCP super-packet whose every
@@ -552,32 +581,7 @@ static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
     prefix[1] = 0x40; /* C: FOLD is critical */
     un_put16(prefix + 2, (uint16_t)lv[nlev - 1].next);
     un_put32(prefix + 4, vni << 8);
-    size_t q = 8;
-    for (unsigned i = 0; i < nlev; i++) {
-        const struct fold_level *L = &lv[i];
-        unsigned hlen = L->l2 + L->l3 + 8 + L->tun, data = 6 + hlen, padded = (data + 3) & ~3u;
-        uint8_t *o = prefix + q;
-        un_put16(o, (uint16_t)opt_class);
-        o[2] = TYPE_FOLD;
-        o[3] = (uint8_t)(padded / 4);
-        o[4] = (uint8_t)L->encap;
-        o[5] = (uint8_t)(0x30 | (L->v6 ? 0x80 : 0) | (L->udp_csum_nz ? 0x40 : 0));
-        o[6] = (uint8_t)L->l2;
-        o[7] = (uint8_t)L->l3;
-        o[8] = (uint8_t)L->tun;
-        o[9] = 0;
-        uint8_t *h = o + 10;
-        memcpy(h, f + L->off, hlen);
-        if (L->v6) {
-            memset(h + L->l2 + 4, 0, 2);
-        } else {
-            memset(h + L->l2 + 2, 0, 2);
-            memset(h + L->l2 + 10, 0, 2);
-        }
-        memset(h + L->l2 + L->l3 + 4, 0, 4);
-        memset(h + hlen, 0, padded - data);
-        q += 4 + padded;
-    }
+    fold_options(prefix + 8, f, lv, nlev, opt_class);
     /* the innermost frame's layout (gso.tcp_layout without nested levels) */
     const uint8_t *in = f + pos;
     size_t inlen = n - pos, ipos = 0;
@@ -633,6 +637,136 @@ defer:
     res = Py_NewRef(Py_None);
 done:
     Py_XDECREF(out);
+    PyBuffer_Release(&fb);
+    return res;
+}
+
+/* fold_one(frame, vni, opt_class, ports, max_levels) -> (geneve header with FOLD options, inner offset) or
+ * None: fold.fold() of a single (non-GSO) frame, whose IP and UDP lengths must match the buffer exactly.
+ * The level walk stops where the reference's stops (a header that does not parse or is not a foldable
+ * tunnel level: the levels found so far are folded); IPv6 extension headers, which the reference walks,
+ * defer the frame to it (None). */
+static PyObject *tx_fold_one(PyObject *self, PyObject *args)
+{
+    Py_buffer fb;
+    unsigned vni, opt_class, max_levels;
+    PyObject *ports;
+    if (!PyArg_ParseTuple(args, "y*IIOI", &fb, &vni, &opt_class, &ports, &max_levels))
+        return NULL;
+    PyObject *res = NULL;
+    unsigned pport[MAX_PORTS], penc[MAX_PORTS], np = 0;
+    PyObject *fast = PySequence_Fast(ports, "ports must be a sequence of (port, encap)");
+    if (fast == NULL)
+        goto done;
+    Py_ssize_t nports = PySequence_Fast_GET_SIZE(fast);
+    if (nports > MAX_PORTS) {
+        Py_DECREF(fast);
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nports; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &pport[np], &penc[np])) {
+            Py_DECREF(fast);
+            goto done;
+        }
+        np++;
+    }
+    Py_DECREF(fast);
+    const uint8_t *f = fb.buf;
+    size_t n = (size_t)fb.len, pos = 0;
+    unsigned kind = ETH_P_TEB, nlev = 0, used = 0;
+    struct fold_level lv[3];
+    if (max_levels > 3)
+        max_levels = 3;
+    while (nlev < max_levels) {
+        unsigned l2 = 0, etype = kind;
+        if (kind == ETH_P_TEB && (l2 = eth_at(f, n, pos, &etype)) == 0)
+            break;
+        size_t l3off = pos + l2;
+        unsigned l3, v6, proto;
+        if (etype == ETH_P_IP) {
+            if (l3off + 20 > n || f[l3off] >> 4 != 4)
+                break;
+            l3 = (unsigned)(f[l3off] & 0xF) * 4;
+            unsigned total = un_get16(f + l3off + 2);
+            if (l3 < 20 || l3off + l3 > n || total < l3 || l3off + total > n)
+                break;
+            if ((un_get16(f + l3off + 6) & 0x3FFF) || f[l3off + 9] != 17 || total != n - l3off)
+                break;
+            v6 = 0;
+        } else if (etype == ETH_P_IPV6) {
+            if (l3off + 40 > n || f[l3off] >> 4 != 6)
+                break;
+            unsigned plen = un_get16(f + l3off + 4);
+            if (l3off + 40 + plen > n)
+                break;
+            proto = f[l3off + 6];
+            if (proto == 0 || proto == 43 || proto == 44 || proto == 50 || proto == 51 || proto == 60 ||
+                proto == 135 || proto == 139 || proto == 140 || proto == 253 || proto == 254)
+                goto defer;
+            if (proto != 17 || plen != n - l3off - 40)
+                break;
+            l3 = 40;
+            v6 = 1;
+        } else {
+            break;
+        }
+        size_t uoff = l3off + l3, toff = uoff + 8;
+        if (toff > n)
+            break;
+        unsigned ulen = un_get16(f + uoff + 4);
+        if (ulen < 8 || uoff + ulen > n || ulen != n - uoff)
+            break;
+        unsigned dport = un_get16(f + uoff + 2), encap = 0, tun, next;
+        for (unsigned i = 0; i < np; i++)
+            if (pport[i] == dport)
+                encap = penc[i];
+        if (encap == 1 || encap == 2) {
+            if (toff + 8 > n || !(f[toff] & 0x08))
+                break;
+            tun = 8;
+            if (encap == 1) {
+                next = ETH_P_TEB;
+            } else {
+                unsigned npr = f[toff + 3];
+                if (!(f[toff] & 0x04) || npr < 1 || npr > 3)
+                    break;
+                next = npr == 1 ? ETH_P_IP : npr == 2 ? ETH_P_IPV6 : ETH_P_TEB;
+            }
+        } else if (encap == 3) {
+            if (toff + 8 > n || f[toff] >> 6 != 0)
+                break;
+            tun = 8 + (unsigned)(f[toff] & 0x3F) * 4;
+            if (toff + tun > n)
+                break;
+            next = un_get16(f + toff + 2);
+            if (next != ETH_P_TEB && next != ETH_P_IP && next != ETH_P_IPV6)
+                break;
+        } else {
+            break;
+        }
+        unsigned end = (unsigned)(toff + tun);
+        unsigned data = 6 + end - (unsigned)pos, optsz = 4 + ((data + 3) & ~3u);
+        if (optsz - 4 > 124 || used + optsz > 252)
+            break;
+        lv[nlev] = (struct fold_level){(unsigned)pos, l2, l3, v6, tun, encap, next, un_get16(f + uoff + 6) != 0};
+        nlev++;
+        used += optsz;
+        pos = end;
+        kind = next;
+    }
+    uint8_t prefix[8 + 252];
+    size_t P = 8 + used;
+    prefix[0] = (uint8_t)(used / 4);
+    prefix[1] = nlev ? 0x40 : 0;
+    un_put16(prefix + 2, (uint16_t)(nlev ? lv[nlev - 1].next : ETH_P_TEB));
+    un_put32(prefix + 4, vni << 8);
+    fold_options(prefix + 8, f, lv, nlev, opt_class);
+    res = Py_BuildValue("(y#n)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos);
+    goto done;
+defer:
+    res = Py_NewRef(Py_None);
+done:
     PyBuffer_Release(&fb);
     return res;
 }
@@ -725,6 +859,8 @@ static PyMethodDef tx_methods[] = {
     {"fold_gso", tx_fold_gso, METH_VARARGS,
      "fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)\n"
      " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference)"},
+    {"fold_one", tx_fold_one, METH_VARARGS,
+     "fold_one(frame, vni, opt_class, ports, max_levels) -> (geneve header, inner offset) or None (defer)"},
     {"send_gso", tx_send_gso, METH_VARARGS,
      "send_gso(fd, buf, seg, (host, port)) -> bytes: sendmsg with UDP_SEGMENT=seg, GIL released"},
     {NULL, NULL, 0, NULL},

@@ -48,6 +48,8 @@ class TxPlanner:
         self._segment = _engine.native_segment if native else segment_tcp
         self._finish = _engine.native_finish_csum if native else finish_csum
         self._fold_gso = _engine._native.fold_gso if native else None
+        self._fold_one = _engine._native.fold_one if native else None
+        self._plain = build_geneve(vni, ETH_P_TEB)  # the same for every frame sent as it is
         self._ports = tuple((int(p), int(e)) for p, e in ports.items())
         #: native fast path use: "native_fast" plans built by one native call, "native_deferred" super-packets
         #: the core left to the reference (rare shapes: USO, IPv6 extension headers, levels that do not fold)
@@ -73,6 +75,12 @@ class TxPlanner:
         if vh.needs_csum:
             frame = self._finish(frame, vh.csum_start, vh.csum_offset)
         if mode == "fold":
+            if self._fold_one is not None:
+                r = self._fold_one(frame, self.vni, self.opt_class, self._ports, self.max_levels)
+                if r is not None:
+                    self.counters["native_fast"] += 1
+                    return "one", [r[0], memoryview(frame)[r[1] :]]
+                self.counters["native_deferred"] += 1
             fo = fold(frame, vni=self.vni, opt_class=self.opt_class, ports=self.ports, max_levels=self.max_levels)
             return "one", [fo.header, fo.inner]
         return "one", [self.plain_prefix(frame, mode, gso=False), frame]
@@ -122,12 +130,10 @@ class TxPlanner:
 
     def plain_prefix(self, frame, mode: str, *, gso: bool) -> bytes:
         """The Geneve header for a frame sent as it is: with the Linux GRO hint option in hint mode."""
-        opts = b""
-        if mode == "hint":
-            h = gro_hint_for(frame, ports=self.ports, gso=gso)
-            if h is not None:
-                opts = build_gro_hint(h)
-        return build_geneve(self.vni, ETH_P_TEB, opts)
+        if mode != "hint":
+            return self._plain
+        h = gro_hint_for(frame, ports=self.ports, gso=gso)
+        return self._plain if h is None else build_geneve(self.vni, ETH_P_TEB, build_gro_hint(h))
 
 
 def finish_csum(frame, csum_start: int, csum_offset: int) -> bytearray:
