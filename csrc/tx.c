@@ -771,6 +771,130 @@ done:
     return res;
 }
 
+/* The innermost IP + TCP at pos (Ethernet first when eth): fills L (offsets into f).  0: handled; -1: defer */
+static int inner_tcp(const uint8_t *f, size_t n, size_t pos, int eth, struct layout *L)
+{
+    unsigned etype = ETH_P_TEB, v6, proto;
+    int frag;
+    size_t ipos = pos;
+    if (eth) {
+        unsigned l2 = eth_at(f, n, pos, &etype);
+        if (l2 == 0)
+            return -1;
+        ipos += l2;
+    }
+    unsigned l3 = ip_at(f, n, ipos, etype, &v6, &proto, &frag);
+    if (l3 == 0 || frag || proto != 6)
+        return -1;
+    size_t tcp = ipos + l3;
+    if (tcp + 20 > n || (f[tcp + 12] >> 4) < 5 || tcp + (size_t)(f[tcp + 12] >> 4) * 4 > n)
+        return -1;
+    if (v6)
+        L->ip6[L->n6++] = (unsigned)ipos;
+    else
+        L->ip4[L->n4++] = (unsigned)ipos;
+    L->tcp_ip = (unsigned)ipos;
+    L->tcp_ip_v6 = v6;
+    L->tcp = (unsigned)tcp;
+    L->hdr_len = (unsigned)(tcp + (size_t)(f[tcp + 12] >> 4) * 4);
+    L->l4 = 6;
+    return 0;
+}
+
+/* gso.segment_size */
+static long seg_size(long max_dg, long overhead, long limit, long payload)
+{
+    long raw = max_dg - overhead;
+    if (limit < raw)
+        raw = limit;
+    long mss = raw - (overhead + raw) % 4;
+    if (mss > 0 && raw > mss && (payload + mss - 1) / mss > (payload + raw - 1) / raw)
+        mss = raw;
+    return mss;
+}
+
+static PyObject *segment_out(const uint8_t *prefix, size_t P, const uint8_t *f, size_t n, const struct layout *L,
+                             long mss, unsigned flags)
+{
+    size_t H = L->hdr_len, total = n - H;
+    size_t n_full = total / (size_t)mss, rem = total % (size_t)mss;
+    size_t count = n_full + ((rem || !n_full) ? 1 : 0);
+    size_t last_seg = (rem || !n_full) ? rem : (size_t)mss;
+    size_t W = P + H + (size_t)mss, nbytes = (count - 1) * W + P + H + last_seg;
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)nbytes);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyByteArray_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    do_segment(o, prefix, P, f, n, L, (size_t)mss, flags);
+    Py_END_ALLOW_THREADS
+    PyObject *res = Py_BuildValue("(Onnnl)", out, (Py_ssize_t)W, (Py_ssize_t)count, (Py_ssize_t)(P + H + last_seg), mss);
+    Py_DECREF(out);
+    return res;
+}
+
+/* plain_gso(prefix, frame, nested_udp, max_datagram, gso_size, flags)
+ *   -> (bytearray, row_len, count, last_len, mss) or None (defer): a TCP super-packet sent as it is behind
+ * prefix (plain or hint Geneve header), with at most one nested UDP tunnel level whose UDP header is at
+ * nested_udp (the vnet header's outer_th_offset; 0: none): gso.tcp_layout + segment_size + segment. */
+static PyObject *tx_plain_gso(PyObject *self, PyObject *args)
+{
+    Py_buffer pb, fb;
+    unsigned nested, max_dg, gso_size, flags;
+    if (!PyArg_ParseTuple(args, "y*y*IIII", &pb, &fb, &nested, &max_dg, &gso_size, &flags))
+        return NULL;
+    PyObject *res = NULL;
+    const uint8_t *f = fb.buf;
+    size_t n = (size_t)fb.len;
+    struct layout L = {0};
+    size_t pos = 0;
+    if (nested) {
+        unsigned etype, v6, proto;
+        int frag;
+        unsigned l2 = eth_at(f, n, 0, &etype);
+        if (l2 == 0)
+            goto defer;
+        unsigned l3 = ip_at(f, n, l2, etype, &v6, &proto, &frag);
+        if (l3 == 0 || frag || proto != 17 || l2 + l3 != nested || nested + 8 > n)
+            goto defer;
+        if (v6)
+            L.ip6[L.n6++] = l2;
+        else
+            L.ip4[L.n4++] = l2;
+        L.udp[0] = nested;
+        L.udp_has[0] = un_get16(f + nested + 6) != 0;
+        L.nu = 1;
+        /* gso._after_tunnel: Ethernet + IP after an 8-byte header (VXLAN/GPE), else after a Geneve header */
+        size_t tun = nested + 8, cand[2] = {tun + 8, 0};
+        int nc = 1;
+        if (tun + 8 <= n && f[tun] >> 6 == 0 && tun + 8 + (size_t)(f[tun] & 0x3F) * 4 <= n)
+            cand[nc++] = tun + 8 + (size_t)(f[tun] & 0x3F) * 4;
+        int found = 0;
+        for (int c = 0; c < nc && !found; c++) {
+            unsigned et;
+            if (eth_at(f, n, cand[c], &et) && (et == ETH_P_IP || et == ETH_P_IPV6)) {
+                pos = cand[c];
+                found = 1;
+            }
+        }
+        if (!found)
+            goto defer;
+    }
+    if (inner_tcp(f, n, pos, 1, &L) < 0 || gso_size == 0 || L.hdr_len > UN_MAX_HDR)
+        goto defer;
+    long mss = seg_size((long)max_dg, (long)(pb.len + L.hdr_len), (long)gso_size, (long)(n - L.hdr_len));
+    if (mss < 64 || mss > 65535)
+        goto defer;
+    res = segment_out(pb.buf, (size_t)pb.len, f, n, &L, mss, flags);
+    goto done;
+defer:
+    res = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&fb);
+    return res;
+}
+
 /* ---- syscalls -------------------------------------------------------------------------------------------- */
 
 static int sockaddr_of(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
@@ -861,6 +985,9 @@ static PyMethodDef tx_methods[] = {
      " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference)"},
     {"fold_one", tx_fold_one, METH_VARARGS,
      "fold_one(frame, vni, opt_class, ports, max_levels) -> (geneve header, inner offset) or None (defer)"},
+    {"plain_gso", tx_plain_gso, METH_VARARGS,
+     "plain_gso(prefix, frame, nested_udp, max_datagram, gso_size, flags)\n"
+     " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference)"},
     {"send_gso", tx_send_gso, METH_VARARGS,
      "send_gso(fd, buf, seg, (host, port)) -> bytes: sendmsg with UDP_SEGMENT=seg, GIL released"},
     {NULL, NULL, 0, NULL},

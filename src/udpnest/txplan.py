@@ -49,6 +49,7 @@ class TxPlanner:
         self._finish = _engine.native_finish_csum if native else finish_csum
         self._fold_gso = _engine._native.fold_gso if native else None
         self._fold_one = _engine._native.fold_one if native else None
+        self._plain_gso = _engine._native.plain_gso if native else None
         self._plain = build_geneve(vni, ETH_P_TEB)  # the same for every frame sent as it is
         self._ports = tuple((int(p), int(e)) for p, e in ports.items())
         #: native fast path use: "native_fast" plans built by one native call, "native_deferred" super-packets
@@ -93,6 +94,17 @@ class TxPlanner:
             # the steady state in one native call: fold, layout, segment size, segmentation
             r = None if uso else self._fold_gso(frame, self.vni, self.opt_class, self._ports, self.max_levels,
                                                 self.max_datagram, vh.gso_size)
+            if r is not None:
+                self.counters["native_fast"] += 1
+                return "gso", _engine.NativeSegments(*r)
+            self.counters["native_deferred"] += 1
+        elif (self._plain_gso is not None and not uso and (mode != "fold" or not vh.is_tunnel)
+              and (vh.is_tunnel or not self.kernel_tx)):
+            # sent as it is (plain, hint, or fold of a frame with nothing to fold): layout + segmentation in C
+            prefix = self.plain_prefix(frame, mode, gso=True)
+            flags = _engine._native.SEG_FIX_IP_IDS | (_engine._native.SEG_FIXED_NESTED_IDS if mode == "hint" else 0)
+            r = self._plain_gso(prefix, frame, vh.outer_th_offset if vh.is_tunnel else 0, self.max_datagram,
+                                vh.gso_size, flags)
             if r is not None:
                 self.counters["native_fast"] += 1
                 return "gso", _engine.NativeSegments(*r)
