@@ -7,9 +7,9 @@ Data path (docs/architecture.md has the diagram):
   datagrams by :mod:`udpnest.gso` (numpy, no per-segment Python) and sent with ``sendmsg(UDP_SEGMENT)``,
   or handed whole to the kernel's UDP-tunnel GSO through a TAP (``--tx-path kernel``, :mod:`udpnest.outer`).
 * RX process (forked; a thread with ``rx_process = false``): ``recvmsg(UDP_GRO)`` up to 64 KB of
-  datagrams -> :mod:`udpnest.gro` validates, unfolds, coalesces and merges consecutive reads -> one
-  ``writev(TAP)`` per super-packet (GSO vnet header); learned MACs, echo packets and counters go to the
-  main loop over a socketpair.
+  datagrams -> :mod:`udpnest.rxdriver` (:mod:`udpnest.rxpipe`) validates, unfolds, coalesces and merges
+  consecutive reads -> one ``writev(TAP)`` per super-packet (GSO vnet header); learned MACs, echo packets
+  and counters go to the main loop over a socketpair.
 * Main thread: unix control socket (``udpnest status``), echo probes (:mod:`udpnest.peers`), the FDB,
   signals.
 
@@ -34,20 +34,21 @@ import time
 import zlib
 from collections import Counter
 
+from .announce import announcements
 from .config import EndpointConfig
 from .engine import check as check_engine
 from .fdb import Fdb
-from .gro import finish, merge, receive
 from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
-from .peers import Prober
+from .peers import Prober, ReplyLimiter, TokenBucket
+from .rxguard import Channel, LearnedMacs
 from .txplan import TxPlanner
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
 from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo
-from .wire.vnet import GSO_ECN, VNET_HDR_LEN
+from .wire.vnet import GSO_ECN, VNET_HDR_LEN, ZERO_VNET_HDR
 
 log = logging.getLogger("udpnest")
 
@@ -55,6 +56,7 @@ ETH_P_TEB = 0x6558
 TAP_BUF = VNET_HDR_LEN + 65536 + 64
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2  # <linux/in.h>; not in Python 3.11's socket
 HIST_EDGES = (1, 2, 4, 8, 16, 32, 64)  # segments per super-packet: 1, 2-3, 4-7, ..., 64+
+ECHO_FORWARD_RATE = 1000.0  # echo packets per second the RX process hands to the main process at most
 
 
 def _bucket(n: int) -> int:
@@ -108,8 +110,16 @@ class Endpoint:
         self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing)
         self.peers = {p.address: p for p in cfg.remote}
         self.prober = (Prober(self.peers, interval=cfg.probe_interval, window=cfg.probe_window,
-                              budget=cfg.probe_budget, fallback=cfg.fallback, now=clock())
+                              budget=cfg.probe_budget, fallback=cfg.fallback, now=clock(),
+                              reply_rate=cfg.echo_reply_rate, reply_burst=cfg.echo_reply_burst,
+                              reply_global_rate=cfg.echo_reply_global_rate,
+                              reply_global_burst=cfg.echo_reply_global_burst, backoff_max=cfg.probe_backoff_max)
                        if cfg.nested == "fold" else None)
+        # echo replies: only in the modes that speak the option class (hint, fold), per peer and global limits
+        self.replies = (self.prober.replies if self.prober is not None else
+                        ReplyLimiter(self.peers, rate=cfg.echo_reply_rate, burst=cfg.echo_reply_burst,
+                                     global_rate=cfg.echo_reply_global_rate,
+                                     global_burst=cfg.echo_reply_global_burst, now=clock()))
         self.lock = threading.Lock()
         self.tx_stats, self.rx_stats, self.ctl_stats = Stats(), Stats(), Stats()
         # with nested off we behave as a legacy endpoint: our options are unknown critical options
@@ -131,9 +141,12 @@ class Endpoint:
         self.rx_child = False  # True in the RX child
         self.rx_snapshot: dict = {}
         self._stop_flag = mmap.mmap(-1, 1)
-        self._learned: dict[bytes, tuple[str, float]] = {}
+        self._learned = LearnedMacs(cfg.learned_max, cfg.fdb_ageing / 4)  # RX process: bounded (rxguard)
+        self._chan: Channel | None = None  # RX process's non-blocking end of rx_chan
+        self._echo_fwd = TokenBucket(ECHO_FORWARD_RATE, ECHO_FORWARD_RATE, 0.0)  # RX process -> main
         self.threads: list[threading.Thread] = []
         self.started = time.time()
+        self._announce_due = [0.0, 1.0, 3.0]  # seconds after start: gratuitous ARP / NA (announce.py)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 
@@ -141,7 +154,7 @@ class Endpoint:
         cfg = self.cfg
         try:
             self.tap = Tap(cfg.tap, netns=cfg.tap_netns, offloads=DEFAULT_OFFLOADS, mtu=cfg.tap_mtu,
-                           addresses=cfg.tap_addresses, mac=cfg.tap_mac, up=True)
+                           addresses=cfg.tap_addresses, mac=cfg.effective_tap_mac, up=True)
             if self.tap.refused:
                 log.warning("TAP %s: kernel refused offloads %s; using %s", self.tap.name,
                             offload_names(self.tap.refused), offload_names(self.tap.offloads))
@@ -151,6 +164,11 @@ class Endpoint:
             # buffers sized from the rate (config.socket_buffer), not a fixed 8 MB: a full buffer is latency
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
                                 bufsize=cfg.socket_buffer, blocking=True)
+            # non-peers are dropped in the kernel before they take receive-buffer space (io/bpf.py); our own
+            # address passes: the status wake-up datagram comes from it
+            if not self.rx.restrict_sources([p.address for p in cfg.remote] + [cfg.local], cfg.allow):
+                log.warning("no kernel source filter (%s): non-peers are dropped in userspace only",
+                            self.rx.filter_error)
             for _ in range(cfg.tx_sockets):
                 s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
                               bufsize=cfg.socket_buffer)
@@ -256,6 +274,7 @@ class Endpoint:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         for sk in (parent, child):
             sk.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        cfg_ipc_queue = self.cfg.ipc_queue
         pid = os.fork()
         if pid == 0:  # the RX child: never returns
             code = 0
@@ -264,6 +283,7 @@ class Endpoint:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, lambda *_: self._stop_flag.__setitem__(0, 1))
                 self.rx_child, self.rx_chan = True, child
+                self._chan = Channel(child, cfg_ipc_queue)
                 _die_with_parent()
                 self._rx_loop()
             except BaseException:
@@ -307,6 +327,8 @@ class Endpoint:
                 self.stop_event.set()
             if self.prober is not None:
                 self._send_probes()
+            if self._announce_due and time.time() - self.started >= self._announce_due[0]:
+                self._announce()
 
     def _drain_rx_channel(self) -> None:
         while True:
@@ -318,18 +340,20 @@ class Endpoint:
             if kind == "learn":
                 self.fdb.learn(msg[1], msg[2], self.clock())
             elif kind == "echo":
-                self._on_echo(msg[1], msg[2])
+                self._on_echo(msg[1], msg[2], msg[3] if len(msg) > 3 else None)
             elif kind == "stats":
                 self.rx_snapshot = msg[1]
 
-    def _to_parent(self, msg) -> None:
-        try:
-            self.rx_chan.send(pickle.dumps(msg))
-        except OSError as e:
-            log.debug("rx channel: %s", e)
+    def _to_parent(self, msg) -> bool:
+        """Never blocks the RX loop: a full channel drops the message (counted as ``ipc_dropped``)."""
+        if self._chan.send(msg):
+            return True
+        self.rx_stats.c["ipc_dropped"] += 1
+        return False
 
     def _push_stats(self) -> None:
         st = self.rx_stats
+        st.c["socket_drops"] = self.rx.socket_drops
         self._to_parent(("stats", {"c": dict(st.c), "drops": dict(st.drops), "hist": list(st.hist)}))
 
     def _send_probes(self) -> None:
@@ -341,15 +365,27 @@ class Endpoint:
         for k, echo in echoes:
             self._send_echo(k, echo, reply=False)
 
-    def _send_echo(self, key: str, echo: Echo, *, reply: bool) -> None:
+    def _send_echo(self, key: str, echo: Echo, *, reply: bool, limit: int | None = None) -> None:
         pkt = build_geneve(self.cfg.id, ETH_P_TEB, build_echo(echo, reply=reply, opt_class=self.cfg.opt_class),
                            oam=True)
+        if limit is not None and len(pkt) > limit:  # never larger than the request: no amplification
+            self.ctl_stats.c["echo_replies_too_large"] += 1
+            return
         try:
             self.rx.sock.sendto(pkt, self.peers[key].sockaddr)
             self.ctl_stats.c["echo_replies_sent" if reply else "echo_requests_sent"] += 1
         except OSError as e:
             self.ctl_stats.drop(Reason.SEND_ERROR)
             log.debug("echo to %s: %s", key, e)
+
+    def _announce(self) -> None:
+        """Announce the TAP's addresses to every peer (the far workload updates its neighbour entry at once)."""
+        self._announce_due.pop(0)
+        if self.tap is None or not hasattr(self.tap, "current_addresses"):
+            return
+        for frame in announcements(self.cfg.effective_tap_mac, self.tap.current_addresses()):
+            self._tx_frame(memoryview(ZERO_VNET_HDR + frame))
+            self.ctl_stats.c["announcements_sent"] += 1
 
     def _serve_control(self) -> None:
         try:
@@ -382,6 +418,8 @@ class Endpoint:
             rx.c.update(self.rx_snapshot.get("c", {}))
             rx.drops.update(self.rx_snapshot.get("drops", {}))
             rx.hist = list(self.rx_snapshot.get("hist", rx.hist))
+        elif self.rx is not None:
+            rx.c["socket_drops"] = self.rx.socket_drops
         drops = Counter()
         for st in (tx, rx, self.ctl_stats):
             drops.update(st.drops)
@@ -404,7 +442,8 @@ class Endpoint:
                     "refused": offload_names(self.tap.refused) if self.tap else []},
             "underlay": {"gso": bool(self.tx and not self.tx[0].gso_disabled),
                          "gro": bool(self.rx and self.rx.gro_supported),
-                         "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx)},
+                         "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx),
+                         "source_filter": bool(self.rx and self.rx.filter_error is None)},
             "tx": dict(tx.c, **self.planner.counters), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
             "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
             "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
@@ -427,6 +466,7 @@ class Endpoint:
                 try:
                     n = self.tap.read_into(buf)
                 except OSError as e:
+                    self.tx_stats.c["tap_read_errors"] += 1
                     log.warning("TAP read: %s", e)
                     break
                 if n == 0:
@@ -517,29 +557,40 @@ class Endpoint:
 
     # -- RX: peers -> TAP ------------------------------------------------------------------------------------
 
-    def _rx_loop(self) -> None:
-        """Receive, process, write.  A coalesced super-packet is held while the next read is already
-        waiting (MSG_DONTWAIT) so that the two halves of a sender's 64 KB super-packet (more than one
-        UDP GRO aggregate) become one TAP write; it is written as soon as nothing more is waiting."""
-        buf = bytearray(RECV_BUF_SIZE + 64)
-        st = self.rx_stats
-        c = st.c
+    def _rx_driver(self):
+        """The sans-IO RX pipeline driver (:mod:`udpnest.rxdriver`) for this endpoint's config and engine."""
+        from .engine import check
+        from .rxdriver import RxDriver
+
         cfg = self.cfg
+        st = self.rx_stats
+        return RxDriver(peers=self.peers, vni=cfg.id, opt_class=self.rx_class, ports=cfg.nested_ports,
+                        verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram,
+                        engine=check(getattr(cfg, "engine", None)), counts=st.c, drops=st.drops)
+
+    def _rx_loop(self) -> None:
+        """Receive, hand each read to the RX driver, write what it returns.  A coalesced super-packet is held
+        while the next read is already waiting (MSG_DONTWAIT) so that the two halves of a sender's 64 KB
+        super-packet (more than one UDP GRO aggregate) become one TAP write; it is written as soon as
+        nothing more is waiting."""
+        buf = bytearray(RECV_BUF_SIZE + 64)
+        drv = self._rx_driver()
+        c = self.rx_stats.c
         clock = time.perf_counter_ns
         child = self.rx_child
-        wake = (cfg.local, cfg.dstport)
-        pending = None  # (Run, peer key)
+        wake = (self.cfg.local, self.cfg.dstport)
         while True:
             try:
-                r = self.rx.recv_into(buf, nowait=pending is not None)
+                r = self.rx.recv_into(buf, nowait=drv.holding)
             except OSError as e:
                 if self.stop_event.is_set() or self._stop_flag[0]:
                     return
+                c["recv_errors"] += 1
                 log.debug("recv: %s", e)
                 continue
             if r is None:  # nothing more waiting: the held super-packet goes out now
-                self._write_run(*pending)
-                pending = None
+                for w, key in drv.flush():
+                    self._tap_write(w, key)
                 continue
             if self.stop_event.is_set() or self._stop_flag[0]:
                 if child:
@@ -550,50 +601,21 @@ class Endpoint:
                 self._push_stats()  # the main loop wants fresh counters (udpnest status)
                 continue
             t1 = clock()
-            c["reads"] += 1
-            c["bytes"] += n
-            key = addr[0]
-            if key not in self.peers:
-                st.drop(Reason.NO_PEER, max(1, -(-n // gso)) if gso else 1)
-                continue
-            res = receive(buf, n, gso, opt_class=self.rx_class, ports=cfg.nested_ports,
-                          verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram, hold=True)
-            run = res.run
-            if pending is not None:
-                joined = merge(pending[0], run) if run is not None and pending[1] == key else None
-                if joined is not None:
-                    c["merged_reads"] += 1
-                    run = joined
-                else:
-                    self._write_run(*pending)
-                pending = None
-            if run is not None:
-                # the payload views point into buf: copy them out before the next read reuses it
-                run = run._replace(payloads=tuple(bytes(p) if isinstance(p, memoryview) else p
-                                                  for p in run.payloads))
-                if run.extendable:
-                    pending = (run, key)
-                else:
-                    self._write_run(run, key)
+            out = drv.read(buf, n, gso, addr[0])
             t2 = clock()
-            for reason, cnt in res.drops:
-                st.drop(reason, cnt)
-            for w in res.writes:
+            for w, key in out.writes:
                 self._tap_write(w, key)
-            for pkt, _dg in res.control:
+            for pkt, key, size in out.control:
                 if child:
-                    self._to_parent(("echo", pkt, key))
+                    if self._echo_fwd.peek(time.monotonic()):  # bounded work for the main process
+                        self._echo_fwd.take()
+                        self._to_parent(("echo", pkt, key, size))
+                    else:
+                        c["echo_forward_limited"] += 1
                 else:
-                    self._on_echo(pkt, key)
+                    self._on_echo(pkt, key, size)
             c["time_process_ns"] += t2 - t1
             c["time_tap_ns"] += clock() - t2
-
-    def _write_run(self, run, key: str) -> None:
-        w = finish(run)
-        if w is None:
-            self.rx_stats.drop(Reason.FOLD_TOO_LARGE, run.segments)
-            return
-        self._tap_write(w, key)
 
     def _tap_write(self, w, key: str) -> None:
         st = self.rx_stats
@@ -616,25 +638,36 @@ class Endpoint:
             if not self.rx_child:
                 self.fdb.learn(mac, key, self.clock())
                 return
-            # tell the main loop only what changed, and refresh well within the ageing time
-            now = self.clock()
-            old = self._learned.get(mac)
-            if old is None or old[0] != key or now - old[1] > self.cfg.fdb_ageing / 4:
-                self._learned[mac] = (key, now)
-                self._to_parent(("learn", mac, key))
+            # tell the main loop only what changed, and refresh well within the ageing time (bounded LRU)
+            learned = self._learned
+            evicted = learned.evicted
+            if learned.report(mac, key, self.clock()):
+                if learned.evicted != evicted:
+                    st.c["learned_evicted"] += learned.evicted - evicted
+                if not self._to_parent(("learn", mac, key)):
+                    learned.forget(mac)  # try again with the next frame
 
-    def _on_echo(self, pkt, key: str) -> None:
+    def _on_echo(self, pkt, key: str, size: int | None = None) -> None:
+        """An echo packet from configured peer ``key`` (``size``: the request datagram's length).
+
+        A request earns at most a reply (rate-limited, never larger than the request) and never changes
+        the peer's state; only a reply to an outstanding nonce of ours does (:mod:`udpnest.peers`)."""
         now = self.clock()
         if pkt.echo_request is not None:
             self.ctl_stats.c["echo_requests_received"] += 1
             req = pkt.echo_request
+            if self.cfg.nested == "off" or key not in self.peers:  # a legacy endpoint never answers
+                self.ctl_stats.drop(Reason.UNKNOWN_CRITICAL_OPTION if key in self.peers else Reason.NO_PEER)
+                return
             with self.lock:
-                ok = self.prober.may_reply(key, now) if self.prober is not None else True
                 if self.prober is not None:
-                    self.prober.peers[key].on_echo(req, now)
+                    ok = self.prober.may_reply(key, now)
+                    self.prober.on_request(key, req, now)
+                else:
+                    ok = self.replies.allow(key, now)
             if ok:
                 self._send_echo(key, Echo(req.nonce, req.timestamp, self.cfg.max_levels, 252, self.caps),
-                                reply=True)
+                                reply=True, limit=size)
             else:
                 self.ctl_stats.drop(Reason.RATE_LIMITED)
         if pkt.echo_reply is not None:
@@ -699,8 +732,10 @@ def query_status(path: str, timeout: float = 2.0) -> dict:
 
 
 
-def lab_argv(plan, nested: str = "fold", tx_path: str = "kernel") -> list[str]:
+def lab_argv(plan, nested: str = "fold", tx_path: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
     """Command line of one endpoint serving a lab host (``udpnest.lab.topology.EndpointPlan``).
+
+    ``tx_path`` None leaves the endpoint's default; ``extra`` arguments are appended.
 
     The TAP stays in the host namespace (the lab routes the workload's nested VXLAN into it); the
     control socket is named after the namespace so both endpoints can run on one machine.
@@ -710,9 +745,11 @@ def lab_argv(plan, nested: str = "fold", tx_path: str = "kernel") -> list[str]:
     argv = [sys.executable, "-m", "udpnest.cli", "up", "--id", "7", "--local", plan.underlay_local,
             "--remote", plan.underlay_remote if plan.underlay_family == 4 else f"[{plan.underlay_remote}]",
             "--dstport", str(plan.geneve_port), "--tap", plan.tap_ifname, "--tap-mtu", str(plan.tap_mtu),
-            "--nested", nested, "--nested-port", f"{plan.nested_port}:vxlan", "--tx-path", tx_path,
+            "--nested", nested, "--nested-port", f"{plan.nested_port}:vxlan",
             "--control", lab_control_path(plan)]
-    return argv
+    if tx_path is not None:
+        argv += ["--tx-path", tx_path]
+    return argv + list(extra)
 
 
 def lab_control_path(plan) -> str:

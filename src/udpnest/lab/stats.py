@@ -96,11 +96,17 @@ def cpu_s_per_gb(cpu_seconds: float, bytes_moved: int) -> float:
     return cpu_seconds / (bytes_moved / GB)
 
 
-def parse_proc_pid_stat(text: str) -> tuple[int, int]:
-    """(utime, stime) in clock ticks from ``/proc/<pid>/stat``; the comm field may contain spaces and ')'."""
+def parse_proc_pid_stat(text: str, *, children: bool = False) -> tuple[int, ...]:
+    """(utime, stime) in clock ticks from ``/proc/<pid>/stat``; the comm field may contain spaces and ')'.
+    With ``children``: (utime, stime, cutime, cstime), the last two being the reaped children's."""
     rest = text[text.rindex(")") + 2:].split()
-    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return int(rest[11]), int(rest[12])
+    # rest[0] is field 3 (state); utime, stime, cutime, cstime are fields 14 to 17.
+    return tuple(int(x) for x in rest[11:15 if children else 13])
+
+
+def parse_proc_pid_ppid(text: str) -> int:
+    """The parent PID (field 4) from ``/proc/<pid>/stat``."""
+    return int(text[text.rindex(")") + 2:].split()[1])
 
 
 def parse_proc_stat_cpu(text: str) -> tuple[int, int]:
