@@ -474,6 +474,172 @@ static void fold_options(uint8_t *q, const uint8_t *f, const struct fold_level *
     }
 }
 
+/* fold.find_levels: the nested levels at the start of f, outermost first (up to max_levels), with
+ * fold()'s option budget when budget is set.  The walk stops where the reference's stops; returns the
+ * number of levels, or -1 where the reference walks IPv6 extension headers (defer to it). */
+static int walk_levels(const uint8_t *f, size_t n, const unsigned *pport, const unsigned *penc, unsigned np,
+                       unsigned max_levels, int gso, int budget, struct fold_level *lv, size_t *endpos)
+{
+    size_t pos = 0;
+    unsigned kind = ETH_P_TEB, used = 0;
+    int nlev = 0;
+    if (max_levels > 3)
+        max_levels = 3;
+    while ((unsigned)nlev < max_levels) {
+        unsigned l2 = 0, etype = kind;
+        if (kind == ETH_P_TEB && (l2 = eth_at(f, n, pos, &etype)) == 0)
+            break;
+        size_t l3off = pos + l2;
+        unsigned l3, v6;
+        if (etype == ETH_P_IP) {
+            if (l3off + 20 > n || f[l3off] >> 4 != 4)
+                break;
+            l3 = (unsigned)(f[l3off] & 0xF) * 4;
+            unsigned total = un_get16(f + l3off + 2);
+            if (l3 < 20 || l3off + l3 > n)
+                break;
+            if (!gso && (total < l3 || l3off + total > n))
+                break;
+            if ((un_get16(f + l3off + 6) & 0x3FFF) || f[l3off + 9] != 17 || (!gso && total != n - l3off))
+                break;
+            v6 = 0;
+        } else if (etype == ETH_P_IPV6) {
+            if (l3off + 40 > n || f[l3off] >> 4 != 6)
+                break;
+            unsigned plen = un_get16(f + l3off + 4), proto = f[l3off + 6];
+            if (!gso && l3off + 40 + plen > n)
+                break;
+            if (proto == 0 || proto == 43 || proto == 44 || proto == 50 || proto == 51 || proto == 60 ||
+                proto == 135 || proto == 139 || proto == 140 || proto == 253 || proto == 254)
+                return -1;
+            if (proto != 17 || (!gso && plen != n - l3off - 40))
+                break;
+            l3 = 40;
+            v6 = 1;
+        } else {
+            break;
+        }
+        size_t uoff = l3off + l3, toff = uoff + 8;
+        if (toff > n)
+            break;
+        unsigned ulen = un_get16(f + uoff + 4);
+        if (!gso && (ulen < 8 || uoff + ulen > n || ulen != n - uoff))
+            break;
+        unsigned dport = un_get16(f + uoff + 2), encap = 0, tun, next;
+        for (unsigned i = 0; i < np; i++)
+            if (pport[i] == dport)
+                encap = penc[i];
+        if (encap == 1 || encap == 2) {
+            if (toff + 8 > n || !(f[toff] & 0x08))
+                break;
+            tun = 8;
+            if (encap == 1) {
+                next = ETH_P_TEB;
+            } else {
+                unsigned npr = f[toff + 3];
+                if (!(f[toff] & 0x04) || npr < 1 || npr > 3)
+                    break;
+                next = npr == 1 ? ETH_P_IP : npr == 2 ? ETH_P_IPV6 : ETH_P_TEB;
+            }
+        } else if (encap == 3) {
+            if (toff + 8 > n || f[toff] >> 6 != 0)
+                break;
+            tun = 8 + (unsigned)(f[toff] & 0x3F) * 4;
+            if (toff + tun > n)
+                break;
+            next = un_get16(f + toff + 2);
+            if (next != ETH_P_TEB && next != ETH_P_IP && next != ETH_P_IPV6)
+                break;
+        } else {
+            break;
+        }
+        unsigned end = (unsigned)(toff + tun);
+        unsigned data = 6 + end - (unsigned)pos, optsz = 4 + ((data + 3) & ~3u);
+        if (optsz - 4 > 124 || (budget && used + optsz > 252))
+            break;
+        lv[nlev] = (struct fold_level){(unsigned)pos, l2, l3, v6, tun, encap, next, un_get16(f + uoff + 6) != 0};
+        nlev++;
+        used += optsz;
+        pos = end;
+        kind = next;
+    }
+    *endpos = pos;
+    return nlev;
+}
+
+static int parse_ports(PyObject *ports, unsigned *pport, unsigned *penc, unsigned *np)
+{
+    PyObject *fast = PySequence_Fast(ports, "ports must be a sequence of (port, encap)");
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t nports = PySequence_Fast_GET_SIZE(fast);
+    if (nports > MAX_PORTS) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many nested ports");
+        return -1;
+    }
+    *np = 0;
+    for (Py_ssize_t i = 0; i < nports; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &pport[*np], &penc[*np])) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        (*np)++;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* hint_prefix(frame, vni, ports, gso) -> the Geneve header for hint mode (with the Linux GRO hint option
+ * when fold.gro_hint_for finds one, else plain), or None (defer: IPv6 extension headers). */
+static PyObject *tx_hint_prefix(PyObject *self, PyObject *args)
+{
+    Py_buffer fb;
+    unsigned vni;
+    int gso;
+    PyObject *ports;
+    if (!PyArg_ParseTuple(args, "y*IOp", &fb, &vni, &ports, &gso))
+        return NULL;
+    PyObject *res = NULL;
+    unsigned pport[MAX_PORTS], penc[MAX_PORTS], np;
+    if (parse_ports(ports, pport, penc, &np) < 0)
+        goto done;
+    const uint8_t *f = fb.buf;
+    size_t n = (size_t)fb.len, end;
+    struct fold_level lv[3];
+    int nlev = walk_levels(f, n, pport, penc, np, 2, gso, 0, lv, &end);
+    if (nlev < 0) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    uint8_t h[16] = {0, 0, 0x65, 0x58};
+    un_put32(h + 4, vni << 8);
+    size_t len = 8;
+    const struct fold_level *L = &lv[0];
+    if (nlev == 1 && (L->v6 || L->l3 == 20) && end <= 255) {
+        unsigned nh = L->l2, tp = L->l2 + L->l3;
+        int ok = 1;
+        if (!L->v6) /* validate_gro_hint: 0x45, unfragmented, UDP (the walk checked), valid header checksum */
+            ok = f[nh] == 0x45 && un_fold(un_sum(f + nh, 20, 0)) == 0xFFFF;
+        if (ok) {
+            unsigned id = L->next == ETH_P_TEB ? 0 : L->next == ETH_P_IPV6 ? 1 : 2;
+            h[0] = 2;
+            un_put16(h + 8, 0x0100);
+            h[10] = 0x01;
+            h[11] = 1;
+            h[12] = (uint8_t)(id | (L->v6 ? 4 : 0));
+            h[13] = (uint8_t)nh;
+            h[14] = (uint8_t)tp;
+            h[15] = (uint8_t)end;
+            len = 16;
+        }
+    }
+    res = PyBytes_FromStringAndSize((const char *)h, (Py_ssize_t)len);
+done:
+    PyBuffer_Release(&fb);
+    return res;
+}
+
 /* fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)
  *   -> (bytearray, row_len, count, last_len, mss), or None: not the common case, use the Python reference.
  * ports: ((udp port, encap 1 VXLAN | 2 VXLAN-GPE | 3 Geneve), ...).  Only a TCP super-packet whose every
@@ -988,6 +1154,8 @@ static PyMethodDef tx_methods[] = {
     {"plain_gso", tx_plain_gso, METH_VARARGS,
      "plain_gso(prefix, frame, nested_udp, max_datagram, gso_size, flags)\n"
      " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference)"},
+    {"hint_prefix", tx_hint_prefix, METH_VARARGS,
+     "hint_prefix(frame, vni, ports, gso) -> hint-mode Geneve header (fold.gro_hint_for) or None (defer)"},
     {"send_gso", tx_send_gso, METH_VARARGS,
      "send_gso(fd, buf, seg, (host, port)) -> bytes: sendmsg with UDP_SEGMENT=seg, GIL released"},
     {NULL, NULL, 0, NULL},

@@ -226,6 +226,7 @@ def test_native_entry_points_survive_garbage():
             rejected += 1
         ports = ((4789, 1), (4790, 2), (6081, 3), (rng.randrange(65536), rng.randrange(5)))
         _native.fold_one(buf, rng.randrange(1 << 24), rng.randrange(65536), ports, rng.randrange(5))
+        _native.hint_prefix(buf, rng.randrange(1 << 24), ports, rng.random() < 0.5)
         _native.fold_gso(buf, 7, 0xFF4E, ports, rng.randrange(5), rng.randrange(2000), rng.randrange(3000))
     assert ok and rejected
 

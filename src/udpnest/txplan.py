@@ -50,6 +50,7 @@ class TxPlanner:
         self._fold_gso = _engine._native.fold_gso if native else None
         self._fold_one = _engine._native.fold_one if native else None
         self._plain_gso = _engine._native.plain_gso if native else None
+        self._hint_prefix = _engine._native.hint_prefix if native else None
         self._plain = build_geneve(vni, ETH_P_TEB)  # the same for every frame sent as it is
         self._ports = tuple((int(p), int(e)) for p, e in ports.items())
         #: native fast path use: "native_fast" plans built by one native call, "native_deferred" super-packets
@@ -144,6 +145,10 @@ class TxPlanner:
         """The Geneve header for a frame sent as it is: with the Linux GRO hint option in hint mode."""
         if mode != "hint":
             return self._plain
+        if self._hint_prefix is not None:
+            r = self._hint_prefix(frame, self.vni, self._ports, gso)
+            if r is not None:
+                return r
         h = gro_hint_for(frame, ports=self.ports, gso=gso)
         return self._plain if h is None else build_geneve(self.vni, ETH_P_TEB, build_gro_hint(h))
 
