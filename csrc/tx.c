@@ -1138,6 +1138,70 @@ static PyObject *tx_send_gso(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(r);
 }
 
+/* send_batch(fd, [(datagram, (host, port)), ...]) -> how many were sent: one sendmmsg for up to 64
+ * single datagrams (ACKs and other small frames of one TAP read burst), GIL released.  0 when the socket
+ * buffer is full (EAGAIN) before the first; OSError for any other error before the first. */
+#define BATCH_MAX 64
+static PyObject *tx_send_batch(PyObject *self, PyObject *args)
+{
+    int fd;
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "iO", &fd, &list))
+        return NULL;
+    PyObject *fast = PySequence_Fast(list, "send_batch wants a list of (datagram, address)");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t cnt = PySequence_Fast_GET_SIZE(fast);
+    if (cnt > BATCH_MAX)
+        cnt = BATCH_MAX;
+    struct mmsghdr msgs[BATCH_MAX];
+    struct iovec iov[BATCH_MAX];
+    struct sockaddr_storage ss[BATCH_MAX];
+    Py_buffer bufs[BATCH_MAX];
+    Py_ssize_t nb = 0;
+    PyObject *res = NULL;
+    memset(msgs, 0, sizeof(msgs[0]) * (size_t)(cnt ? cnt : 1));
+    for (Py_ssize_t i = 0; i < cnt; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i), *addr;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "send_batch items are (datagram, address)");
+            goto done;
+        }
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &bufs[nb], PyBUF_SIMPLE) < 0)
+            goto done;
+        nb++;
+        addr = PyTuple_GET_ITEM(item, 1);
+        socklen_t sl;
+        if (sockaddr_of(addr, &ss[i], &sl) < 0)
+            goto done;
+        iov[i].iov_base = bufs[i].buf;
+        iov[i].iov_len = (size_t)bufs[i].len;
+        msgs[i].msg_hdr.msg_name = &ss[i];
+        msgs[i].msg_hdr.msg_namelen = sl;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int r = 0;
+    if (cnt > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        r = sendmmsg(fd, msgs, (unsigned)cnt, MSG_DONTWAIT);
+        Py_END_ALLOW_THREADS
+    }
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            res = PyLong_FromLong(0);
+        else
+            PyErr_SetFromErrno(PyExc_OSError);
+    } else {
+        res = PyLong_FromLong(r);
+    }
+done:
+    for (Py_ssize_t i = 0; i < nb; i++)
+        PyBuffer_Release(&bufs[i]);
+    Py_DECREF(fast);
+    return res;
+}
+
 static PyMethodDef tx_methods[] = {
     {"vnet_check", tx_vnet_check, METH_VARARGS,
      "vnet_check(buf) -> 13-tuple of virtio_net_hdr fields, validated like VnetHdr.check (Reject otherwise)"},
@@ -1156,6 +1220,8 @@ static PyMethodDef tx_methods[] = {
      " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference)"},
     {"hint_prefix", tx_hint_prefix, METH_VARARGS,
      "hint_prefix(frame, vni, ports, gso) -> hint-mode Geneve header (fold.gro_hint_for) or None (defer)"},
+    {"send_batch", tx_send_batch, METH_VARARGS,
+     "send_batch(fd, [(datagram, (host, port)), ...]) -> datagrams sent (one sendmmsg, at most 64)"},
     {"send_gso", tx_send_gso, METH_VARARGS,
      "send_gso(fd, buf, seg, (host, port)) -> bytes: sendmsg with UDP_SEGMENT=seg, GIL released"},
     {NULL, NULL, 0, NULL},

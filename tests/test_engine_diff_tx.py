@@ -270,3 +270,46 @@ def test_native_rejects_bad_layout_types():
         _native.segment(b"", b"x" * 100, (tuple(range(20)), (), (), 0, False, 0, 10, 6), 100)
     with pytest.raises(ValueError):
         _native.segment(b"", b"x" * 100, ((), (), (), 0, False, 0, 10, 6), 0)
+
+
+# --- batched single datagrams (sendmmsg) ---------------------------------------------------------------
+
+def test_small_frames_of_a_burst_leave_in_one_sendmmsg():
+    """The TX loop's batching (native engine): ACKs of one read burst go out in one sendmmsg, a super-packet
+    in between flushes them first (order kept); the receiver gets exactly the reference's datagrams in order."""
+    import socket
+
+    from micro_fold_frames import ack_reads, gso_read
+    from udpnest.config import build_config
+    from udpnest.endpoint import Endpoint
+    from udpnest.io.udp import UdpSocket
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(2)
+    port = rx.getsockname()[1]
+    cfg = build_config({"id": 7, "local": "127.0.0.1", "remote": [f"127.0.0.1:{port}"], "nested": "fold",
+                        "engine": "native"})
+    ep = Endpoint(cfg, clock=lambda: 100.0)
+    for p in ep.prober.peers.values():
+        p.mode = lambda now: "fold"
+    ep.tx = [UdpSocket("127.0.0.1", 0, gro=False, gso=True, bufsize=1 << 22)]
+    ep._batch = {}
+    reads = ack_reads(100) + [gso_read()] + ack_reads(5, start=100)
+    py = TxPlanner(vni=7, engine="python", max_datagram=cfg.max_datagram, ports=cfg.nested_ports)
+    expected = []
+    for r in reads:
+        kind, obj = py.plan(r, "fold")
+        expected += obj.datagrams() if kind == "gso" else [b"".join(bytes(p) for p in obj)]
+    try:
+        for r in reads:
+            ep._tx_frame(memoryview(r))
+        ep._flush_batch()
+        got = [rx.recv(65535) for _ in expected]
+    finally:
+        rx.close()
+        ep.tx[0].close()
+    assert got == expected
+    c = ep.tx_stats.c
+    assert c["sendmmsg_calls"] == 3  # 64 + 36 before the super-packet, 5 after
+    assert not ep.tx_stats.drops
