@@ -650,8 +650,10 @@ static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
 {
     Py_buffer fb;
     unsigned vni, opt_class, max_levels, max_dg, gso_size;
+    int plan_only = 0;
     PyObject *ports;
-    if (!PyArg_ParseTuple(args, "y*IIOIII", &fb, &vni, &opt_class, &ports, &max_levels, &max_dg, &gso_size))
+    if (!PyArg_ParseTuple(args, "y*IIOIII|p", &fb, &vni, &opt_class, &ports, &max_levels, &max_dg, &gso_size,
+                          &plan_only))
         return NULL;
     PyObject *res = NULL, *out = NULL;
     unsigned pport[MAX_PORTS], penc[MAX_PORTS], np = 0;
@@ -785,6 +787,15 @@ static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
         mss = raw;
     if (mss < 64 || mss > 65535 || L.hdr_len > UN_MAX_HDR)
         goto defer;
+    if (plan_only) { /* the kernel TX path: prefix, where the inner frame starts, its layout (gso.Layout), MSS */
+        if (v6)
+            res = Py_BuildValue("(y#n(()(I)()IOIII)l)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos,
+                                L.tcp_ip, L.tcp_ip, Py_True, L.tcp, L.hdr_len, 6u, mss);
+        else
+            res = Py_BuildValue("(y#n((I)()()IOIII)l)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos,
+                                L.tcp_ip, L.tcp_ip, Py_False, L.tcp, L.hdr_len, 6u, mss);
+        goto done;
+    }
     size_t H = L.hdr_len, total = inlen - H;
     size_t n_full = total / (size_t)mss, rem = total % (size_t)mss;
     size_t count = n_full + ((rem || !n_full) ? 1 : 0);
@@ -1211,8 +1222,9 @@ static PyMethodDef tx_methods[] = {
      "segment(prefix, frame, (ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, hdr_len, l4_proto), mss, flags=1)\n"
      " -> (bytearray, row_len, count, last_len): gso.segment_tcp in C"},
     {"fold_gso", tx_fold_gso, METH_VARARGS,
-     "fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)\n"
-     " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference)"},
+     "fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size, plan_only=False)\n"
+     " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference);\n"
+     " plan_only: (prefix, inner offset, layout tuple, mss) for the kernel TX path"},
     {"fold_one", tx_fold_one, METH_VARARGS,
      "fold_one(frame, vni, opt_class, ports, max_levels) -> (geneve header, inner offset) or None (defer)"},
     {"plain_gso", tx_plain_gso, METH_VARARGS,

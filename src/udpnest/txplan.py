@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from . import engine as _engine
 from .fold import DEFAULT_PORTS, fold, gro_hint_for
-from .gso import segment_size, segment_tcp, tcp_layout
+from .gso import Layout, segment_size, segment_tcp, tcp_layout
 from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
@@ -91,7 +91,16 @@ class TxPlanner:
         if vh.base_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
             raise ParseError(Reason.BAD_VNET, f"gso type 0x{vh.gso_type:02x} not supported on TX")
         uso = vh.base_type == GSO_UDP_L4
-        if self._fold_gso is not None and mode == "fold" and vh.is_tunnel and not self.kernel_tx:
+        if self._fold_gso is not None and mode == "fold" and vh.is_tunnel and self.kernel_tx and not uso:
+            # the kernel TX path: fold + layout + segment size in one native call, the kernel cuts
+            r = self._fold_gso(frame, self.vni, self.opt_class, self._ports, self.max_levels, self.max_datagram,
+                               vh.gso_size, True)
+            if r is not None:
+                prefix, off, lay, mss = r
+                self.counters["native_fast"] += 1
+                return "kernel", (prefix, memoryview(frame)[off:], Layout(*lay), vh, mss)
+            self.counters["native_deferred"] += 1
+        elif self._fold_gso is not None and mode == "fold" and vh.is_tunnel and not self.kernel_tx:
             # the steady state in one native call: fold, layout, segment size, segmentation
             r = None if uso else self._fold_gso(frame, self.vni, self.opt_class, self._ports, self.max_levels,
                                                 self.max_datagram, vh.gso_size)
