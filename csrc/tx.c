@@ -1213,6 +1213,75 @@ done:
     return res;
 }
 
+/* kernel_headers(v6, dst_mac, src_mac, src, dst, sport, dport, payload_len, ident, ttl, tos, df, flow_label,
+ *                base_type, ecn, mss, geneve_len, inner_nh, inner_th, inner_hdr_end, csum_offset)
+ *   -> bytes: the tunnel-GSO virtio_net_hdr (24) + outer Ethernet/IP/UDP for the kernel TX path, the same
+ * bytes as outer.tunnel_gso_vnet(...) + outer.outer_headers(...) */
+static PyObject *tx_kernel_headers(PyObject *self, PyObject *args)
+{
+    int v6, df, ecn;
+    Py_buffer dm, sm, sa, da;
+    unsigned sport, dport, plen, ident, ttl, tos, flow, base_type, mss, glen, inh, ith, iend, coff;
+    if (!PyArg_ParseTuple(args, "py*y*y*y*IIIIIIpIIpIIIIII", &v6, &dm, &sm, &sa, &da, &sport, &dport, &plen, &ident,
+                          &ttl, &tos, &df, &flow, &base_type, &ecn, &mss, &glen, &inh, &ith, &iend, &coff))
+        return NULL;
+    PyObject *res = NULL;
+    size_t alen = v6 ? 16 : 4;
+    if (dm.len != 6 || sm.len != 6 || (size_t)sa.len != alen || (size_t)da.len != alen) {
+        PyErr_SetString(PyExc_ValueError, "kernel_headers: MACs are 6 bytes, addresses 4 (IPv4) or 16 (IPv6)");
+        goto done;
+    }
+    uint8_t h[24 + 14 + 40 + 8] = {0};
+    size_t outer_len = 14 + (v6 ? 40 : 20) + 8, base = outer_len + glen;
+    uint8_t *e = h + 24, *ip = e + 14, *udp = ip + (v6 ? 40 : 20);
+    unsigned udp_len = 8 + plen;
+    /* vnet: little-endian */
+    h[0] = 0x01 | 0x08;
+    h[1] = (uint8_t)(base_type | (v6 ? 0x40 : 0x20) | (ecn ? 0x80 : 0));
+#define LE16(p, v) ((p)[0] = (uint8_t)(v), (p)[1] = (uint8_t)((v) >> 8))
+    LE16(h + 2, base + iend);
+    LE16(h + 4, mss);
+    LE16(h + 6, base + ith);
+    LE16(h + 8, coff);
+    LE16(h + 20, outer_len - 8);
+    LE16(h + 22, base + inh);
+#undef LE16
+    memcpy(e, dm.buf, 6);
+    memcpy(e + 6, sm.buf, 6);
+    un_put16(e + 12, v6 ? ETH_P_IPV6 : ETH_P_IP);
+    if (v6) {
+        un_put32(ip, (6u << 28) | ((tos & 0xFF) << 20) | (flow & 0xFFFFF));
+        un_put16(ip + 4, (uint16_t)udp_len);
+        ip[6] = 17;
+        ip[7] = (uint8_t)ttl;
+        memcpy(ip + 8, sa.buf, 16);
+        memcpy(ip + 24, da.buf, 16);
+    } else {
+        ip[0] = 0x45;
+        ip[1] = (uint8_t)tos;
+        un_put16(ip + 2, (uint16_t)(20 + udp_len));
+        un_put16(ip + 4, (uint16_t)ident);
+        un_put16(ip + 6, df ? 0x4000 : 0);
+        ip[8] = (uint8_t)ttl;
+        ip[9] = 17;
+        memcpy(ip + 12, sa.buf, 4);
+        memcpy(ip + 16, da.buf, 4);
+        un_put16(ip + 10, un_csum(un_sum(ip, 20, 0)));
+    }
+    un_put16(udp, (uint16_t)sport);
+    un_put16(udp + 2, (uint16_t)dport);
+    un_put16(udp + 4, (uint16_t)udp_len);
+    uint64_t ps = un_sum(sa.buf, alen, 0) + un_sum(da.buf, alen, 0) + 17 + (udp_len & 0xFFFF) + (udp_len >> 16);
+    un_put16(udp + 6, un_fold(ps));
+    res = PyBytes_FromStringAndSize((const char *)h, (Py_ssize_t)(24 + outer_len));
+done:
+    PyBuffer_Release(&dm);
+    PyBuffer_Release(&sm);
+    PyBuffer_Release(&sa);
+    PyBuffer_Release(&da);
+    return res;
+}
+
 static PyMethodDef tx_methods[] = {
     {"vnet_check", tx_vnet_check, METH_VARARGS,
      "vnet_check(buf) -> 13-tuple of virtio_net_hdr fields, validated like VnetHdr.check (Reject otherwise)"},
@@ -1234,6 +1303,9 @@ static PyMethodDef tx_methods[] = {
      "hint_prefix(frame, vni, ports, gso) -> hint-mode Geneve header (fold.gro_hint_for) or None (defer)"},
     {"send_batch", tx_send_batch, METH_VARARGS,
      "send_batch(fd, [(datagram, (host, port)), ...]) -> datagrams sent (one sendmmsg, at most 64)"},
+    {"kernel_headers", tx_kernel_headers, METH_VARARGS,
+     "kernel_headers(v6, dst_mac, src_mac, src, dst, sport, dport, payload_len, ident, ttl, tos, df, flow_label,\n"
+     " base_type, ecn, mss, geneve_len, inner_nh, inner_th, inner_hdr_end, csum_offset) -> vnet + outer headers"},
     {"send_gso", tx_send_gso, METH_VARARGS,
      "send_gso(fd, buf, seg, (host, port)) -> bytes: sendmsg with UDP_SEGMENT=seg, GIL released"},
     {NULL, NULL, 0, NULL},

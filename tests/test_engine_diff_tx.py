@@ -315,3 +315,76 @@ def test_small_frames_of_a_burst_leave_in_one_sendmmsg():
     c = ep.tx_stats.c
     assert c["sendmmsg_calls"] == 3  # 64 + 36 before the super-packet, 5 after
     assert not ep.tx_stats.drops
+
+
+# --- the kernel TX path's headers -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(300))
+def test_kernel_headers_equal_the_reference(seed):
+    from udpnest import _native
+    from udpnest.outer import outer_headers, tunnel_gso_vnet
+
+    rng = random.Random(seed)
+    v6 = rng.random() < 0.5
+    alen = 16 if v6 else 4
+    a = dict(dst_mac=rng.randbytes(6), src_mac=rng.randbytes(6), src=rng.randbytes(alen), dst=rng.randbytes(alen),
+             sport=rng.randrange(65536), dport=rng.randrange(65536), payload_len=rng.randrange(65535 - 48),
+             ident=rng.randrange(65536), ttl=rng.randrange(256), tos=rng.randrange(256), df=rng.random() < 0.5,
+             flow_label=rng.randrange(1 << 32))
+    k = dict(base_type=rng.choice((1, 4, 5)), ecn=rng.random() < 0.5, mss=rng.randrange(1, 9000),
+             geneve_len=rng.randrange(8, 260, 4), inner_nh=rng.randrange(14, 100), inner_th=rng.randrange(34, 200),
+             inner_hdr_end=rng.randrange(54, 300), csum_offset=rng.choice((6, 16)))
+    ref = tunnel_gso_vnet(outer_v6=v6, base_type=k["base_type"], ecn=k["ecn"], mss=k["mss"],
+                          outer_len=14 + (40 if v6 else 20) + 8, geneve_len=k["geneve_len"], inner_nh=k["inner_nh"],
+                          inner_th=k["inner_th"], inner_hdr_end=k["inner_hdr_end"], csum_offset=k["csum_offset"])
+    ref += outer_headers(**a)
+    got = _native.kernel_headers(v6, a["dst_mac"], a["src_mac"], a["src"], a["dst"], a["sport"], a["dport"],
+                                 a["payload_len"], a["ident"], a["ttl"], a["tos"], a["df"], a["flow_label"] & 0xFFFFF,
+                                 *k.values())
+    assert got == ref
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_kernel_tx_frames_equal_across_engines(v6):
+    """Endpoint._send_kernel: the frame written to the kernel TX TAP is the same for both engines."""
+    from micro_fold_frames import gso_read
+    from udpnest.config import build_config
+    from udpnest.endpoint import Endpoint
+
+    class Ktx:
+        mac = bytes.fromhex("020000000009")
+
+        def __init__(self):
+            self.frames = []
+
+        def send(self, parts):
+            self.frames.append(b"".join(bytes(p) for p in parts))
+
+    frames = {}
+    for eng in ("python", "native"):
+        local, remote = ("2001:db8::1", "2001:db8::2") if v6 else ("198.51.100.1", "198.51.100.2")
+        cfg = build_config({"id": 7, "local": local, "remote": [remote], "nested": "fold", "engine": eng,
+                            "tx_path": "kernel"})
+        ep = Endpoint(cfg, clock=lambda: 100.0)
+        for p in ep.prober.peers.values():
+            p.mode = lambda now: "fold"
+        ep.ktx, ep.tx = Ktx(), [None]
+        for payload in (1448 * 40, 5000, 100):
+            ep._tx_frame(memoryview(gso_read(payload)))
+        assert ep.tx_stats.c["kernel_writes"] == 3 and not ep.tx_stats.drops
+        frames[eng] = ep.ktx.frames
+    assert frames["python"] == frames["native"]
+
+
+def test_kernel_path_too_large_for_16_bit_lengths_is_cut_by_udpnest():
+    """A super-packet whose Geneve payload would overflow the outer IP/UDP length: both engines plan "gso"
+    (udpnest cuts it) instead of handing the kernel a frame with a wrapped length."""
+    from micro_fold_frames import gso_read
+    from udpnest.txplan import KERNEL_MAX_PAYLOAD
+
+    data = gso_read(KERNEL_MAX_PAYLOAD - 60)  # + the inner headers: just over the limit after folding
+    py, nat = planners(1472, True)
+    a, b = outcome(py, data, "fold"), outcome(nat, data, "fold")
+    assert a[0] == "gso" and a == b
+    ok = gso_read(20000)
+    assert outcome(py, ok, "fold")[0] == outcome(nat, ok, "fold")[0] == "kernel"

@@ -582,6 +582,16 @@ class Endpoint:
     def _send_kernel(self, plan, addr: tuple, fh: int) -> int:
         prefix, inner, layout, vh, mss = plan
         cfg = self.cfg
+        if self.engine == "native":
+            from .engine import _native
+
+            hdrs = _native.kernel_headers(
+                cfg.family_v6, self.ktx.mac, _TX_SRC_MAC, self.local_bytes, self.peer_bytes[addr[0]],
+                source_port(fh), addr[1], len(prefix) + len(inner), next(self.ip_ids) & 0xFFFF, min(255, cfg.ttl + 1),
+                cfg.tos, cfg.df == "set", fh & 0xFFFFF, vh.base_type, bool(vh.gso_type & GSO_ECN), mss, len(prefix),
+                layout.tcp_ip, layout.tcp, layout.hdr_len, 6 if layout.l4_proto == 17 else 16)
+            self.ktx.send([hdrs, prefix, inner])
+            return 1
         outer = outer_headers(dst_mac=self.ktx.mac, src_mac=_TX_SRC_MAC, src=self.local_bytes,
                               dst=self.peer_bytes[addr[0]], sport=source_port(fh), dport=addr[1],
                               payload_len=len(prefix) + len(inner), ident=next(self.ip_ids),

@@ -29,6 +29,9 @@ from .wire.options import DEFAULT_OPT_CLASS, build_gro_hint
 from .wire.vnet import GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr
 
 ETH_P_TEB = 0x6558
+#: largest Geneve payload the kernel TX path takes: the outer IPv6/UDP lengths (IPv4 total length) must
+#: fit 16 bits; a larger super-packet is cut by udpnest itself (a "gso" plan) instead
+KERNEL_MAX_PAYLOAD = 65535 - 48
 MODES = ("plain", "hint", "fold")
 
 
@@ -95,7 +98,7 @@ class TxPlanner:
             # the kernel TX path: fold + layout + segment size in one native call, the kernel cuts
             r = self._fold_gso(frame, self.vni, self.opt_class, self._ports, self.max_levels, self.max_datagram,
                                vh.gso_size, True)
-            if r is not None:
+            if r is not None and len(r[0]) + len(frame) - r[1] <= KERNEL_MAX_PAYLOAD:
                 prefix, off, lay, mss = r
                 self.counters["native_fast"] += 1
                 return "kernel", (prefix, memoryview(frame)[off:], Layout(*lay), vh, mss)
@@ -129,7 +132,8 @@ class TxPlanner:
                 prefix, seg_frame, layout = fo.header, fo.inner, tcp_layout(fo.inner, inner_udp=uso)
         elif not vh.is_tunnel and self.kernel_tx:
             prefix, layout = self.plain_prefix(frame, "plain", gso=True), tcp_layout(frame, inner_udp=uso)
-        if prefix is not None and self.kernel_tx and prefix[2:4] == b"\x65\x58":
+        if (prefix is not None and self.kernel_tx and prefix[2:4] == b"\x65\x58"
+                and len(prefix) + len(seg_frame) <= KERNEL_MAX_PAYLOAD):
             # nothing tunnelled is left inside: the kernel's UDP-tunnel GSO can cut it (outer.py)
             return "kernel", (prefix, seg_frame, layout, vh, self.segment_size(vh, prefix, layout, seg_frame))
         if prefix is None:
