@@ -8,6 +8,7 @@ pkgs=(
     "iproute2"                       # ip netns exec (the lab itself uses netlink via pyroute2)
     "iputils-ping=3:20221126-1+deb12u1"
     "tshark=4.0.17-0+deb12u3"        # root tests capture the underlay
+    "nftables=1.0.6-2+deb12u2"       # robustness tests: random underlay loss (numgen random)
 )
 missing=()
 for p in "${pkgs[@]}"; do
