@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .engine import ENGINES
 from .fold import DEFAULT_PORTS, Encap
 from .wire.options import DEFAULT_OPT_CLASS
 
@@ -86,6 +87,12 @@ class EndpointConfig:
     verify_csum: bool = True
     rx_process: bool = True  # run the RX loop in a forked process (no GIL shared with TX)
     control: str | None = None  # unix socket path; default /run/udpnest/<tap>.sock
+    engine: str | None = None  # "native" | "python" (udpnest.engine); None: native when it is built
+    # queue bounds (latency under load): TAP queue in frames, socket buffers from the rate and a delay
+    tap_txqueuelen: int = 256
+    underlay_rate_mbit: int = 10000
+    queue_ms: float = 2.0
+    metrics: str | None = None  # ADDR:PORT of the Prometheus exporter (metrics.py); off by default
 
     @property
     def family_v6(self) -> bool:
@@ -107,6 +114,12 @@ class EndpointConfig:
     @property
     def control_path(self) -> str:
         return self.control or f"/run/udpnest/{self.tap}.sock"
+
+    @property
+    def socket_buffer(self) -> int:
+        """SO_SNDBUF/SO_RCVBUF of the underlay sockets: ``queue_ms`` at ``underlay_rate_mbit`` (bytes),
+        at least 256 KiB (a few super-packets), at most 8 MiB."""
+        return max(256 << 10, min(8 << 20, int(self.underlay_rate_mbit * self.queue_ms * 125)))
 
     @property
     def max_datagram(self) -> int:
@@ -276,6 +289,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
     for name, lo, hi in (("ttl", 1, 255), ("tos", 0, 255), ("max_levels", 1, 3), ("opt_class", 0, 0xFFFF),
                          ("tap_mtu", 1280 if v6 else 68, 65521), ("underlay_mtu", 1280 if v6 else 576, 65535),
                          ("tx_sockets", 1, 64), ("fdb_max", 1, 1 << 20), ("probe_window", 1, 100),
+                         ("tap_txqueuelen", 1, 1 << 20), ("underlay_rate_mbit", 1, 10_000_000),
                          ("learned_max", 16, 1 << 24), ("ipc_queue", 64 << 10, 1 << 30)):
         if name in raw:
             out[name] = _int(name, raw[name], lo, hi)
@@ -286,7 +300,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
     if "tap_mtu" in raw and not v6:
         out["tap_mtu"] = _int("tap_mtu", raw["tap_mtu"], 68, 65521)
     for name, allowed in (("df", DF_MODES), ("nested", NESTED_MODES), ("fallback", FALLBACK_MODES),
-                          ("tx_path", TX_PATHS)):
+                          ("tx_path", TX_PATHS), ("engine", ENGINES)):
         if name in raw:
             if raw[name] not in allowed:
                 raise ConfigError(name, f"{raw[name]!r} is not one of {', '.join(allowed)}")
@@ -297,7 +311,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
     for name, lo, hi in (("fdb_ageing", 1.0, 1e7), ("probe_interval", 0.01, 3600.0), ("probe_budget", 0.1, 1e6),
                          ("probe_backoff_max", 0.0, 86400.0), ("echo_reply_rate", 0.0, 1e6),
                          ("echo_reply_burst", 1.0, 1e6), ("echo_reply_global_rate", 0.0, 1e6),
-                         ("echo_reply_global_burst", 1.0, 1e6)):
+                         ("echo_reply_global_burst", 1.0, 1e6), ("queue_ms", 0.01, 60_000.0)):
         if name in raw:
             out[name] = _float(name, raw[name], lo, hi)
     for name in ("tap_netns", "underlay_netns", "control"):
@@ -331,6 +345,11 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
                 raise ConfigError(f"allow[{i}]", f"{net} is not the same address family as local {out['local']}")
             nets.append(str(net))
         out["allow"] = tuple(nets)
+    if "metrics" in raw:  # ADDR:PORT, [V6ADDR]:PORT; the port is required
+        m = str(raw["metrics"]).strip()
+        if not m.rpartition(":")[2].isdigit() or not (m.count(":") == 1 or m.startswith("[")):
+            raise ConfigError("metrics", f"{m!r} is not ADDR:PORT (e.g. 127.0.0.1:9108 or [::1]:9108)")
+        out["metrics"] = str(parse_peer("metrics", m, 0))
     ports = dict(DEFAULT_PORTS)
     if "nested_ports" in raw:
         spec = raw["nested_ports"]

@@ -292,6 +292,12 @@ class ReplyLimiter:
         self.limited_global = 0
         self.not_peer = 0
 
+    def keep(self, old: ReplyLimiter) -> None:
+        """Take over ``old``'s buckets (a reload): peers that stay keep what they used of their budget."""
+        for k in self._per.keys() & old._per.keys():
+            self._per[k] = old._per[k]
+        self._all = old._all
+
     def allow(self, key: Hashable, now: float) -> bool:
         b = self._per.get(key)
         if b is None:

@@ -17,6 +17,7 @@ from collections import Counter
 import nestlab
 import pytest
 
+from udpnest import engine as udpnest_engine
 from udpnest.lab import bench, topology
 
 pytestmark = pytest.mark.root
@@ -34,11 +35,15 @@ def _check_integrity(spec, nested: str) -> None:
     assert got == sent, f"{nested}: inner UDP datagrams differ in content or order"
 
 
-@pytest.mark.parametrize("nested", ["off", "hint", "fold"])
-def test_gib_transfer_sha256(lab, endpoints, nested):
+# the native engine (the default when built) in every mode; the Python reference engine in a representative one
+@pytest.mark.parametrize(("nested", "engine"), [("off", "native"), ("hint", "native"), ("fold", "native"),
+                                                ("hint", "python")])
+def test_gib_transfer_sha256(lab, endpoints, nested, engine):
     """1 GiB TCP wa -> wb with equal sha256, ping and an inner UDP flow, for plain / hint / fold."""
+    if engine == "native" and not udpnest_engine.native_available():
+        pytest.skip(f"native core not built: {udpnest_engine.NATIVE_ERROR}")
     spec = lab.spec
-    eps = endpoints(lab).pair(nested)
+    eps = endpoints(lab).pair(nested, extra=("--engine", engine))
     a, b = eps
     if nested == "fold":
         nestlab.wait_modes(eps, "fold", timeout=5)
@@ -49,6 +54,7 @@ def test_gib_transfer_sha256(lab, endpoints, nested):
     assert got["sha256"] == sent["sha256"]
 
     sa, sb = a.settled_status(), b.settled_status()
+    assert sa["engine"] == sb["engine"] == engine
     for name, st in (("a", sa), ("b", sb)):
         assert set(st["drops"]) <= ALLOWED_DROPS, f"endpoint {name} dropped legitimate traffic: {st['drops']}"
     kind = {"off": "plain", "hint": "hint", "fold": "fold"}[nested]
