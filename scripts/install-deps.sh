@@ -12,6 +12,8 @@ pkgs=(
     "iproute2"                       # ip netns exec (the lab itself uses netlink via pyroute2)
     "iputils-ping=3:20221126-1+deb12u1"
     "tshark=4.0.17-0+deb12u3"        # root tests capture the underlay
+    "qemu-system-x86=1:7.2+dfsg-7+deb12u18+b3"  # tests/interop: a Linux 7.x guest (TCG), with virtiofsd
+    "busybox-static=1:1.35.0-4+deb12u1+b1"      # tests/interop: the guest's initramfs
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -28,3 +30,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# tests/interop boots a pinned Debian Linux 7.x kernel; fetched into /var/cache/udpnest/kernel without touching
+# the host's apt configuration.  Not fatal: if it cannot be had, the interop tests skip and say why.
+bash "$(dirname "$0")/qemu-kernel.sh" || echo "install-deps: interop kernel unavailable (tests/interop will skip)" >&2

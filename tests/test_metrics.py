@@ -97,10 +97,12 @@ def test_peer_state_and_mode_and_build_and_engine():
     assert states["probing"] == 1 and states["capable"] == 0
     assert m["udpnest_peer_probes_sent_total"][(("peer", peer),)] == 0
     assert m["udpnest_build_info"] == {(("version", __version__),): 1}
-    assert m["udpnest_engine_info"] == {(("engine", "python"),): 1}  # default while status has no "engine"
     st = ep.status()
-    st["engine"] = "native"
-    assert scrape(st)["udpnest_engine_info"] == {(("engine", "native"),): 1}
+    assert m["udpnest_engine_info"] == {(("engine", st["engine"]),): 1}
+    st["engine"] = "python" if st["engine"] == "native" else "native"
+    assert scrape(st)["udpnest_engine_info"] == {(("engine", st["engine"]),): 1}
+    del st["engine"]
+    assert scrape(st)["udpnest_engine_info"] == {(("engine", "python"),): 1}  # an older status: python
     assert m["udpnest_up"][()] == 1
 
 

@@ -114,6 +114,7 @@ def test_reload_adds_a_peer_and_keeps_the_capable_one_folding():
     assert ep.prober.peers[NEW].state is PeerState.PROBING
     assert ep.peer_mode(NEW, ep.clock()) == "plain"
     assert ep.rx_stats.c["reloads_applied"] == 1  # thread RX: applied at once
+    assert ep.rx.sources == sorted([PEER, NEW, "198.51.100.1"])  # the kernel filter lets the new peer in
 
 
 def test_reload_removes_a_peer_after_the_grace_period():
@@ -130,6 +131,7 @@ def test_reload_removes_a_peer_after_the_grace_period():
     ep.clock.t += GRACE
     assert finish_reload(ep)
     assert set(ep.peers) == {PEER} and set(ep.peer_bytes) == {PEER} and set(ep.prober.peers) == {PEER}
+    assert ep.rx.sources == sorted([PEER, "198.51.100.1"])  # and shuts the removed one out
     assert flood(ep) == [(PEER, 6081)]
     assert ep.peer_mode(NEW, ep.clock()) == "plain"  # a stale key never raises
 

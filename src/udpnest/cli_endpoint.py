@@ -42,6 +42,9 @@ def register(sub) -> None:
                     help="socket: segment in udpnest, send with UDP_SEGMENT (default, no host changes); kernel: "
                     "hand super-packets to the kernel's UDP-tunnel GSO through a TAP (sets forwarding sysctls "
                     "in the underlay namespace, restored at stop; see docs/operations.md)")
+    up.add_argument("--engine", choices=("native", "python"),
+                    help="who does the per-packet work: native (the compiled core, default when built) or "
+                    "python (the reference engine); asking for native when it is not built is an error")
     up.add_argument("--tx-tap", dest="tx_tap", help="name of the kernel TX path's TAP (default TAP-tx)")
     up.add_argument("--underlay-mtu", dest="underlay_mtu", help="path MTU towards peers (default 1500)")
     up.add_argument("--probe-interval", dest="probe_interval", help="seconds between echo probes (default 1)")
@@ -78,8 +81,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"udpnest: {e}", file=sys.stderr)
         return 2
     from .endpoint import Endpoint
+    from .engine import EngineError
 
-    ep = Endpoint(cfg)
+    try:
+        ep = Endpoint(cfg)
+    except EngineError as e:
+        print(f"udpnest: {e}", file=sys.stderr)
+        return 2
     try:
         ep.open()
     except OSError as e:
@@ -111,7 +119,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def format_status(st: dict) -> str:
-    lines = [f"pid {st['pid']}  up {st['uptime_s']:.0f}s  nested {st['config']['nested']}  "
+    lines = [f"pid {st['pid']}  up {st['uptime_s']:.0f}s  engine {st.get('engine', '?')}  "
+             f"nested {st['config']['nested']}  "
              f"tap {st['tap']['name']} offloads {','.join(st['tap']['offloads'])}"]
     if st["tap"]["refused"]:
         lines.append(f"  TAP refused offloads: {','.join(st['tap']['refused'])}")

@@ -45,3 +45,58 @@ def check(name: str | None) -> str:
         raise EngineError(f"engine: native core not available ({why}); reinstall with a C compiler "
                           "(scripts/install-deps.sh) or use --engine python")
     return name
+
+
+# -- the native core's TX entry points, with the Python engine's types and exceptions -----------------------
+
+def _reject(e: Exception):
+    from .wire.errors import ParseError, Reason
+
+    reason, detail = e.args
+    return ParseError(Reason(reason), detail)
+
+
+class NativeSegments:
+    """What :func:`udpnest.gso.segment_tcp` returns (``buffer``, ``row_len``, ``count``), from the native core:
+    ``buffer`` is exactly what one ``sendmsg(UDP_SEGMENT=row_len)`` sends."""
+
+    __slots__ = ("data", "row_len", "count", "last_len", "mss")
+
+    def __init__(self, data: bytearray, row_len: int, count: int, last_len: int, mss: int) -> None:
+        self.data, self.row_len, self.count, self.last_len, self.mss = data, row_len, count, last_len, mss
+
+    @property
+    def buffer(self) -> memoryview:
+        return memoryview(self.data)
+
+    def datagrams(self) -> list[bytes]:
+        d, w = bytes(self.data), self.row_len
+        return [d[i : i + w] for i in range(0, len(d), w)]
+
+
+def native_segment(prefix: bytes, frame, layout, mss: int, *, fix_ip_ids: bool = True,
+                   fixed_nested_ids: bool = False) -> NativeSegments:
+    """:func:`udpnest.gso.segment_tcp` in C (same bytes; raises ParseError with the same reasons)."""
+    flags = (_native.SEG_FIX_IP_IDS if fix_ip_ids else 0) | (_native.SEG_FIXED_NESTED_IDS if fixed_nested_ids else 0)
+    try:
+        data, row_len, count, last_len = _native.segment(prefix, frame, tuple(layout), mss, flags)
+    except _native.Reject as e:
+        raise _reject(e) from None
+    return NativeSegments(data, row_len, count, last_len, mss)
+
+
+def native_vnet(data):
+    """:meth:`udpnest.wire.vnet.VnetHdr.unpack` in C."""
+    from .wire.vnet import VnetHdr
+
+    try:
+        return VnetHdr._make(_native.vnet_check(data))
+    except _native.Reject as e:
+        raise _reject(e) from None
+
+
+def native_finish_csum(frame, csum_start: int, csum_offset: int) -> bytearray:
+    try:
+        return _native.finish_csum(frame, csum_start, csum_offset)
+    except _native.Reject as e:
+        raise _reject(e) from None

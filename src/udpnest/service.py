@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable
 
 from .config import ConfigError, EndpointConfig
-from .peers import Event, Peer, Prober
+from .peers import Event, Peer
 
 log = logging.getLogger("udpnest")
 
@@ -82,26 +82,28 @@ def rx_class_for(cfg: EndpointConfig) -> int | None:
     return cfg.opt_class if cfg.nested != "off" else None
 
 
-def _new_prober(ep, cfg: EndpointConfig, keys: list[str], removed: set[str], now: float) -> Prober | None:
-    if cfg.nested != "fold":
-        return None
+def _new_probing(ep, cfg: EndpointConfig, keys: list[str], removed: set[str], now: float) -> None:
+    """A prober and reply limiter for the new peer set; peers that stay keep their state."""
+    from .endpoint import probing
+
     old = ep.prober
-    pr = Prober(keys, interval=cfg.probe_interval, window=cfg.probe_window, budget=cfg.probe_budget,
-                fallback=cfg.fallback, now=now)
+    pr, replies = probing(cfg, keys, now)
+    replies.keep(ep.replies)
+    ep.prober, ep.replies = pr, replies
+    if pr is None:
+        return
     for k in keys:
         if old is not None and k in old.peers:  # keep what the probing learned about this peer
             p = old.peers[k]
             p.interval, p.window, p.fallback = pr.period, cfg.probe_window, cfg.fallback
+            p.on_reset = lambda k=k: pr._reset(k)  # a backed-off peer that answers: the new schedule
             pr.peers[k] = p
-            if k in old._buckets:
-                pr._buckets[k] = old._buckets[k]
     for k in removed:  # echo messages about them may still be queued: keep a Peer to take them until phase 2
         p = old.peers.get(k) if old is not None else None
         if p is None:
             p = Peer(k, pr.period, cfg.probe_window, fallback=cfg.fallback)
             p._go(Event.START)
         pr.peers[k] = p
-    return pr
 
 
 def apply_reload(ep, new: EndpointConfig) -> list[str]:
@@ -120,6 +122,8 @@ def apply_reload(ep, new: EndpointConfig) -> list[str]:
     # 1. tables: old | new (the TX thread may hold a key of either set)
     ep.peer_bytes = {**ep.peer_bytes, **new_bytes}
     ep.peers = {**ep.peers, **new_peers}
+    if ep.rx is not None:
+        ep.filter_sources()  # the kernel must let the new peers in
     # 2. settings the threads read per packet
     ep.cfg = new
     ep.rx_class = rx_class_for(new)
@@ -129,7 +133,7 @@ def apply_reload(ep, new: EndpointConfig) -> list[str]:
             ep._tune_tx(s)
     # 3. probing
     with ep.lock:
-        ep.prober = _new_prober(ep, new, list(new_peers), removed, now)
+        _new_probing(ep, new, list(new_peers), removed, now)
     for k in removed:
         ep.fdb.forget_peer(k)
     # 4. the RX process (or thread) learns the new set
@@ -155,11 +159,12 @@ def finish_reload(ep, force: bool = False) -> bool:
     _, new_peers, new_bytes, removed = pending
     ep.peers = dict(new_peers)
     ep.peer_bytes = dict(new_bytes)
+    if ep.rx is not None:
+        ep.filter_sources()  # and now shuts out the removed ones
     with ep.lock:
         if ep.prober is not None:
             for k in removed:
                 ep.prober.peers.pop(k, None)
-                ep.prober._buckets.pop(k, None)
     for k in removed:
         ep.fdb.forget_peer(k)
     ep._reload_phase2 = None
