@@ -1,12 +1,13 @@
 # The two commands the README starts with.  Both install what they need first (pinned Debian packages,
-# a .venv with pinned Python packages); both need root (network namespaces, TAP devices).
+# python3-venv included, then a .venv with pinned Python packages); both need root (network namespaces, TAP
+# devices): run them in a root shell, or as `sudo make demo` / `sudo make test`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint deps venv clean
 
-$(BIN)/udpnest: pyproject.toml
+$(BIN)/udpnest: pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@

@@ -4,6 +4,8 @@ Not a test: prints timings.  Goal (issue 2): <= 20 us each on the development ma
 
     python3 bench/micro_fold.py            # IPv4 VXLAN nested, TCP inner
     python3 bench/micro_fold.py --json
+    python3 bench/micro_fold.py --tx        # + the whole TX of one super-packet / one ACK, per engine,
+                                            #   with the Python calls each costs (cProfile)
 
 Cases: fold (gso=True), unfold with the nested UDP checksum left partial (what the dataplane does for a
 super-packet: the kernel regenerates per-segment checksums), unfold computing it (numpy sum over 64 KB),
@@ -57,18 +59,79 @@ def run(number: int = 20000) -> dict[str, float]:
     return out
 
 
+def tx_read(payload_len: int = 65000 - 50 - 14 - 20 - 32) -> bytes:
+    """One TAP read: GSO vnet header (TCPv4 in a UDP tunnel, MSS 1448) + :func:`super_packet`."""
+    from udpnest.wire.vnet import F_NEEDS_CSUM, GSO_TCPV4, GSO_UDP_TUNNEL_IPV4, VnetHdr
+
+    f = super_packet(payload_len)
+    tcp = 14 + 20 + 8 + 8 + 14 + 20
+    vh = VnetHdr(flags=F_NEEDS_CSUM, gso_type=GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4, hdr_len=tcp + 32, gso_size=1448,
+                 csum_start=tcp, csum_offset=16, outer_th_offset=34, inner_nh_offset=tcp - 20)
+    return vh.pack() + f
+
+
+def ack_read() -> bytes:
+    """One TAP read: a pure ACK in the nested VXLAN (no GSO, checksum complete)."""
+    from udpnest.wire import csum
+
+    f = bytearray(super_packet(0, nested_udp_csum=0))
+    tcp = 14 + 20 + 8 + 8 + 14 + 20
+    f[tcp + 16 : tcp + 18] = csum.checksum(bytes(f[tcp - 8 : tcp - 4]) + bytes(f[tcp - 4 : tcp]) +
+                                           b"\0\x06" + (len(f) - tcp).to_bytes(2, "big") + bytes(f[tcp:]))\
+        .to_bytes(2, "big")
+    return bytes(24) + bytes(f)
+
+
+def python_calls(fn) -> int:
+    """Function calls (Python and C functions called from Python) of one call of ``fn``, by cProfile."""
+    import cProfile
+    import pstats
+
+    fn()  # warm caches
+    pr = cProfile.Profile()
+    pr.enable()
+    fn()
+    pr.disable()
+    return pstats.Stats(pr).total_calls - 1  # minus the profiler's own disable()
+
+
+def run_tx(number: int = 2000) -> dict:
+    """TX of one read through TxPlanner (what the endpoint's TX thread does per read, minus the syscall)."""
+    from udpnest import engine
+    from udpnest.txplan import TxPlanner
+
+    out: dict = {}
+    reads = {"super-packet 64 KB": tx_read(), "ACK": ack_read()}
+    for eng in engine.ENGINES:
+        if eng == "native" and not engine.native_available():
+            continue
+        for mode in ("fold", "plain", "hint"):
+            pl = TxPlanner(vni=7, max_datagram=1472, engine=eng)
+            for what, data in reads.items():
+                fn = lambda pl=pl, data=data, mode=mode: pl.plan(data, mode)  # noqa: E731
+                best = min(timeit.repeat(fn, number=number, repeat=5)) / number
+                out[f"tx {mode} {what} [{eng}]"] = {"us": round(best * 1e6, 2), "calls": python_calls(fn)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--number", type=int, default=20000)
+    ap.add_argument("--tx", action="store_true", help="also time TX planning per engine")
     a = ap.parse_args()
     res = run(a.number)
+    if a.tx:
+        res.update(run_tx(max(100, a.number // 10)))
     if a.json:
         print(json.dumps(res, indent=2))
         return
     print(f"frame: {res.pop('frame_bytes')} bytes (best of 5 repeats, microseconds per call)")
     for k, v in res.items():
-        print(f"  {k:<48} {v:8.2f} us")
+        if isinstance(v, dict):
+            print(f"  {k:<48} {v['us']:8.2f} us  {v['calls']:5d} Python calls")
+        else:
+            print(f"  {k:<48} {v:8.2f} us")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from udpnest.config import ConfigError, EndpointConfig, Peer, build_config, load_toml, parse_peer
@@ -146,7 +148,7 @@ def test_frozen():
     ({**BASE, "verify_csum": 2}, "verify_csum", "true/false"),
     ({**BASE, "probe_interval": "fast"}, "probe_interval", "number"),
     ({**BASE, "probe_interval": 0.001}, "probe_interval", "minimum"),
-    ({**BASE, "probe_budget": float("nan")}, "probe_budget", "minimum"),
+    ({**BASE, "probe_budget": float("nan")}, "probe_budget", "finite"),
     ({**BASE, "fdb_ageing": 0.5}, "fdb_ageing", "minimum"),
     ({**BASE, "tap": "a-very-long-name"}, "tap", "15 bytes"),
     ({**BASE, "tap": "nääme-toolong1"}, "tap", "15 bytes"),
@@ -156,6 +158,52 @@ def test_frozen():
     ({**BASE, "nested_ports": ["70000:vxlan"]}, "nested_ports[0]", "out of range"),
     ({**BASE, "nested_ports": ["x:vxlan"]}, "nested_ports[0]", "integer"),
     ({**BASE, "nested_ports": {"0": "vxlan"}}, "nested_ports[0]", "out of range"),
+    # issue 9.7: each of these was a traceback or silently accepted on main
+    ({**BASE, "remote": 5}, "remote", "ADDR[:PORT]"),
+    ({**BASE, "remote": [5]}, "remote[0]", "ADDR[:PORT]"),
+    ({**BASE, "nested_ports": 5}, "nested_ports", "PORT:TYPE"),
+    ({**BASE, "tap_addresses": 5}, "tap_addresses", "ADDRESS/PREFIX"),
+    ({**BASE, "tap_mac": "zz:zz"}, "tap_mac", "not a MAC address"),
+    ({**BASE, "tap_mac": "02:00:00:00:00"}, "tap_mac", "not a MAC address"),
+    ({**BASE, "tap_mac": 5}, "tap_mac", "MAC address"),
+    ({**BASE, "tap_mac": "01:00:5e:00:00:01"}, "tap_mac", "multicast"),
+    ({**BASE, "tap_mac": "ff:ff:ff:ff:ff:ff"}, "tap_mac", "multicast"),
+    ({**BASE, "tap_mac": "00:00:00:00:00:00"}, "tap_mac", "not a usable"),
+    ({**BASE, "tap_mtu": 68, "tap_addresses": ["2001:db8::1/64"]}, "tap_mtu", "IPv6 minimum"),
+    ({**BASE6, "tap_mtu": 1279}, "tap_mtu", "out of range"),
+    ({**BASE, "local": "0.0.0.0"}, "local", "unicast"),
+    ({**BASE6, "local": "::"}, "local", "unicast"),
+    ({**BASE, "local": "224.0.0.1"}, "local", "unicast"),
+    ({**BASE, "local": 5}, "local", "IP address"),
+    ({**BASE, "remote": ["0.0.0.0"]}, "remote[0]", "unicast"),
+    ({**BASE, "remote": ["255.255.255.255"]}, "remote[0]", "unicast"),
+    ({**BASE, "remote": ["192.0.2.1"]}, "remote[0]", "itself"),
+    ({**BASE, "probe_interval": float("inf")}, "probe_interval", "finite"),
+    ({**BASE, "probe_interval": "inf"}, "probe_interval", "finite"),
+    ({**BASE, "probe_budget": float("inf")}, "probe_budget", "finite"),
+    ({**BASE, "fdb_ageing": float("inf")}, "fdb_ageing", "finite"),
+    ({**BASE, "probe_interval": [1]}, "probe_interval", "number"),
+    ({**BASE, "probe_backoff_max": -1}, "probe_backoff_max", "minimum"),
+    ({**BASE, "echo_reply_rate": float("inf")}, "echo_reply_rate", "finite"),
+    ({**BASE, "echo_reply_burst": 0.5}, "echo_reply_burst", "minimum"),
+    ({**BASE, "echo_reply_global_rate": -1}, "echo_reply_global_rate", "minimum"),
+    ({**BASE, "learned_max": 0}, "learned_max", "out of range"),
+    ({**BASE, "ipc_queue": 10}, "ipc_queue", "out of range"),
+    ({**BASE, "allow": ["198.51.100.0/33"]}, "allow[0]", "not a network"),
+    ({**BASE, "allow": 5}, "allow", "network"),
+    ({**BASE, "allow": ["2001:db8::/32"]}, "allow[0]", "address family"),
+    ({**BASE, "nested_ports": ["6081:vxlan"]}, "nested_ports[0]", "Geneve port"),
+    ({**BASE, "dstport": 7000, "nested_ports": ["7000:gpe"]}, "nested_ports[0]", "Geneve port"),
+    ({**BASE, "opt_class": 0x0100}, "opt_class", "netdev"),
+    ({**BASE, "tap": ""}, "tap", "empty"),
+    ({**BASE, "tap": "a/b"}, "tap", "not a valid interface name"),
+    ({**BASE, "tap": 5}, "tap", "string"),
+    ({**BASE, "tx_tap": "x" * 16}, "tx_tap", "15 bytes"),
+    ({**BASE, "tap_netns": 5}, "tap_netns", "string"),
+    ({**BASE, "id": float("inf")}, "id", "integer"),
+    ({**BASE, "dstport": 65536}, "dstport", "out of range"),
+    ({**BASE, "remote": ["192.0.2.2:0"]}, "remote[0]", "out of range"),
+    ({**BASE, "ttl": [1]}, "ttl", "integer"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_errors(values, field, words):
     e = err(values)
@@ -219,3 +267,41 @@ def test_toml_errors_name_field(tmp_path):
     assert e.field == "remote[1]"
     p.write_text('id = 1\nlocal = "10.0.0.1"\nremote = ["10.0.0.2"]\ntap_name = "x"\n')
     assert err(load_toml(str(p))).field == "tap_name"
+
+
+# --- issue 9.7: immutable, normalised, new bounds --------------------------------------------------------
+def test_config_is_immutable():
+    c = cfg(remote=["192.0.2.2", "192.0.2.3"], tap_addresses=["10.0.0.1/24"], nested_ports=["6082:vxlan"],
+            allow=["198.51.100.0/24"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.id = 5
+    with pytest.raises(TypeError):
+        c.nested_ports[6090] = Encap.VXLAN
+    assert isinstance(c.remote, tuple) and isinstance(c.tap_addresses, tuple) and isinstance(c.allow, tuple)
+    d = EndpointConfig(id=1, local="192.0.2.1", remote=())
+    with pytest.raises(TypeError):
+        d.nested_ports[1] = Encap.VXLAN
+
+
+def test_mac_normalised_and_bounds_defaults():
+    c = cfg(tap_mac="02-AB-cd-00-00-01", allow="198.51.100.7/24")
+    assert c.tap_mac == "02:ab:cd:00:00:01"
+    assert c.allow == ("198.51.100.0/24",)
+    d = cfg()
+    assert d.learned_max == 65536 and d.ipc_queue == 4 << 20 and d.probe_backoff_max == 60.0
+    assert (d.echo_reply_rate, d.echo_reply_burst, d.echo_reply_global_rate) == (10.0, 5.0, 100.0)
+
+
+def test_cli_flag_strings_validated():
+    c = cfg(probe_interval="0.5", echo_reply_rate="3", learned_max="1000")
+    assert (c.probe_interval, c.echo_reply_rate, c.learned_max) == (0.5, 3.0, 1000)
+
+
+def test_default_tap_mac_is_stable_local_unicast():
+    a, b = cfg(), cfg()
+    assert a.tap_mac is None and a.effective_tap_mac == b.effective_tap_mac
+    first = int(a.effective_tap_mac[:2], 16)
+    assert first & 0x02 and not first & 0x01
+    assert cfg(tap="other0").effective_tap_mac != a.effective_tap_mac
+    assert cfg(id=43).effective_tap_mac != a.effective_tap_mac
+    assert cfg(tap_mac="02:00:00:00:00:09").effective_tap_mac == "02:00:00:00:00:09"

@@ -51,6 +51,13 @@ class FakeSock:
 class FakeRx:
     def __init__(self) -> None:
         self.sock = FakeSock()
+        self.sources: list[str] = []  # what the kernel source filter lets in (restrict_sources)
+        self.filter_error = None
+        self.socket_drops = 0
+
+    def restrict_sources(self, addresses, networks=()) -> bool:
+        self.sources = sorted(addresses)
+        return True
 
 
 class FakeTap:

@@ -123,3 +123,63 @@ def test_forget_peer():
 def test_bad_arguments(max_entries, ageing):
     with pytest.raises(ValueError):
         Fdb(max_entries=max_entries, ageing=ageing)
+
+
+def test_learn_lookup_expiry_from_two_threads():
+    """Issue 9.6: the main thread learns while the TX thread looks up and expires.  Without the lock an
+    expiry in lookup() raced an eviction in learn() (KeyError, which stopped the endpoint)."""
+    import sys
+    import threading
+    import time
+    from collections import OrderedDict
+
+    class YieldingDict(OrderedDict):
+        """Gives the GIL away inside every read: a thread switch where a race would hurt."""
+
+        def get(self, key, default=None):
+            r = super().get(key, default)
+            time.sleep(0.00005)
+            return r
+
+    fdb = Fdb(max_entries=4, ageing=1.0)
+    fdb._t = YieldingDict()
+    macs = [bytes([2, 0, 0, 0, i >> 8, i & 0xFF]) for i in range(6)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    clock = [0.0]
+
+    def learner():
+        try:
+            i = 0
+            while not stop.is_set():
+                fdb.learn(macs[i % 6], i % 3, clock[0])
+                clock[0] += 0.3  # every entry is soon expired: lookups delete while learn evicts
+                i += 1
+        except BaseException as e:  # noqa: BLE001 - the test reports any of them
+            errors.append(e)
+
+    def looker():
+        try:
+            i = 0
+            while not stop.is_set():
+                fdb.lookup(macs[i % 6], clock[0])
+                i += 1
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=f) for f in (learner, learner, looker, looker)]
+        for t in threads:
+            t.start()
+        stop.wait(1.0)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    assert len(fdb) <= 4
+    st = fdb.stats()
+    assert st["expired"] > 0 and st["evicted"] > 0

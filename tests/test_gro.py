@@ -15,7 +15,7 @@ from scapy.layers.l2 import ARP, Ether
 import packets as P
 from test_gso import INNER_ID, NEST_ID, NESTS, VNI, Case, cut, scapy_rebuild
 from udpnest.fold import fold
-from udpnest.gro import Kind, TapWrite, receive, rows_of
+from udpnest.rxpipe import Kind, TapWrite, receive, rows_of
 from udpnest.wire.errors import Reason
 from udpnest.wire.geneve import build_geneve, build_option
 from udpnest.wire.options import Echo, build_echo, build_gro_hint
@@ -534,7 +534,7 @@ def _junk():
         "bad-fold-encap": (bytes(bad_encap), Reason.BAD_FOLD_ENCAP),
         "bad-fold-flags": (bytes(bad_flags), Reason.BAD_FOLD_VERSION),
         "oam-without-echo": (build_geneve(VNI, 0x6558, oam=True) + frame, Reason.OAM),
-        "ip-without-fold": (build_geneve(VNI, 0x0800) + frame[14:], Reason.BAD_ETHERTYPE),
+        "ip-without-fold": (build_geneve(VNI, 0x0800) + frame[14:], Reason.BAD_GENEVE_PROTOCOL),
         "two-echo-requests": (two_echo, Reason.BAD_ECHO),
     }
 

@@ -10,8 +10,8 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from udpnest import fold
-from udpnest.gro import finish, merge, receive
 from udpnest.gso import segment_tcp, tcp_layout
+from udpnest.rxpipe import finish, merge, receive
 
 PAYLOAD = os.urandom(40 * 1000 + 321)
 

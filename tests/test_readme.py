@@ -30,4 +30,16 @@ def test_readme_library_example_runs():
 def test_readme_starts_with_the_two_commands():
     lines = [ln for ln in README.read_text().splitlines() if ln.strip()]
     assert lines[1] == "```"
-    assert lines[2].startswith("sudo make demo") and lines[3].startswith("sudo make test")
+    assert lines[2].startswith("make demo") and lines[3].startswith("make test")
+    assert "as root" in lines[2] and "as root" in lines[3]
+
+
+def test_readme_names_every_package_the_install_script_installs():
+    """A fresh Debian 12 needs all of them (python3-venv for the venv, gcc/python3-dev for the C engine)."""
+    script = (README.parent / "scripts" / "install-deps.sh").read_text()
+    pkgs = re.findall(r'^\s+"([a-z0-9.+-]+)(?:=[^"]*)?"', script, re.M)
+    assert {"python3-venv", "python3-dev", "gcc", "tshark"} <= set(pkgs)
+    text = README.read_text()
+    for p in pkgs:
+        if p != "make":
+            assert p in text, p

@@ -9,6 +9,7 @@ import sys
 # (module, attribute): each ``register(subparsers)`` adds its subcommands and sets ``func`` on them.
 _SUBCOMMAND_MODULES = (
     "udpnest.cli_endpoint",
+    "udpnest.decode",
     "udpnest.lab.cli",
 )
 

@@ -42,6 +42,9 @@ def register(sub) -> None:
                     help="socket: segment in udpnest, send with UDP_SEGMENT (default, no host changes); kernel: "
                     "hand super-packets to the kernel's UDP-tunnel GSO through a TAP (sets forwarding sysctls "
                     "in the underlay namespace, restored at stop; see docs/operations.md)")
+    up.add_argument("--engine", choices=("native", "python"),
+                    help="who does the per-packet work: native (the compiled core, default when built) or "
+                    "python (the reference engine); asking for native when it is not built is an error")
     up.add_argument("--tx-tap", dest="tx_tap", help="name of the kernel TX path's TAP (default TAP-tx)")
     up.add_argument("--underlay-mtu", dest="underlay_mtu", help="path MTU towards peers (default 1500)")
     up.add_argument("--probe-interval", dest="probe_interval", help="seconds between echo probes (default 1)")
@@ -50,6 +53,8 @@ def register(sub) -> None:
                     help="userspace (default): udpnest carries the tunnel; kernel: create a Linux >= 7.0 geneve "
                     "device with the GRO hint and GSO partial instead (docs/operations.md)")
     up.add_argument("--control", help="unix socket for 'udpnest status' (default /run/udpnest/TAP.sock)")
+    up.add_argument("--metrics", metavar="ADDR:PORT",
+                    help="serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; e.g. 127.0.0.1:9108)")
     up.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     up.set_defaults(func=cmd_up)
 
@@ -63,13 +68,18 @@ def register(sub) -> None:
 _NOT_CONFIG = {"config", "log_level", "func", "command"}
 
 
+def load_config(args: argparse.Namespace):
+    """The TOML file (read again on every call: SIGHUP reloads it), then the command-line flags over it."""
+    values = load_toml(args.config) if args.config else {}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    values.update({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None})
+    return build_config(values)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     try:
-        values = load_toml(args.config) if args.config else {}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        values.update({k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None})
-        cfg = build_config(values)
+        cfg = load_config(args)
     except ConfigError as e:
         print(f"udpnest: {e}", file=sys.stderr)
         return 2
@@ -78,15 +88,25 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         return run(cfg)
     from .endpoint import Endpoint
+    from .engine import EngineError
 
-    ep = Endpoint(cfg)
+    try:
+        ep = Endpoint(cfg)
+    except EngineError as e:
+        print(f"udpnest: {e}", file=sys.stderr)
+        return 2
     try:
         ep.open()
     except OSError as e:
         print(f"udpnest: cannot start: {e}", file=sys.stderr)
         return 1
-    ep.run()
-    return 0
+    from .service import Service  # SIGTERM/SIGHUP, systemd readiness, --metrics
+
+    try:
+        return Service(ep, lambda: load_config(args)).run()
+    except OSError as e:
+        print(f"udpnest: cannot start: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -106,7 +126,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def format_status(st: dict) -> str:
-    lines = [f"pid {st['pid']}  up {st['uptime_s']:.0f}s  nested {st['config']['nested']}  "
+    lines = [f"pid {st['pid']}  up {st['uptime_s']:.0f}s  engine {st.get('engine', '?')}  "
+             f"nested {st['config']['nested']}  "
              f"tap {st['tap']['name']} offloads {','.join(st['tap']['offloads'])}"]
     if st["tap"]["refused"]:
         lines.append(f"  TAP refused offloads: {','.join(st['tap']['refused'])}")

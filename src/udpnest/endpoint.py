@@ -7,9 +7,9 @@ Data path (docs/architecture.md has the diagram):
   datagrams by :mod:`udpnest.gso` (numpy, no per-segment Python) and sent with ``sendmsg(UDP_SEGMENT)``,
   or handed whole to the kernel's UDP-tunnel GSO through a TAP (``--tx-path kernel``, :mod:`udpnest.outer`).
 * RX process (forked; a thread with ``rx_process = false``): ``recvmsg(UDP_GRO)`` up to 64 KB of
-  datagrams -> :mod:`udpnest.gro` validates, unfolds, coalesces and merges consecutive reads -> one
-  ``writev(TAP)`` per super-packet (GSO vnet header); learned MACs, echo packets and counters go to the
-  main loop over a socketpair.
+  datagrams -> :mod:`udpnest.rxdriver` (:mod:`udpnest.rxpipe`) validates, unfolds, coalesces and merges
+  consecutive reads -> one ``writev(TAP)`` per super-packet (GSO vnet header); learned MACs, echo packets
+  and counters go to the main loop over a socketpair.
 * Main thread: unix control socket (``udpnest status``), echo probes (:mod:`udpnest.peers`), the FDB,
   signals.
 
@@ -34,21 +34,21 @@ import time
 import zlib
 from collections import Counter
 
+from .announce import announcements
 from .config import EndpointConfig
+from .engine import check as check_engine
 from .fdb import Fdb
-from .fold import fold, gro_hint_for
-from .gro import finish, merge, receive
-from .gso import aligned_mss, segment_tcp, tcp_layout
 from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
-from .peers import Prober
-from .wire import csum
+from .peers import Prober, ReplyLimiter, TokenBucket
+from .rxguard import Channel, LearnedMacs
+from .txplan import TxPlanner
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
-from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo, build_gro_hint
-from .wire.vnet import GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr
+from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo
+from .wire.vnet import GSO_ECN, VNET_HDR_LEN, ZERO_VNET_HDR
 
 log = logging.getLogger("udpnest")
 
@@ -56,6 +56,7 @@ ETH_P_TEB = 0x6558
 TAP_BUF = VNET_HDR_LEN + 65536 + 64
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2  # <linux/in.h>; not in Python 3.11's socket
 HIST_EDGES = (1, 2, 4, 8, 16, 32, 64)  # segments per super-packet: 1, 2-3, 4-7, ..., 64+
+ECHO_FORWARD_RATE = 1000.0  # echo packets per second the RX process hands to the main process at most
 
 
 def _bucket(n: int) -> int:
@@ -100,12 +101,16 @@ class Endpoint:
     def __init__(self, cfg: EndpointConfig, *, clock=time.monotonic) -> None:
         self.cfg = cfg
         self.clock = clock
+        # which engine does the per-packet work (udpnest.engine); an unusable choice fails here, loudly
+        self.engine = check_engine(getattr(cfg, "engine", None))
+        self._batch: dict | None = None  # socket -> [(datagram, addr)] while _tx_loop batches (native)
+        self.planner = TxPlanner(vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
+                                 max_levels=cfg.max_levels, max_datagram=cfg.max_datagram,
+                                 kernel_tx=cfg.tx_path == "kernel", engine=self.engine)
         self.stop_event = threading.Event()
         self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing)
         self.peers = {p.address: p for p in cfg.remote}
-        self.prober = (Prober(self.peers, interval=cfg.probe_interval, window=cfg.probe_window,
-                              budget=cfg.probe_budget, fallback=cfg.fallback, now=clock())
-                       if cfg.nested == "fold" else None)
+        self.prober, self.replies = probing(cfg, list(self.peers), clock())
         self.lock = threading.Lock()
         self.tx_stats, self.rx_stats, self.ctl_stats = Stats(), Stats(), Stats()
         # with nested off we behave as a legacy endpoint: our options are unknown critical options
@@ -127,9 +132,13 @@ class Endpoint:
         self.rx_child = False  # True in the RX child
         self.rx_snapshot: dict = {}
         self._stop_flag = mmap.mmap(-1, 1)
-        self._learned: dict[bytes, tuple[str, float]] = {}
+        self._learned = LearnedMacs(cfg.learned_max, cfg.fdb_ageing / 4)  # RX process: bounded (rxguard)
+        self._chan: Channel | None = None  # RX process's non-blocking end of rx_chan
+        self._echo_fwd = TokenBucket(ECHO_FORWARD_RATE, ECHO_FORWARD_RATE, 0.0)  # RX process -> main
         self.threads: list[threading.Thread] = []
         self.started = time.time()
+        self._announce_due = [0.0, 1.0, 3.0]  # seconds after start: gratuitous ARP / NA (announce.py)
+        self.hooks: list = []  # called by the main loop each round (service.py: reload)
 
     # -- lifetime ---------------------------------------------------------------------------------------------
 
@@ -137,17 +146,20 @@ class Endpoint:
         cfg = self.cfg
         try:
             self.tap = Tap(cfg.tap, netns=cfg.tap_netns, offloads=DEFAULT_OFFLOADS, mtu=cfg.tap_mtu,
-                           addresses=cfg.tap_addresses, mac=cfg.tap_mac, up=True)
+                           addresses=cfg.tap_addresses, mac=cfg.effective_tap_mac, up=True)
             if self.tap.refused:
                 log.warning("TAP %s: kernel refused offloads %s; using %s", self.tap.name,
                             offload_names(self.tap.refused), offload_names(self.tap.offloads))
             # blocking: the RX thread sleeps in recvmsg itself (no select per datagram); close() wakes it
             # with shutdown(SHUT_RD)
+            _set_txqueuelen(self.tap, cfg.tap_txqueuelen)
+            # buffers sized from the rate (config.socket_buffer), not a fixed 8 MB: a full buffer is latency
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
-                                bufsize=8 << 20, blocking=True)
+                                bufsize=cfg.socket_buffer, blocking=True)
+            self.filter_sources()
             for _ in range(cfg.tx_sockets):
                 s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
-                              bufsize=4 << 20)
+                              bufsize=cfg.socket_buffer)
                 self._tune_tx(s)
                 self.tx.append(s)
             if cfg.tx_path == "kernel":
@@ -156,9 +168,22 @@ class Endpoint:
         except BaseException:
             self.close()
             raise
-        log.info("udpnest up: tap %s (offloads %s), %s:%d -> %s, nested %s", self.tap.name,
+        log.info("udpnest up: tap %s (offloads %s), %s:%d -> %s, nested %s, engine %s", self.tap.name,
                  ",".join(offload_names(self.tap.offloads)), cfg.local, cfg.dstport,
-                 ", ".join(str(p) for p in cfg.remote), cfg.nested)
+                 ", ".join(str(p) for p in cfg.remote), cfg.nested, self.engine)
+        if self.engine == "python":
+            from .engine import NATIVE_ERROR
+
+            log.warning("udpnest is running the pure-Python engine (much slower)%s",
+                        f": native core not built ({NATIVE_ERROR})" if NATIVE_ERROR else "")
+
+    def filter_sources(self) -> None:
+        """Drop non-peers in the kernel, before they take receive-buffer space (io/bpf.py); called at open
+        and whenever the peer set changes (service.py's reload).  Our own address passes: the status
+        wake-up datagram comes from it."""
+        if not self.rx.restrict_sources(list(self.peers) + [self.cfg.local], self.cfg.allow):
+            log.warning("no kernel source filter (%s): non-peers are dropped in userspace only",
+                        self.rx.filter_error)
 
     def _tune_tx(self, s: UdpSocket) -> None:
         cfg = self.cfg
@@ -245,6 +270,7 @@ class Endpoint:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         for sk in (parent, child):
             sk.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        cfg_ipc_queue = self.cfg.ipc_queue
         pid = os.fork()
         if pid == 0:  # the RX child: never returns
             code = 0
@@ -253,6 +279,7 @@ class Endpoint:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, lambda *_: self._stop_flag.__setitem__(0, 1))
                 self.rx_child, self.rx_chan = True, child
+                self._chan = Channel(child, cfg_ipc_queue)
                 _die_with_parent()
                 self._rx_loop()
             except BaseException:
@@ -296,6 +323,10 @@ class Endpoint:
                 self.stop_event.set()
             if self.prober is not None:
                 self._send_probes()
+            if self._announce_due and time.time() - self.started >= self._announce_due[0]:
+                self._announce()
+            for hook in self.hooks:
+                hook()
 
     def _drain_rx_channel(self) -> None:
         while True:
@@ -307,18 +338,20 @@ class Endpoint:
             if kind == "learn":
                 self.fdb.learn(msg[1], msg[2], self.clock())
             elif kind == "echo":
-                self._on_echo(msg[1], msg[2])
+                self._on_echo(msg[1], msg[2], msg[3] if len(msg) > 3 else None)
             elif kind == "stats":
                 self.rx_snapshot = msg[1]
 
-    def _to_parent(self, msg) -> None:
-        try:
-            self.rx_chan.send(pickle.dumps(msg))
-        except OSError as e:
-            log.debug("rx channel: %s", e)
+    def _to_parent(self, msg) -> bool:
+        """Never blocks the RX loop: a full channel drops the message (counted as ``ipc_dropped``)."""
+        if self._chan.send(msg):
+            return True
+        self.rx_stats.c["ipc_dropped"] += 1
+        return False
 
     def _push_stats(self) -> None:
         st = self.rx_stats
+        st.c["socket_drops"] = self.rx.socket_drops
         self._to_parent(("stats", {"c": dict(st.c), "drops": dict(st.drops), "hist": list(st.hist)}))
 
     def _send_probes(self) -> None:
@@ -330,15 +363,27 @@ class Endpoint:
         for k, echo in echoes:
             self._send_echo(k, echo, reply=False)
 
-    def _send_echo(self, key: str, echo: Echo, *, reply: bool) -> None:
+    def _send_echo(self, key: str, echo: Echo, *, reply: bool, limit: int | None = None) -> None:
         pkt = build_geneve(self.cfg.id, ETH_P_TEB, build_echo(echo, reply=reply, opt_class=self.cfg.opt_class),
                            oam=True)
+        if limit is not None and len(pkt) > limit:  # never larger than the request: no amplification
+            self.ctl_stats.c["echo_replies_too_large"] += 1
+            return
         try:
             self.rx.sock.sendto(pkt, self.peers[key].sockaddr)
             self.ctl_stats.c["echo_replies_sent" if reply else "echo_requests_sent"] += 1
         except OSError as e:
             self.ctl_stats.drop(Reason.SEND_ERROR)
             log.debug("echo to %s: %s", key, e)
+
+    def _announce(self) -> None:
+        """Announce the TAP's addresses to every peer (the far workload updates its neighbour entry at once)."""
+        self._announce_due.pop(0)
+        if self.tap is None or not hasattr(self.tap, "current_addresses"):
+            return
+        for frame in announcements(self.cfg.effective_tap_mac, self.tap.current_addresses()):
+            self._tx_frame(memoryview(ZERO_VNET_HDR + frame))
+            self.ctl_stats.c["announcements_sent"] += 1
 
     def _serve_control(self) -> None:
         try:
@@ -371,6 +416,8 @@ class Endpoint:
             rx.c.update(self.rx_snapshot.get("c", {}))
             rx.drops.update(self.rx_snapshot.get("drops", {}))
             rx.hist = list(self.rx_snapshot.get("hist", rx.hist))
+        elif self.rx is not None:
+            rx.c["socket_drops"] = self.rx.socket_drops
         drops = Counter()
         for st in (tx, rx, self.ctl_stats):
             drops.update(st.drops)
@@ -383,6 +430,7 @@ class Endpoint:
                 peers = {str(p): {"state": "static", "mode": mode} for p in self.cfg.remote}
         return {
             "pid": os.getpid(),
+            "engine": self.engine,
             "uptime_s": round(time.time() - self.started, 3),
             "config": {"id": self.cfg.id, "local": self.cfg.local, "dstport": self.cfg.dstport,
                        "nested": self.cfg.nested, "fallback": self.cfg.fallback,
@@ -392,11 +440,13 @@ class Endpoint:
                     "refused": offload_names(self.tap.refused) if self.tap else []},
             "underlay": {"gso": bool(self.tx and not self.tx[0].gso_disabled),
                          "gro": bool(self.rx and self.rx.gro_supported),
-                         "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx)},
-            "tx": dict(tx.c), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
+                         "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx),
+                         "source_filter": bool(self.rx and self.rx.filter_error is None)},
+            "tx": dict(tx.c, **self.planner.counters), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
             "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
             "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
             "drops": dict(drops),
+            "drops_by_direction": {"tx": dict(tx.drops), "rx": dict(rx.drops), "control": dict(self.ctl_stats.drops)},
             "peers": peers,
             "fdb": self.fdb.stats(),
         }
@@ -404,6 +454,8 @@ class Endpoint:
     # -- TX: TAP -> peers ------------------------------------------------------------------------------------
 
     def _tx_loop(self) -> None:
+        # native engine: single datagrams (ACKs) of one read burst leave in one sendmmsg per socket
+        self._batch = {} if self.engine == "native" else None
         buf = bytearray(TAP_BUF)
         mv = memoryview(buf)
         poll = select.poll()
@@ -415,6 +467,7 @@ class Endpoint:
                 try:
                     n = self.tap.read_into(buf)
                 except OSError as e:
+                    self.tx_stats.c["tap_read_errors"] += 1
                     log.warning("TAP read: %s", e)
                     break
                 if n == 0:
@@ -422,22 +475,29 @@ class Endpoint:
                 t0 = time.perf_counter_ns()
                 self._tx_frame(mv[:n])
                 self.tx_stats.c["time_frame_ns"] += time.perf_counter_ns() - t0
+            if self._batch:  # the burst is over: its small frames go out now (no added latency)
+                self._flush_batch()
+
+    def reload(self, new_cfg: EndpointConfig) -> list[str]:
+        """Apply a new configuration without closing the TAP or the sockets (main thread only; see
+        :mod:`udpnest.service`).  Returns the changed settings; ConfigError if one cannot change."""
+        from .service import apply_reload
+
+        return apply_reload(self, new_cfg)
 
     def peer_mode(self, key: str, now: float) -> str:
-        if self.prober is not None:
-            return self.prober.peers[key].mode(now)
+        prober = self.prober  # one read: a reload (service.py) may replace it meanwhile
+        if prober is not None:
+            p = prober.peers.get(key)
+            return p.mode(now) if p is not None else self.cfg.fallback
         return {"off": "plain", "hint": "hint", "fold": "fold"}[self.cfg.nested]
 
     def _tx_frame(self, data: memoryview) -> None:
         st = self.tx_stats
         try:
-            vh = VnetHdr.unpack(data)
+            vh, frame = self.planner.parse(data)
         except ParseError as e:
             st.drop(e.reason)
-            return
-        frame = data[VNET_HDR_LEN:]
-        if len(frame) < 14:
-            st.drop(Reason.TRUNCATED_ETH)
             return
         st.c["frames"] += 1
         st.c["bytes"] += len(frame)
@@ -460,61 +520,17 @@ class Endpoint:
                 continue
             self._send(out, self.peers[k].sockaddr, flow_hash(frame), mode)
 
-    def _build(self, frame: memoryview, vh: VnetHdr, mode: str):
-        """('gso', Segments) or ('one', [buffers]) for one peer mode."""
-        cfg = self.cfg
-        if vh.is_gso:
-            if vh.base_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
-                raise ParseError(Reason.BAD_VNET, f"gso type 0x{vh.gso_type:02x} not supported on TX")
-            uso = vh.base_type == GSO_UDP_L4
-            udp_offs = (vh.outer_th_offset,) if vh.is_tunnel else ()
-            seg_frame = frame
-            prefix = None
-            if mode == "fold" and vh.is_tunnel:
-                fo = fold(frame, vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
-                          max_levels=cfg.max_levels, gso=True)
-                if fo.levels:
-                    prefix, seg_frame, layout = fo.header, fo.inner, tcp_layout(fo.inner, inner_udp=uso)
-            elif not vh.is_tunnel and self.ktx is not None:
-                prefix, layout = self._plain_prefix(frame, "plain", gso=True), tcp_layout(frame, inner_udp=uso)
-            if prefix is not None and self.ktx is not None and prefix[2:4] == b"\x65\x58":
-                # nothing tunnelled is left inside: the kernel's UDP-tunnel GSO can cut it (outer.py)
-                return "kernel", (prefix, seg_frame, layout, vh, self._segment_size(vh, prefix, layout))
-            if prefix is None:
-                prefix = self._plain_prefix(frame, mode, gso=True)
-                layout = tcp_layout(frame, udp_offs, inner_udp=uso)
-            mss = self._segment_size(vh, prefix, layout)
-            return "gso", segment_tcp(prefix, seg_frame, layout, mss)
-        if vh.needs_csum:
-            frame = _finish_csum(frame, vh)
-        if mode == "fold":
-            fo = fold(frame, vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports, max_levels=cfg.max_levels)
-            return "one", [fo.header, fo.inner]
-        return "one", [self._plain_prefix(frame, mode, gso=False), frame]
-
-    def _segment_size(self, vh: VnetHdr, prefix: bytes, layout) -> int:
-        """TCP: :func:`udpnest.gso.aligned_mss` for the underlay MTU.  UDP (USO): the application's
-        datagram size, always: its boundaries are the messages."""
-        if layout.l4_proto == 17:
-            return vh.gso_size
-        mss = aligned_mss(self.cfg.max_datagram, len(prefix) + layout.hdr_len, vh.gso_size)
-        if mss < 64:
-            raise ParseError(Reason.FOLD_TOO_LARGE, f"headers leave {mss} bytes per datagram")
-        return mss
-
-    def _plain_prefix(self, frame, mode: str, *, gso: bool) -> bytes:
-        opts = b""
-        if mode == "hint":
-            h = gro_hint_for(frame, ports=self.cfg.nested_ports, gso=gso)
-            if h is not None:
-                opts = build_gro_hint(h)
-        return build_geneve(self.cfg.id, ETH_P_TEB, opts)
+    def _build(self, frame: memoryview, vh, mode: str):
+        """The plan for one peer mode (udpnest.txplan)."""
+        return self.planner.build(frame, vh, mode)
 
     def _send(self, out, addr: tuple, fh: int, mode: str) -> None:
         st = self.tx_stats
         sock = self.tx[fh % len(self.tx)]
         kind, obj = out
         try:
+            if kind != "one" and self._batch:
+                self._flush_batch()  # keep the order of a flow's small frames and its super-packets
             if kind == "kernel":
                 calls = self._send_kernel(obj, addr, fh)
                 _, inner, layout, _, mss = obj
@@ -529,8 +545,15 @@ class Endpoint:
                 st.c["super_packets"] += 1
                 st.hist[_bucket(obj.count)] += 1
             else:
-                sock.send_parts(obj, addr)
-                calls = 1
+                if self._batch is not None:
+                    # a copy: the parts are views into the TAP read buffer, reused by the next read
+                    self._batch.setdefault(sock, []).append((b"".join(obj), addr))
+                    calls = 0
+                    if len(self._batch[sock]) >= 64:
+                        self._flush_batch()
+                else:
+                    sock.send_parts(obj, addr)
+                    calls = 1
                 st.c["datagrams"] += 1
                 st.hist[0] += 1
             st.c["sendmsg_calls"] += calls
@@ -539,9 +562,43 @@ class Endpoint:
             st.drop(Reason.SEND_ERROR)
             log.debug("send to %s: %s", addr, e)
 
+    def _flush_batch(self) -> None:
+        """Send the single datagrams collected during one TAP read burst: one sendmmsg per socket (native
+        core); what the socket does not take at once goes out one by one (waiting for buffer space)."""
+        from .engine import _native
+
+        st = self.tx_stats
+        batch, self._batch = self._batch, {}
+        for sock, items in batch.items():
+            done = 0
+            while done < len(items):
+                try:
+                    sent = _native.send_batch(sock.sock.fileno(), items[done : done + 64])
+                    st.c["sendmmsg_calls"] += 1
+                    if sent == 0:
+                        data, addr = items[done]
+                        sock.send_parts([data], addr)
+                        sent = 1
+                        st.c["sendmsg_calls"] += 1
+                    done += sent
+                except OSError as e:
+                    st.drop(Reason.SEND_ERROR)
+                    log.debug("send to %s: %s", items[done][1], e)
+                    done += 1
+
     def _send_kernel(self, plan, addr: tuple, fh: int) -> int:
         prefix, inner, layout, vh, mss = plan
         cfg = self.cfg
+        if self.engine == "native":
+            from .engine import _native
+
+            hdrs = _native.kernel_headers(
+                cfg.family_v6, self.ktx.mac, _TX_SRC_MAC, self.local_bytes, self.peer_bytes[addr[0]],
+                source_port(fh), addr[1], len(prefix) + len(inner), next(self.ip_ids) & 0xFFFF, min(255, cfg.ttl + 1),
+                cfg.tos, cfg.df == "set", fh & 0xFFFFF, vh.base_type, bool(vh.gso_type & GSO_ECN), mss, len(prefix),
+                layout.tcp_ip, layout.tcp, layout.hdr_len, 6 if layout.l4_proto == 17 else 16)
+            self.ktx.send([hdrs, prefix, inner])
+            return 1
         outer = outer_headers(dst_mac=self.ktx.mac, src_mac=_TX_SRC_MAC, src=self.local_bytes,
                               dst=self.peer_bytes[addr[0]], sport=source_port(fh), dport=addr[1],
                               payload_len=len(prefix) + len(inner), ident=next(self.ip_ids),
@@ -555,29 +612,39 @@ class Endpoint:
 
     # -- RX: peers -> TAP ------------------------------------------------------------------------------------
 
-    def _rx_loop(self) -> None:
-        """Receive, process, write.  A coalesced super-packet is held while the next read is already
-        waiting (MSG_DONTWAIT) so that the two halves of a sender's 64 KB super-packet (more than one
-        UDP GRO aggregate) become one TAP write; it is written as soon as nothing more is waiting."""
-        buf = bytearray(RECV_BUF_SIZE + 64)
-        st = self.rx_stats
-        c = st.c
+    def _rx_driver(self):
+        """The sans-IO RX pipeline driver (:mod:`udpnest.rxdriver`) for this endpoint's config and engine."""
+        from .rxdriver import RxDriver
+
         cfg = self.cfg
+        st = self.rx_stats
+        return RxDriver(peers=self.peers, vni=cfg.id, opt_class=self.rx_class, ports=cfg.nested_ports,
+                        verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram, engine=self.engine,
+                        counts=st.c, drops=st.drops)
+
+    def _rx_loop(self) -> None:
+        """Receive, hand each read to the RX driver, write what it returns.  A coalesced super-packet is held
+        while the next read is already waiting (MSG_DONTWAIT) so that the two halves of a sender's 64 KB
+        super-packet (more than one UDP GRO aggregate) become one TAP write; it is written as soon as
+        nothing more is waiting."""
+        buf = bytearray(RECV_BUF_SIZE + 64)
+        drv, drv_cfg = self._rx_driver(), self.cfg
+        c = self.rx_stats.c
         clock = time.perf_counter_ns
         child = self.rx_child
-        wake = (cfg.local, cfg.dstport)
-        pending = None  # (Run, peer key)
+        wake = (self.cfg.local, self.cfg.dstport)
         while True:
             try:
-                r = self.rx.recv_into(buf, nowait=pending is not None)
+                r = self.rx.recv_into(buf, nowait=drv.holding)
             except OSError as e:
                 if self.stop_event.is_set() or self._stop_flag[0]:
                     return
+                c["recv_errors"] += 1
                 log.debug("recv: %s", e)
                 continue
             if r is None:  # nothing more waiting: the held super-packet goes out now
-                self._write_run(*pending)
-                pending = None
+                for w, key in drv.flush():
+                    self._tap_write(w, key)
                 continue
             if self.stop_event.is_set() or self._stop_flag[0]:
                 if child:
@@ -585,53 +652,31 @@ class Endpoint:
                 return
             n, gso, addr = r
             if child and n == 0 and addr[:2] == wake:
+                from .service import rx_child_messages
+
+                rx_child_messages(self)  # a reload (service.py) sends the new configuration first
                 self._push_stats()  # the main loop wants fresh counters (udpnest status)
                 continue
+            if drv.peers is not self.peers or drv_cfg is not self.cfg:  # a reload: a driver for the new set
+                for w, key in drv.flush():
+                    self._tap_write(w, key)
+                drv, drv_cfg = self._rx_driver(), self.cfg
             t1 = clock()
-            c["reads"] += 1
-            c["bytes"] += n
-            key = addr[0]
-            if key not in self.peers:
-                st.drop(Reason.NO_PEER, max(1, -(-n // gso)) if gso else 1)
-                continue
-            res = receive(buf, n, gso, opt_class=self.rx_class, ports=cfg.nested_ports,
-                          verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram, hold=True)
-            run = res.run
-            if pending is not None:
-                joined = merge(pending[0], run) if run is not None and pending[1] == key else None
-                if joined is not None:
-                    c["merged_reads"] += 1
-                    run = joined
-                else:
-                    self._write_run(*pending)
-                pending = None
-            if run is not None:
-                # the payload views point into buf: copy them out before the next read reuses it
-                run = run._replace(payloads=tuple(bytes(p) if isinstance(p, memoryview) else p
-                                                  for p in run.payloads))
-                if run.extendable:
-                    pending = (run, key)
-                else:
-                    self._write_run(run, key)
+            out = drv.read(buf, n, gso, addr[0])
             t2 = clock()
-            for reason, cnt in res.drops:
-                st.drop(reason, cnt)
-            for w in res.writes:
+            for w, key in out.writes:
                 self._tap_write(w, key)
-            for pkt, _dg in res.control:
+            for pkt, key, size in out.control:
                 if child:
-                    self._to_parent(("echo", pkt, key))
+                    if self._echo_fwd.peek(time.monotonic()):  # bounded work for the main process
+                        self._echo_fwd.take()
+                        self._to_parent(("echo", pkt, key, size))
+                    else:
+                        c["echo_forward_limited"] += 1
                 else:
-                    self._on_echo(pkt, key)
+                    self._on_echo(pkt, key, size)
             c["time_process_ns"] += t2 - t1
             c["time_tap_ns"] += clock() - t2
-
-    def _write_run(self, run, key: str) -> None:
-        w = finish(run)
-        if w is None:
-            self.rx_stats.drop(Reason.FOLD_TOO_LARGE, run.segments)
-            return
-        self._tap_write(w, key)
 
     def _tap_write(self, w, key: str) -> None:
         st = self.rx_stats
@@ -654,25 +699,36 @@ class Endpoint:
             if not self.rx_child:
                 self.fdb.learn(mac, key, self.clock())
                 return
-            # tell the main loop only what changed, and refresh well within the ageing time
-            now = self.clock()
-            old = self._learned.get(mac)
-            if old is None or old[0] != key or now - old[1] > self.cfg.fdb_ageing / 4:
-                self._learned[mac] = (key, now)
-                self._to_parent(("learn", mac, key))
+            # tell the main loop only what changed, and refresh well within the ageing time (bounded LRU)
+            learned = self._learned
+            evicted = learned.evicted
+            if learned.report(mac, key, self.clock()):
+                if learned.evicted != evicted:
+                    st.c["learned_evicted"] += learned.evicted - evicted
+                if not self._to_parent(("learn", mac, key)):
+                    learned.forget(mac)  # try again with the next frame
 
-    def _on_echo(self, pkt, key: str) -> None:
+    def _on_echo(self, pkt, key: str, size: int | None = None) -> None:
+        """An echo packet from configured peer ``key`` (``size``: the request datagram's length).
+
+        A request earns at most a reply (rate-limited, never larger than the request) and never changes
+        the peer's state; only a reply to an outstanding nonce of ours does (:mod:`udpnest.peers`)."""
         now = self.clock()
         if pkt.echo_request is not None:
             self.ctl_stats.c["echo_requests_received"] += 1
             req = pkt.echo_request
+            if self.cfg.nested == "off" or key not in self.peers:  # a legacy endpoint never answers
+                self.ctl_stats.drop(Reason.UNKNOWN_CRITICAL_OPTION if key in self.peers else Reason.NO_PEER)
+                return
             with self.lock:
-                ok = self.prober.may_reply(key, now) if self.prober is not None else True
                 if self.prober is not None:
-                    self.prober.peers[key].on_echo(req, now)
+                    ok = self.prober.may_reply(key, now)
+                    self.prober.on_request(key, req, now)
+                else:
+                    ok = self.replies.allow(key, now)
             if ok:
                 self._send_echo(key, Echo(req.nonce, req.timestamp, self.cfg.max_levels, 252, self.caps),
-                                reply=True)
+                                reply=True, limit=size)
             else:
                 self.ctl_stats.drop(Reason.RATE_LIMITED)
         if pkt.echo_reply is not None:
@@ -685,7 +741,33 @@ class Endpoint:
             self.ctl_stats.c[f"echo_reply_{result.value}"] += 1
 
 
+def probing(cfg: EndpointConfig, keys: list, now: float) -> tuple[Prober | None, ReplyLimiter]:
+    """The prober (``nested fold`` only) and the echo reply limiter for peers ``keys``: replies only in the
+    modes that speak the option class (hint, fold), with per-peer and global limits."""
+    prober = (Prober(keys, interval=cfg.probe_interval, window=cfg.probe_window, budget=cfg.probe_budget,
+                     fallback=cfg.fallback, now=now, reply_rate=cfg.echo_reply_rate, reply_burst=cfg.echo_reply_burst,
+                     reply_global_rate=cfg.echo_reply_global_rate, reply_global_burst=cfg.echo_reply_global_burst,
+                     backoff_max=cfg.probe_backoff_max)
+              if cfg.nested == "fold" else None)
+    replies = (prober.replies if prober is not None else
+               ReplyLimiter(keys, rate=cfg.echo_reply_rate, burst=cfg.echo_reply_burst,
+                            global_rate=cfg.echo_reply_global_rate, global_burst=cfg.echo_reply_global_burst, now=now))
+    return prober, replies
+
+
 _TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it
+
+
+def _set_txqueuelen(tap, qlen: int) -> None:
+    """Bound the TAP's queue (frames the workload's kernel may queue towards udpnest: latency under load)."""
+    from pyroute2 import IPRoute
+
+    kw = {"netns": tap.netns} if tap.netns is not None else {}
+    try:
+        with IPRoute(**kw) as ipr:
+            ipr.link("set", index=tap.ifindex, txqlen=qlen)
+    except Exception as e:  # noqa: BLE001 - a tuning knob: log, keep running
+        log.warning("TAP %s: cannot set txqueuelen %d: %s", tap.name, qlen, e)
 
 
 def _die_with_parent() -> None:
@@ -712,19 +794,6 @@ def _reap(pid: int, timeout: float) -> None:
         os.waitpid(pid, 0)
 
 
-def _finish_csum(frame: memoryview, vh: VnetHdr) -> bytearray:
-    """Complete a CHECKSUM_PARTIAL frame: the field holds the pseudo-header sum; add the data, invert."""
-    f = bytearray(frame)
-    cs, co = vh.csum_start, vh.csum_offset
-    if cs + co + 2 > len(f):
-        raise ParseError(Reason.BAD_VNET, f"csum_start {cs} + csum_offset {co} beyond the frame ({len(f)})")
-    c = csum.checksum(f[cs:])
-    if c == 0 and co == 6:
-        c = 0xFFFF  # UDP
-    f[cs + co : cs + co + 2] = c.to_bytes(2, "big")
-    return f
-
-
 def query_status(path: str, timeout: float = 2.0) -> dict:
     """Read the status JSON from a running endpoint's control socket."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -738,8 +807,10 @@ def query_status(path: str, timeout: float = 2.0) -> dict:
 
 
 
-def lab_argv(plan, nested: str = "fold", tx_path: str = "kernel") -> list[str]:
+def lab_argv(plan, nested: str = "fold", tx_path: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
     """Command line of one endpoint serving a lab host (``udpnest.lab.topology.EndpointPlan``).
+
+    ``tx_path`` None leaves the endpoint's default; ``extra`` arguments are appended.
 
     The TAP stays in the host namespace (the lab routes the workload's nested VXLAN into it); the
     control socket is named after the namespace so both endpoints can run on one machine.
@@ -749,9 +820,11 @@ def lab_argv(plan, nested: str = "fold", tx_path: str = "kernel") -> list[str]:
     argv = [sys.executable, "-m", "udpnest.cli", "up", "--id", "7", "--local", plan.underlay_local,
             "--remote", plan.underlay_remote if plan.underlay_family == 4 else f"[{plan.underlay_remote}]",
             "--dstport", str(plan.geneve_port), "--tap", plan.tap_ifname, "--tap-mtu", str(plan.tap_mtu),
-            "--nested", nested, "--nested-port", f"{plan.nested_port}:vxlan", "--tx-path", tx_path,
+            "--nested", nested, "--nested-port", f"{plan.nested_port}:vxlan",
             "--control", lab_control_path(plan)]
-    return argv
+    if tx_path is not None:
+        argv += ["--tx-path", tx_path]
+    return argv + list(extra)
 
 
 def lab_control_path(plan) -> str:

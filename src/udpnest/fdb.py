@@ -3,10 +3,16 @@
 Entries are learned from frames received from a peer, expire after ``ageing`` seconds without being
 refreshed, and the table holds at most ``max_entries`` (the least recently learned entry is evicted).
 Broadcast, multicast and unknown destinations are flooded to every peer.  Time is passed in (``now``).
+
+Thread safety: the endpoint's main thread learns (from the RX process's reports) while the TX thread looks
+up (and expires); with ``rx_process = false`` the RX thread learns.  Every method takes one lock, so an
+expiry inside ``lookup`` can never race an eviction in ``learn`` (issue 9.6: the KeyError stopped the
+endpoint).  The lock is held for a dictionary operation or two; ``forget_peer`` and ``stats`` are rare.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
@@ -22,11 +28,16 @@ class Fdb:
         self.moved = 0
         self.evicted = 0
         self.expired = 0
+        self._lock = threading.Lock()
 
     def learn(self, mac: bytes, peer: Hashable, now: float) -> None:
         """Record that ``mac`` lives behind ``peer`` (group/multicast source MACs are ignored)."""
         if mac[0] & 1:
             return
+        with self._lock:
+            self._learn(mac, peer, now)
+
+    def _learn(self, mac: bytes, peer: Hashable, now: float) -> None:
         old = self._t.get(mac)
         if old is not None:
             if old[0] != peer:
@@ -43,22 +54,25 @@ class Fdb:
         """The peer for unicast ``mac``, or None (flood) for group addresses and unknown/expired entries."""
         if mac[0] & 1:
             return None
-        e = self._t.get(mac)
-        if e is None:
-            return None
-        if now - e[1] > self.ageing:
-            del self._t[mac]
-            self.expired += 1
-            return None
-        return e[0]
+        with self._lock:
+            e = self._t.get(mac)
+            if e is None:
+                return None
+            if now - e[1] > self.ageing:
+                del self._t[mac]
+                self.expired += 1
+                return None
+            return e[0]
 
     def forget_peer(self, peer: Hashable) -> None:
-        for mac in [m for m, (p, _) in self._t.items() if p == peer]:
-            del self._t[mac]
+        with self._lock:
+            for mac in [m for m, (p, _) in self._t.items() if p == peer]:
+                del self._t[mac]
 
     def __len__(self) -> int:
         return len(self._t)
 
     def stats(self) -> dict[str, int]:
-        return {"entries": len(self._t), "learned": self.learned, "moved": self.moved, "evicted": self.evicted,
-                "expired": self.expired}
+        with self._lock:
+            return {"entries": len(self._t), "learned": self.learned, "moved": self.moved, "evicted": self.evicted,
+                    "expired": self.expired}

@@ -117,6 +117,17 @@ def aligned_mss(max_datagram: int, overhead: int, limit: int | None = None) -> i
     return mss - (overhead + mss) % 4
 
 
+def segment_size(max_datagram: int, overhead: int, limit: int | None, payload_len: int) -> int:
+    """The TCP payload per datagram for a super-packet of ``payload_len`` bytes: :func:`aligned_mss`,
+    unless rounding down to a multiple of 4 would cost an extra datagram (a runt tail: 2676 bytes at
+    MSS 1338 would go out as 1336 + 1336 + 4); then the unrounded size, never more than the path allows."""
+    aligned = aligned_mss(max_datagram, overhead, limit)
+    raw = max_datagram - overhead if limit is None else min(limit, max_datagram - overhead)
+    if aligned > 0 and raw > aligned and -(-payload_len // aligned) > -(-payload_len // raw):
+        return raw
+    return aligned
+
+
 def _put16(a: np.ndarray, off: int, values) -> None:
     a[:, off : off + 2] = np.asarray(values, dtype=">u2").reshape(-1, 1).view(np.uint8)
 
@@ -178,7 +189,8 @@ class Segments(NamedTuple):
         return out + [self.rows[-1, : self.last_len].tobytes()]
 
 
-def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: bool = True) -> Segments:
+def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: bool = True,
+                fixed_nested_ids: bool = False) -> Segments:
     """Cut the TCP super-packet ``frame`` into ``mss``-byte segments, each behind ``prefix``.
 
     With a UDP layout (``l4_proto`` 17, a USO super-packet) the UDP payload is cut into ``mss``-byte
@@ -186,7 +198,11 @@ def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: b
 
     ``frame`` headers may carry any length/checksum values (kernel GSO frames carry partial sums): all
     are rewritten.  IPv4 IDs increase by one per segment from the super-packet's (as the kernel's GSO
-    does) unless ``fix_ip_ids`` is false and DF is set.
+    does) unless ``fix_ip_ids`` is false and DF is set.  ``fixed_nested_ids``: every IPv4 header other
+    than the innermost (the nested tunnel levels) keeps the super-packet's ID in every segment, DF or
+    not, as Linux's GSO partial leaves them; with lengths and checksums equal too, the nested headers of
+    all full-sized segments are byte-identical, which a Linux geneve receiver with the GRO hint requires
+    before it merges (``geneve_hdr_match``).
     """
     if mss <= 0:
         raise ValueError(f"mss must be positive (got {mss})")
@@ -240,7 +256,8 @@ def segment_tcp(prefix: bytes, frame, layout: Layout, mss: int, *, fix_ip_ids: b
     # IPv4 IDs and header checksums (a header differing only in ID and length sums to base + ID + length)
     for off, id0 in zip(layout.ip4, ids0, strict=True):
         df = int.from_bytes(tmpl[off + 6 : off + 8], "big") & IP_DF
-        ids = (np.uint64(id0) + idx) & np.uint64(0xFFFF) if (fix_ip_ids or not df) else np.full(count, id0, np.uint64)
+        fixed = (fixed_nested_ids and off != layout.tcp_ip) or (not fix_ip_ids and df)
+        ids = np.full(count, id0, np.uint64) if fixed else (np.uint64(id0) + idx) & np.uint64(0xFFFF)
         _put16(a, P + off + 4, ids)
         base = np.uint64(csum.ones_sum(tmpl[off : off + (tmpl[off] & 0xF) * 4]))
         _put16(a, P + off + 10, ~_fold_arr(base + ids + seg_len - np.uint64(off)) & np.uint64(0xFFFF))

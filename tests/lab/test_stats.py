@@ -73,6 +73,8 @@ def test_parse_proc_pid_stat_with_odd_comm():
     # comm "(a) b" contains a space and a ')'; utime=1234, stime=567 are fields 14 and 15.
     text = "4242 ((a) b) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 3 0 7000 1000 50 0\n"
     assert stats.parse_proc_pid_stat(text) == (1234, 567)
+    assert stats.parse_proc_pid_stat(text, children=True) == (1234, 567, 0, 0)
+    assert stats.parse_proc_pid_ppid(text) == 1
 
 
 def test_parse_proc_stat_cpu():

@@ -225,6 +225,17 @@ class Tap:
             if up:
                 ipr.link("set", index=self.ifindex, state="up")
 
+    def current_addresses(self) -> list[str]:
+        """The TAP's IP addresses now (``addr/prefix``), [] if the link is gone or was moved elsewhere."""
+        from pyroute2 import IPRoute
+
+        kw = {"netns": self.netns} if self.netns is not None else {}
+        try:
+            with IPRoute(**kw) as ipr:
+                return [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=self.ifindex)]
+        except Exception:  # noqa: BLE001 - pyroute2 raises its own types; an announcement is best effort
+            return []
+
     # -- data path ---------------------------------------------------------------------------------------
 
     def fileno(self) -> int:

@@ -32,6 +32,7 @@ UDP_GRO = 104
 SO_NO_CHECK = 11
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
+SO_RXQ_OVFL = 40  # cmsg with the socket's drop counter (sk_drops: filter refusals + receive-buffer overflows)
 
 #: Datagrams per sendmsg (wireguard-go ``udpSegmentMaxDatagrams``; kernel UDP_MAX_SEGMENTS was 64 until 2024).
 UDP_MAX_SEGMENTS = 64
@@ -56,6 +57,14 @@ def parse_gro_cmsg(ancdata) -> int:
         if level == SOL_UDP and typ == UDP_GRO and len(data) in (2, 4):
             return int.from_bytes(data, sys.byteorder)
     return 0
+
+
+def parse_ovfl_cmsg(ancdata) -> int | None:
+    """The socket's cumulative drop counter from an ``SO_RXQ_OVFL`` cmsg, or None if absent."""
+    for level, typ, data in ancdata:
+        if level == socket.SOL_SOCKET and typ == SO_RXQ_OVFL and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder)
+    return None
 
 
 def iter_segments(buf, nbytes: int, gso_size: int) -> Iterator[memoryview]:
@@ -114,6 +123,12 @@ class UdpSocket:
         self.gso_disabled = not (gso and self.gso_supported)
         self.gso_eio_errors = 0
         self.truncated = 0
+        self.socket_drops = 0  # kernel-side drops (SO_RXQ_OVFL), as of the last receive
+        self.filter_error: str | None = None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        except OSError:
+            pass
 
     # -- probes ------------------------------------------------------------------------------------------
 
@@ -236,7 +251,28 @@ class UdpSocket:
             return None
         if flags & socket.MSG_TRUNC:
             self.truncated += 1
+        if anc:
+            drops = parse_ovfl_cmsg(anc)
+            if drops is not None:
+                self.socket_drops = drops
         return n, parse_gro_cmsg(anc), addr
+
+    # -- kernel-side source filter -----------------------------------------------------------------------
+
+    def restrict_sources(self, addresses: Sequence[str], networks: Sequence[str] = ()) -> bool:
+        """Drop datagrams from any other source in the kernel, before they are queued (:mod:`udpnest.io.bpf`).
+
+        False (reason in ``filter_error``) if the program would be too large or the kernel refuses it:
+        then only the caller's userspace check remains."""
+        from . import bpf
+
+        try:
+            bpf.attach(self.sock, bpf.build_filter(self.family == socket.AF_INET6, addresses, networks))
+        except (OSError, ValueError) as e:
+            self.filter_error = str(e)
+            return False
+        self.filter_error = None
+        return True
 
     def recv_batch(self, bufs: Sequence) -> list[tuple[int, int, tuple]]:
         """Fill ``bufs[0]``, ``bufs[1]``, ... until the socket is empty; result ``k`` belongs to ``bufs[k]``."""

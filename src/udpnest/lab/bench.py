@@ -20,10 +20,13 @@ i.e. ``modes[mode][underlay]``: both underlay settings side by side under each m
 in :mod:`udpnest.lab.stats`.
 
 Modes: ``kernel-vxlan`` and ``kernel-vxlan-in-vxlan`` (kernel only), and ``udpnest-plain``, ``udpnest-hint``,
-``udpnest-fold``: a pair of udpnest endpoints (``udpnest.endpoint.lab_argv(plan, nested=...)``, kernel TX
-path) started in the host namespaces for that run and stopped after it; the bench waits for the TAPs, calls
+``udpnest-fold``: a pair of udpnest endpoints (``udpnest.endpoint.lab_argv(plan, nested=...)``) started in the
+host namespaces for that run and stopped after it, in the configuration a user gets by default (the socket TX
+path); ``udpnest-fold-ktx`` is fold mode with ``--tx-path kernel`` (the kernel's UDP-tunnel GSO cuts the
+super-packets; it changes forwarding sysctls in the host namespace); ``udpnest-fold-py`` is fold mode on the
+pure-Python engine (``--engine python``), the reference the native core replaced.  The bench waits for the TAPs, calls
 :func:`topology.plug_udpnest`, waits until fold mode is really folding (the echo probe answered), and charges
-the endpoints' CPU time to the run.
+the CPU time of the endpoints' whole process trees (the forked RX process included) to the run.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ from udpnest.lab import stats, topology
 from udpnest.lab.topology import DEFAULT_PREFIX, KERNEL_MODES, UNDERLAYS, LabSpec
 
 ENDPOINT_MODULE = "udpnest.endpoint"
-#: bench mode -> the endpoints' ``--nested`` setting
-UDPNEST_MODES = {"udpnest-plain": "off", "udpnest-hint": "hint", "udpnest-fold": "fold"}
+#: bench mode -> the endpoints' (``--nested``, ``--tx-path``, extra arguments); None: the endpoint's default
+UDPNEST_MODES = {"udpnest-plain": ("off", None, ()), "udpnest-hint": ("hint", None, ()),
+                 "udpnest-fold": ("fold", None, ()), "udpnest-fold-ktx": ("fold", "kernel", ()),
+                 "udpnest-fold-py": ("fold", None, ("--engine", "python"))}
 MODES = KERNEL_MODES + tuple(UDPNEST_MODES)
 IPERF_PORT = 5201
 PINGPONG_PORT = 7007
@@ -123,16 +128,39 @@ def _stop(procs: Sequence[subprocess.Popen], timeout: float = 3.0) -> None:
             p.wait()
 
 
-def _proc_cpu_seconds(pids: Sequence[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
+def _proc_tree(pids: Sequence[int]) -> list[int]:
+    """``pids`` and all their live descendants (an endpoint forks its RX process)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                u, s = stats.parse_proc_pid_stat(f.read())
+            with open(f"/proc/{name}/stat") as f:
+                ppid = stats.parse_proc_pid_ppid(f.read())
         except (FileNotFoundError, ProcessLookupError):
             continue
-        total += u + s
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def _proc_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) of the process trees under ``pids``: every live descendant, plus the
+    children that already exited and were reaped (``cutime``/``cstime`` of their parents)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _proc_tree(pids):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                total += sum(stats.parse_proc_pid_stat(f.read(), children=True))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
     return total / tick
 
 
@@ -218,15 +246,16 @@ def _start_servers(spec: LabSpec, tmp: Path, env: dict[str, str]) -> list[subpro
     return procs
 
 
-def _start_endpoints(spec: LabSpec, tmp: Path, nested: str = "fold", timeout: float = 10.0
-                     ) -> list[subprocess.Popen]:
+def _start_endpoints(spec: LabSpec, tmp: Path, nested: str = "fold", timeout: float = 10.0,
+                     tx_path: str | None = None, extra: Sequence[str] = ()) -> list[subprocess.Popen]:
     mod = importlib.import_module(ENDPOINT_MODULE)
     procs = []
     plans = topology.udpnest_plans(spec)
     try:
         for side, plan in plans.items():
             with open(tmp / f"endpoint-{side}.log", "a") as log:
-                procs.append(subprocess.Popen(ns_argv(plan.netns, list(mod.lab_argv(plan, nested=nested))),
+                argv = list(mod.lab_argv(plan, nested=nested, tx_path=tx_path, extra=tuple(extra)))
+                procs.append(subprocess.Popen(ns_argv(plan.netns, argv),
                                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               env=_pythonpath_env()))
         for (side, plan), proc in zip(plans.items(), procs, strict=True):
@@ -351,7 +380,8 @@ def run(cfg: BenchConfig, stream: TextIO | None = None) -> dict:
                     for mode in _rotate(modes, rep):
                         if mode in UDPNEST_MODES:
                             progress.say(f"rep {rep + 1}/{cfg.reps} {mode}/{ul}: starting udpnest endpoints")
-                            endpoints = _start_endpoints(spec, tmp, UDPNEST_MODES[mode])
+                            nested, tx_path, extra = UDPNEST_MODES[mode]
+                            endpoints = _start_endpoints(spec, tmp, nested, tx_path=tx_path, extra=extra)
                         spec = topology.set_mode(spec, "udpnest" if mode in UDPNEST_MODES else mode)
                         time.sleep(cfg.settle)
                         progress.say(f"rep {rep + 1}/{cfg.reps} {mode}/{ul}: running {cfg.duration:g}s")

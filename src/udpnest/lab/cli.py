@@ -159,4 +159,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
                             out_dir=args.out, plot=not args.no_plot)
     print(f"udpnest demo: 4-namespace lab ({args.prefix}-*), every mode x underlay for {cfg.duration:g}s",
           file=sys.stderr)
-    return _run_bench(cfg, as_json=False)
+    rc = _run_bench(cfg, as_json=False)
+    if rc == 0:
+        print(DEMO_GUIDE)
+    return rc
+
+
+DEMO_GUIDE = """
+How to read it (table above; the PNG named by "plot:" shows the same numbers as bars):
+  - left panel / "Gbit/s": TCP throughput between the two workloads through their nested VXLAN, median.
+    "kernel-vxlan-in-vxlan" is the baseline (the workload's VXLAN inside the host's kernel VXLAN); the
+    "x kernel-vxlan-in-vxlan" column is each mode's throughput divided by it.  "kernel-vxlan" (one tunnel
+    level only) is the ceiling for this machine.
+  - udpnest-plain / -hint carry the nested headers in the payload; udpnest-fold moves them into a Geneve option
+    so the underlay sees one UDP level and GSO/GRO work.  udpnest-fold against udpnest-plain is what folding
+    gains; against kernel-vxlan-in-vxlan, how far this userspace endpoint is from the kernel's double tunnel.
+  - right panel / "CPU s/GB": CPU seconds spent per GB moved (docs/performance.md says what is counted):
+    lower is better.
+  - "offload" vs "wire" underlay: veth with GSO/GRO on, or off as on a NIC without tunnel offloads.
+  - RTT p50/p99: request/response latency of small messages (a userspace hop adds to it).
+Where the numbers come from and how they were measured: docs/performance.md."""

@@ -16,9 +16,11 @@ Definitions used in the bench output:
 
 from __future__ import annotations
 
-import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 GB = 1e9
 REFERENCE_MODE = "kernel-vxlan-in-vxlan"
@@ -69,25 +71,21 @@ def parse_iperf3(obj: Mapping) -> IperfResult:
 
 
 def median(xs: Iterable[float]) -> float:
-    v = sorted(xs)
+    """:func:`statistics.median` (raises ``statistics.StatisticsError``, a ValueError, for no values)."""
+    v = list(xs)
     if not v:
-        raise ValueError("median of no values")
-    n = len(v)
-    mid = n // 2
-    return v[mid] if n % 2 else (v[mid - 1] + v[mid]) / 2
+        raise statistics.StatisticsError("median of no values")
+    return statistics.median(v)
 
 
 def percentile(xs: Iterable[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default ``linear`` method)."""
-    v = sorted(xs)
+    """:func:`numpy.percentile` with its default ``linear`` method (interpolation between closest ranks)."""
+    v = list(xs)
     if not v:
         raise ValueError("percentile of no values")
     if not 0 <= p <= 100:
         raise ValueError(f"percentile {p} out of range")
-    k = (len(v) - 1) * p / 100.0
-    lo = math.floor(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+    return float(np.percentile(np.asarray(v, dtype=float), p))
 
 
 def cpu_s_per_gb(cpu_seconds: float, bytes_moved: int) -> float:
@@ -96,11 +94,17 @@ def cpu_s_per_gb(cpu_seconds: float, bytes_moved: int) -> float:
     return cpu_seconds / (bytes_moved / GB)
 
 
-def parse_proc_pid_stat(text: str) -> tuple[int, int]:
-    """(utime, stime) in clock ticks from ``/proc/<pid>/stat``; the comm field may contain spaces and ')'."""
+def parse_proc_pid_stat(text: str, *, children: bool = False) -> tuple[int, ...]:
+    """(utime, stime) in clock ticks from ``/proc/<pid>/stat``; the comm field may contain spaces and ')'.
+    With ``children``: (utime, stime, cutime, cstime), the last two being the reaped children's."""
     rest = text[text.rindex(")") + 2:].split()
-    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return int(rest[11]), int(rest[12])
+    # rest[0] is field 3 (state); utime, stime, cutime, cstime are fields 14 to 17.
+    return tuple(int(x) for x in rest[11:15 if children else 13])
+
+
+def parse_proc_pid_ppid(text: str) -> int:
+    """The parent PID (field 4) from ``/proc/<pid>/stat``."""
+    return int(text[text.rindex(")") + 2:].split()[1])
 
 
 def parse_proc_stat_cpu(text: str) -> tuple[int, int]:

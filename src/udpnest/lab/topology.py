@@ -40,7 +40,8 @@ Underlay settings (:func:`set_underlay`), applied to *both* ends of the underlay
              the receiver may merge them again with GRO, like a real NIC.
 
 Only documentation prefixes are used (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32).
-Everything is done with pyroute2 netlink; only ethtool (offloads) runs as ``ip netns exec NS ethtool``.
+Everything is done with pyroute2: netlink, and its ethtool module (SIOCETHTOOL, sockets opened inside the
+namespace) for the offloads: no ``ethtool`` program and no text parsing.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -553,23 +553,79 @@ def set_underlay(spec: LabSpec, underlay: str) -> LabSpec:
     return new
 
 
+# ``ethtool -K`` names that stand for several kernel features: the ethtool program's own aliases, with its
+# glob patterns (ethtool 6.1, off_flag_def), so that features newer than the table follow their group as they
+# do with the program (kernel 6.18's tx-tcp-accecn-segmentation belongs to "tso").  Every other name is a
+# kernel feature name; ``ethtool -k`` shows both.
+ETHTOOL_ALIASES = {
+    "rx": "rx-checksum",
+    "tx": "tx-checksum-*",
+    "sg": "tx-scatter-gather*",
+    "tso": "tx-tcp*-segmentation",
+    "gso": "tx-generic-segmentation",
+    "gro": "rx-gro",
+    "lro": "rx-lro",
+}
+# the summary lines ``ethtool -k`` prints for the aliases
+ETHTOOL_SUMMARY = {"rx-checksumming": "rx", "tx-checksumming": "tx", "scatter-gather": "sg",
+                   "tcp-segmentation-offload": "tso", "generic-segmentation-offload": "gso",
+                   "generic-receive-offload": "gro", "large-receive-offload": "lro"}
+
+
+def _members(name: str, features) -> list[str]:
+    import fnmatch
+
+    return [f for f in features if fnmatch.fnmatchcase(f, ETHTOOL_ALIASES.get(name, name))]
+
+
+def _ethtool(ns: str):
+    """pyroute2's Ethtool with its sockets opened inside ``ns`` (the SIOCETHTOOL ioctl acts on the network
+    namespace of the socket it is issued on; pyroute2's Ethtool has no netns argument, so the sockets are
+    created while this thread is switched into ``ns``)."""
+    from pyroute2.ethtool import Ethtool
+    from pyroute2.netns import popns, pushns
+
+    pushns(ns)
+    try:
+        return Ethtool()
+    finally:
+        popns()
+
+
 def ethtool_k(ns: str, ifname: str, args: Iterable[str]) -> None:
-    res = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", ifname, *args],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"ethtool -K {ifname} {' '.join(args)} in {ns}: {res.stderr.strip()}")
+    """``ethtool -K IFNAME NAME on|off ...`` in ``ns``, through pyroute2 (SIOCETHTOOL ETHTOOL_SFEATURES).
+
+    ``NAME`` is a kernel feature (``tx-udp_tnl-segmentation``, ``rx-udp-gro-forwarding``, ...) or one of the
+    ethtool program's aliases (:data:`ETHTOOL_ALIASES`: ``tx``, ``tso``, ``gso``, ``gro``, ...).  As with
+    ethtool, the kernel may turn dependent features off by itself (no ``tx`` checksum: no TSO).  Raises
+    RuntimeError naming the feature that the device does not have or cannot change.
+    """
+    args = list(args)
+    if len(args) % 2 or any(v not in ("on", "off") for v in args[1::2]):
+        raise ValueError(f"ethtool -K arguments must be NAME on|off pairs, got {args}")
+    with _ethtool(ns) as eth:
+        feats = eth.get_features(ifname)
+        for name, value in zip(args[::2], args[1::2], strict=True):
+            present = [m for m in _members(name, feats.features) if feats.features[m].available]
+            if not present:
+                raise RuntimeError(f"ethtool -K {ifname} {name} {value} in {ns}: the device has no changeable "
+                                   f"feature {ETHTOOL_ALIASES.get(name, name)}")
+            for m in present:
+                feats.features[m].enable = value == "on"
+        eth.set_features(ifname, feats)
 
 
 def ethtool_features(ns: str, ifname: str) -> dict[str, str]:
-    """``ethtool -k`` as {feature: "on"/"off"} (with any "[fixed]" suffix dropped)."""
-    out = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-k", ifname],
-                         capture_output=True, text=True, check=True).stdout
-    feats = {}
-    for line in out.splitlines()[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            feats[k.strip()] = v.split()[0] if v.split() else ""
-    return feats
+    """``ethtool -k`` as {feature: "on"/"off"}: every kernel feature, plus ethtool's summary lines
+    (``tx-checksumming``, ``tcp-segmentation-offload``, ...: on when any of their features is on)."""
+    with _ethtool(ns) as eth:
+        feats = eth.get_features(ifname).features
+    out = {name: "on" if f.enable else "off" for name, f in feats.items()}
+    for summary, alias in ETHTOOL_SUMMARY.items():
+        members = _members(alias, feats)
+        if members:
+            out[summary] = "on" if any(feats[m].enable for m in members) else "off"
+    return out
 
 
 def _set_alias(spec: LabSpec) -> None:

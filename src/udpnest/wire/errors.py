@@ -55,6 +55,8 @@ class Reason(enum.Enum):
     SEND_ERROR = "send_error"  # the underlay socket refused a datagram
     RATE_LIMITED = "rate_limited"  # an echo request beyond the per-peer reply rate
     UNSOLICITED_REPLY = "unsolicited_reply"  # an echo reply while we are not probing
+    WRONG_VNI = "wrong_vni"  # a Geneve VNI other than the configured one (the kernel demultiplexes by VNI)
+    BAD_GENEVE_PROTOCOL = "bad_geneve_protocol"  # Geneve protocol other than Ethernet (0x6558) without FOLD
     # things the transform cannot carry
     FRAGMENT = "fragment"
     NOT_NESTED = "not_nested"

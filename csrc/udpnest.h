@@ -1,0 +1,64 @@
+/* udpnest native core: shared declarations and helpers.
+ *
+ * Rules for every function in csrc/ (docs/architecture.md, "The native core"):
+ *  - bounds are checked before every read: a length is validated against the buffer before it is used;
+ *  - no policy: peer modes, FDB decisions, probing stay in Python; the core transforms bytes and does
+ *    the syscalls it is handed file descriptors for;
+ *  - every rejection is a drop reason with the same name as udpnest.wire.errors.Reason (the Python engine
+ *    is the reference; tests/test_engine_diff.py proves both give the same bytes and the same reasons).
+ */
+#ifndef UDPNEST_H
+#define UDPNEST_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+/* Each half registers its functions on the module (module.c calls both). */
+int udpnest_tx_init(PyObject *module);
+int udpnest_rx_init(PyObject *module);
+
+static inline uint16_t un_get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t un_get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline void un_put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline void un_put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+/* One's complement sum of big-endian 16-bit words (an odd last byte is padded with zero), not folded
+ * below 64 bits: add partial sums freely, fold once with un_fold. */
+static inline uint64_t un_sum(const uint8_t *p, size_t n, uint64_t acc)
+{
+    /* 32-bit big-endian words into a 64-bit accumulator: no carry is lost for any n < 2^32 */
+    while (n >= 4) {
+        acc += (uint64_t)un_get32(p);
+        p += 4;
+        n -= 4;
+    }
+    if (n >= 2) {
+        acc += un_get16(p);
+        p += 2;
+        n -= 2;
+    }
+    if (n)
+        acc += (uint64_t)p[0] << 8;
+    return acc;
+}
+
+static inline uint16_t un_fold(uint64_t s)
+{
+    while (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16);
+    return (uint16_t)s;
+}
+
+/* The Internet checksum of a sum: ~fold. */
+static inline uint16_t un_csum(uint64_t s) { return (uint16_t)~un_fold(s); }
+
+#endif
