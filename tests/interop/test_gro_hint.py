@@ -46,7 +46,8 @@ def _kernel_to_udpnest(lab) -> None:
     d = {k: rx.get(k, 0) - before.get(k, 0) for k in ("datagrams", "tap_writes", "super_packets", "kind_hint")}
     print(f"kernel gro-hint + gso-partial -> udpnest: rx {d}")
     assert d["kind_hint"] > 0, d
-    assert d["super_packets"] > 0 and d["tap_writes"] * 3 < d["datagrams"] * 2, \
+    # UDP GRO under TCG hands over short bursts (often 2 datagrams); unmerged: tap_writes == datagrams
+    assert d["super_packets"] > 0 and d["tap_writes"] < 0.9 * d["datagrams"], \
         f"udpnest did not coalesce the kernel's GSO-partial trains: {d}"
 
 
