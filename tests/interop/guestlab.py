@@ -22,6 +22,7 @@ Underlay settings on the veth ends (both directions carry data or ACKs):
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 import time
@@ -170,6 +171,17 @@ class Lab:
         out = self.ns(ns, "sh -c " + shlex.quote(
             " ; ".join(f"echo {s} $(cat /sys/class/net/{dev}/statistics/{s})" for s in KERNEL_STATS))).out
         return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
+
+    def count_cbit(self, ns: str = "K") -> None:
+        """Count Geneve packets with the C bit (critical options) arriving in ``ns`` (nftables counter)."""
+        rule = "udp dport 6081 @th,72,8 & 0x40 == 0x40 counter"
+        self.ns(ns, "sh -c " + shlex.quote(
+            "nft add table inet un && nft add chain inet un in '{ type filter hook input priority 0; }' && "
+            f"nft add rule inet un in '{rule}'"))
+
+    def cbit_packets(self, ns: str = "K") -> int:
+        out = self.ns(ns, "nft list chain inet un in").out
+        return int(re.search(r"counter packets (\d+)", out).group(1))
 
     def ping(self, src_ns: str, dst: str, size: int = 56, count: int = 3) -> None:
         self.ns(src_ns, f"ping -n -c {count} -i 0.3 -W 3 -s {size} {dst}", timeout=60)

@@ -37,7 +37,7 @@ KERNEL_SCRIPT = REPO / "scripts" / "qemu-kernel.sh"
 QEMU = "qemu-system-x86_64"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 BUSYBOX = "/bin/busybox"
-MODULES = ("geneve", "vxlan", "veth", "tun", "overlay")
+MODULES = ("geneve", "vxlan", "veth", "tun", "overlay", "nf_tables")
 PORT_NAME = "udpnest.ctl"
 
 
