@@ -26,7 +26,7 @@
  *      a whole super-packet (rxpipe._whole): lengths, flags and checksums only; 0 when they pass.
  *
  * Bounds: every offset handed in is checked against the row lengths and the buffer before any read.
- * The byte work runs with the GIL released.
+ * The byte work of rx_coalesce runs with the GIL released (rx_rows keeps it: it looks up FOLD templates).
  */
 #include "udpnest.h"
 
