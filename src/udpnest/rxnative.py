@@ -36,7 +36,6 @@ from .rxpipe import (
     _geneve_info,
     _masks,
     _single,
-    _super_write,
     rows_of,
 )
 from .wire.errors import ParseError, Reason
@@ -83,6 +82,31 @@ def _layout_args(G: int, lay: Layout) -> tuple:
             _LAYOUT_ARGS.clear()
         _LAYOUT_ARGS[key] = hit
     return hit
+
+
+def _fold_level(info) -> bytes | None:
+    if info.carried is None:
+        return None
+    c = info.carried[0]
+    return bytes((c.flags, c.l2, c.l3, c.tun)) + c.hdr
+
+
+def super_write(info, hdr: bytes, payloads: tuple, payload_len: int, mss: int, segments: int) -> TapWrite | None:
+    """rxpipe._super_write with the header and vnet work in C (``_native.rx_super``)."""
+    lay = info.layout
+    udp = tuple((u, has, *lay.ip_before(u)) for u, has in lay.udp)
+    r = _native.rx_super(hdr, payload_len, mss, lay.ip4, lay.ip6, udp, lay.tcp_ip, lay.tcp_ip_v6, lay.tcp,
+                         _fold_level(info))
+    if r is None:
+        return None
+    vnet, nested, h = r
+    kind = Kind.FOLD if info.carried is not None else (Kind.HINT if info.pkt.gro_hint is not None else Kind.PLAIN)
+    return TapWrite(vnet, (nested, h, *payloads) if nested else (h, *payloads), kind, segments)
+
+
+def finish(run: Run) -> TapWrite | None:
+    """rxpipe.finish for the native engine."""
+    return super_write(run.info, run.hdr, run.payloads, run.payload_len, run.mss, run.segments)
 
 
 class Receiver:
@@ -186,8 +210,8 @@ class Receiver:
             return OUTCOMES[code]
         if info.carried is not None and not info.carried[0].flags & F_CSUM_ZEROED:
             return Outcome.FOLD_CSUM
-        w = _super_write(info, bytes(mv[G : G + H]), (mv[G + H :],), n - G - H, gso_size,
-                         -(-(n - G - H) // gso_size))
+        w = super_write(info, bytes(mv[G : G + H]), (mv[G + H :],), n - G - H, gso_size,
+                        -(-(n - G - H) // gso_size))
         return Outcome.TOO_LARGE if w is None else w
 
     def _coalesce(self, mv: memoryview, count: int, row_len: int, last_len: int) -> Run | Outcome:
