@@ -4,10 +4,12 @@ Same inputs, same :class:`~udpnest.rxpipe.RxResult` (writes, drops, control, hel
 reference, byte for byte (tests/test_engine_diff_rx.py).  The split:
 
 * per read, in Python (once, not per datagram): the first row's Geneve/FOLD parse and header layout
-  (:func:`udpnest.rxpipe._frame_info`, cached by header bytes) and the Run/TapWrite objects;
+  (:func:`udpnest.rxpipe._frame_info`, reused across a flow's reads, ``rx_same``) and the Run/TapWrite
+  objects;
 * per datagram, in C (``_native.rx_coalesce``, ``_native.rx_rows``): every coalescing check (lengths,
   headers, flags, sequence, IPv4 IDs, every TCP / IPv4 header / nested UDP checksum), the payload
   gather, and the one-datagram path (Geneve header, VNI, options, GRO hint, protocol, first IP header);
+  per super-packet (``_native.rx_super``): its headers and virtio_net_hdr (``rxpipe._super_write``);
 * FOLD datagrams in the one-datagram path (ACKs in fold mode): the first one with a given Geneve header
   goes to the reference, which validates it (``decode_folds``); it then becomes a template (at most
   :data:`FOLD_TEMPLATES_MAX`, the oldest evicted and counted ``fold_templates_evicted``) and C restores
