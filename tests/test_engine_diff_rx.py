@@ -389,6 +389,8 @@ def _fuzz_fast(engine: str, n_target: int, seed: int) -> int:
         elif r < 0.15 and g:
             gg = max(0, g + rng.choice((-4, -1, 1, 4)))
         res = receive_one(b, m, gg)
+        if res.run is not None:
+            d._finish_run(res.run)
         if i % 10 == 0:
             written = sum(w.segments if gg else 1 for w in res.writes)
             if res.run is not None:
@@ -405,7 +407,7 @@ def _fuzz_core(n_target: int, seed: int) -> int:
     ``rx_rows`` (with learnt FOLD templates) and ``rx_coalesce`` (with the layout of the unmutated read, so
     the mutated rows no longer fit it: the C bounds checks are what is tested; a ValueError naming the layout
     is the documented refusal).  Every 64th input also goes through the whole native receive step."""
-    from udpnest import _native
+    from udpnest import _native, rxnative
     from udpnest.rxnative import Receiver, _layout_args
 
     rng = random.Random(seed)
@@ -452,7 +454,9 @@ def _fuzz_core(n_target: int, seed: int) -> int:
                     assert "layout does not fit" in str(e), e
                     refused += 1
         if i % 64 == 0:
-            rcv.receive(b, m, gg)
+            res = rcv.receive(b, m, gg)
+            if res.run is not None:
+                rxnative.finish(res.run)  # the super-packet's headers (rx_super)
         for f, bit in flips:
             b[f] ^= bit
     return n_target
