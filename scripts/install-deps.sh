@@ -12,6 +12,7 @@ pkgs=(
     "iproute2"                       # ip netns exec (the lab itself uses netlink via pyroute2)
     "iputils-ping=3:20221126-1+deb12u1"
     "tshark=4.0.17-0+deb12u3"        # root tests capture the underlay
+    "nftables=1.0.6-2+deb12u2"       # robustness tests: random underlay loss (numgen random)
     "qemu-system-x86=1:7.2+dfsg-7+deb12u18+b3"  # tests/interop: a Linux 7.x guest (TCG), with virtiofsd
     "busybox-static=1:1.35.0-4+deb12u1+b1"      # tests/interop: the guest's initramfs
 )

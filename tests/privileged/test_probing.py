@@ -27,9 +27,9 @@ def test_both_fold_within_two_intervals(lab, endpoints):
         assert p["state"] == "capable", p
     # at least one side got an answer to its own probe (the other may have learnt it from the peer's echo)
     assert any(ep.peer()["replies_ok"] >= 1 for ep in eps)
-    # A probe sent before the peer was up is still outstanding when the next one goes out: that counts as a
-    # miss and flips the side once to fallback (for one RTT) even if the peer's echo already made it capable
-    # (peers.Peer.on_echo does not settle outstanding probes).  After two intervals that is over.
+    # A probe sent before the peer was up goes unanswered: that counts as a miss and may flip the side once
+    # to fallback until the early probe that the peer's own echo request triggers is answered
+    # (peers.Prober.on_request; a request alone never changes the state).  After two intervals that is over.
     time.sleep(2 * INTERVAL)
     fallbacks = [ep.peer()["fallbacks"] for ep in eps]
     time.sleep(3 * INTERVAL)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -285,3 +286,102 @@ def test_echo_abuse(lab_v4, endpoints):
     assert d_unknown >= 0.8 * res["sent"] / 2, after["control"]
     replies = after["control"].get("echo_replies_sent", 0) - before["control"].get("echo_replies_sent", 0)
     assert replies <= d_req <= res["sent"] / 2 + 1  # only B's address was ever answered
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1 % random underlay loss (nftables numgen random)
+
+
+def _nft(ns: str, script: str) -> str:
+    res = subprocess.run(bench.ns_argv(ns, ["nft", "-f", "-"]), input=script, text=True, capture_output=True,
+                         timeout=20)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def _nft_counter(ns: str) -> int:
+    res = subprocess.run(bench.ns_argv(ns, ["nft", "-j", "list", "table", "inet", "udpnest_loss"]),
+                         text=True, capture_output=True, timeout=20)
+    for item in json.loads(res.stdout)["nftables"]:
+        rule = item.get("rule")
+        if rule:
+            for e in rule["expr"]:
+                if "counter" in e:
+                    return e["counter"]["packets"]
+    return 0
+
+
+@pytest.mark.parametrize("size_mib", [256, pytest.param(1024, marks=pytest.mark.slow)])
+def test_one_percent_underlay_loss_fold(lab_v4, endpoints, size_mib):
+    if shutil.which("nft") is None:
+        pytest.skip("nft not installed (scripts/install-deps.sh installs nftables)")
+    lab = lab_v4
+    spec = lab.spec
+    a, b = endpoints(lab).pair("fold", extra=PROBE)
+    nestlab.wait_modes([a, b], "fold", timeout=5)
+    rules = (f"table inet udpnest_loss {{\n chain pre {{\n  type filter hook prerouting priority -300; policy accept;\n"
+             f"  udp dport {topology.GENEVE_PORT} numgen random mod 100 < 1 counter drop\n }}\n}}\n")
+    for ns in (spec.ns("ha"), spec.ns("hb")):
+        _nft(ns, rules)
+    try:
+        total = size_mib * nestlab.MIB
+        with nestlab.TcpTransfer(spec, total, port=5420, timeout=600) as t:
+            sent, got = t.wait()
+        lost = _nft_counter(spec.ns("hb")) + _nft_counter(spec.ns("ha"))
+    finally:
+        for ns in (spec.ns("ha"), spec.ns("hb")):
+            _nft(ns, "delete table inet udpnest_loss\n")
+    assert got["sha256"] == sent["sha256"] and got["bytes"] == sent["bytes"] == total
+    assert lost > 0, "nftables dropped nothing"
+    sb = b.settled_status()
+    assert sb["rx"].get("kind_fold", 0) > 0, sb["rx"]
+    assert set(sb["drops"]) <= {"tap_write"}, sb["drops"]
+    # probes are lost too: a peer may flap to plain for a moment, but it comes back
+    nestlab.wait_modes([a, b], "fold", timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# kill -9 and restart mid-transfer (default TAP MAC), and restart as a legacy peer
+
+
+def _tap_mac(ns: str, ifname: str) -> str:
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=ns) as ip:
+        return ip.get_links(topology._index(ip, ifname))[0].get("address")
+
+
+@pytest.mark.parametrize("restart_as", ["fold", "off"])
+def test_kill9_and_restart_mid_transfer(lab_v4, endpoints, restart_as):
+    """B is killed with SIGKILL during a fold transfer and restarted with the same flags (no --tap-mac: the
+    derived default MAC is the same) or as a legacy peer.  Main: a random TAP MAC cost 72-75 s of outage."""
+    lab = lab_v4
+    spec = lab.spec
+    eps = endpoints(lab)
+    a, b = eps.pair("fold", extra=PROBE)
+    nestlab.wait_modes([a, b], "fold", timeout=5)
+    mac_b = _tap_mac(b.plan.netns, b.plan.tap_ifname)
+    with nestlab.TcpTransfer(spec, nestlab.GIB, port=5430 + (restart_as == "off"), timeout=240) as t:
+        deadline = time.monotonic() + 60
+        while a.status()["tx"].get("mode_fold", 0) < 2000:
+            assert t.running() and time.monotonic() < deadline, "transfer not progressing"
+            time.sleep(0.05)
+        b.stop(sig_kill=True)
+        t_kill = time.monotonic()
+        b.wait_tap_gone(timeout=5)
+        b2 = eps.one("b", restart_as, extra=PROBE)
+        b2.wait_up()
+        topology.set_mode(spec, "udpnest")  # the routes into B's TAP went away with the old TAP
+        outage = time.monotonic() - t_kill
+        assert _tap_mac(b2.plan.netns, b2.plan.tap_ifname) == mac_b, "the default TAP MAC changed"
+        if restart_as == "off":
+            t_up = time.monotonic()
+            nestlab.wait_modes([a], "plain", timeout=10)
+            assert time.monotonic() - t_up <= 2 * INTERVAL + 0.5, "fallback took longer than 2 probe intervals"
+        else:
+            nestlab.wait_modes([a, b2], "fold", timeout=10)
+        assert t.running(), "transfer ended during the outage"
+        sent, got = t.wait()
+    assert got["sha256"] == sent["sha256"] and got["bytes"] == sent["bytes"] == nestlab.GIB
+    assert outage < 5, f"B was away for {outage:.1f}s"
+    assert a.running() and b2.running()
