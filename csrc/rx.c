@@ -10,9 +10,10 @@
  *        >= 0   write the frame at offset (code & 0xFFFF) of the row with a zero vnet header;
  *               bit 16: the GRO hint was present (kind "hint", else "plain");
  *        -1     defer: a FOLD or echo option of udpnest's class (the reference handles the row);
- *        (headers, offset): a FOLD row whose Geneve header bytes are a key of `folds` (a template the
- *               reference built from a header it validated): the nested headers restored (lengths,
- *               IPv4 header checksums, nested UDP checksums computed), the innermost frame at offset;
+ *        (headers, offset): a FOLD row whose Geneve header matches a template in the list `folds`
+ *               (built from a header the reference validated; equal but for the carried IPv4 IDs): the
+ *               nested headers restored (lengths, IPv4 header checksums, nested UDP checksums
+ *               computed), the innermost frame at offset;
  *        <= -2  drop: reason RX_REASONS[-2 - code].
  *
  *  rx_coalesce(buf, count, row_len, last_len, G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp,
@@ -21,7 +22,8 @@
  *      found (ip4: ((off, innermost), ...); ip6: (off, ...); udp: ((off, has_csum, ip_off, ip_v6), ...);
  *      keep_*: the header masks, one byte per header byte).  Returns the outcome code of the first
  *      failing check (RX_OUTCOMES[code]) or (payload bytes, flags of the last row, seq0, first_ids,
- *      last_ids) when every row continues the first.
+ *      last_ids) when every row continues the first.  count == 1: one datagram of row_len bytes holding
+ *      a whole super-packet (rxpipe._whole): lengths, flags and checksums only; 0 when they pass.
  *
  * Bounds: every offset handed in is checked against the row lengths and the buffer before any read.
  * The byte work runs with the GIL released.
@@ -52,6 +54,31 @@ enum { O_OK, O_LENGTHS, O_HDR_MISMATCH, O_FLAGS, O_SEQ, O_IDS, O_CSUM };
 #define GRO_HINT_TYPE 0x01
 #define TYPE_CRITICAL 0x80
 #define ETH_P_TEB 0x6558
+
+/* The big-endian 16-bit word sum of p[0:n] (an odd last byte padded with zero) modulo 0xFFFF, 8 bytes
+ * at a time: little-endian words summed, times 256 (a byte swap is a multiplication by 2^8 modulo 0xFFFF,
+ * since 2^16 = 1).  Only for checks and sums that are used modulo 0xFFFF. */
+static uint64_t rx_sum_mod(const uint8_t *p, size_t n)
+{
+    uint64_t a = 0, b = 0;
+    while (n >= 16) {
+        uint64_t w0, w1;
+        memcpy(&w0, p, 8);
+        memcpy(&w1, p + 8, 8);
+        a += (w0 & 0xFFFFFFFFu) + (w0 >> 32);
+        b += (w1 & 0xFFFFFFFFu) + (w1 >> 32);
+        p += 16;
+        n -= 16;
+    }
+    uint8_t tail[16] = {0};
+    memcpy(tail, p, n);
+    uint64_t w0, w1;
+    memcpy(&w0, tail, 8);
+    memcpy(&w1, tail + 8, 8);
+    a += (w0 & 0xFFFFFFFFu) + (w0 >> 32) + (w1 & 0xFFFFFFFFu) + (w1 >> 32);
+    uint64_t le = (a % 0xFFFF) + (b % 0xFFFF);
+    return (le % 0xFFFF) * 256 % 0xFFFF;
+}
 
 /* --- the one-datagram path -------------------------------------------------------------------------- */
 
@@ -172,34 +199,48 @@ static uint32_t rx_pseudo(const uint8_t *ip, int v6, unsigned proto, uint64_t le
 
 static uint32_t rx_ones(const uint8_t *p, size_t n) /* csum.ones_sum's value modulo 0xFFFF */
 {
-    return (uint32_t)(un_sum(p, n, 0) % 0xFFFF);
+    return (uint32_t)rx_sum_mod(p, n);
 }
 
 /* A template (built by rxnative.py from fold.decode_folds of a header the reference validated):
- *   byte 0: number of levels L; then per level, outermost first:
- *   flags, l2, l3, tun, hdr length (2 bytes, big endian), hdr bytes.
- * Writes the restored headers to out (capacity MAX_FOLD_HDRS); returns their length, or -1 when a restored
- * length would exceed 65535 (fold_too_large), -2 when the template is malformed (never, for ours). */
-static long rx_restore(const uint8_t *tpl, size_t tlen, const uint8_t *inner, size_t inner_len, uint8_t *out)
+ *   G (16 bits), mask (G bytes, 1: must equal), ref (G bytes: the validated header), L (levels), then per
+ *   level, outermost first: flags, l2, l3, tun, header length (16 bits), offset of the carried headers in
+ *   the Geneve header (16 bits).  The mask leaves out each carried IPv4 header's ID: nothing in the
+ *   validation reads it, and every packet of a flow has its own.
+ * rx_match: does Geneve header p (G bytes) match?  Returns the level table or NULL. */
+static const uint8_t *rx_match(const uint8_t *tpl, size_t tlen, const uint8_t *p, size_t G)
+{
+    if (tlen < 2 || un_get16(tpl) != G || tlen < 2 + 2 * G + 1)
+        return NULL;
+    const uint8_t *mask = tpl + 2, *ref = tpl + 2 + G;
+    for (size_t j = 0; j < G; j++)
+        if (mask[j] && p[j] != ref[j])
+            return NULL;
+    return tpl + 2 + 2 * G;
+}
+
+/* Restore the nested headers for the packet whose Geneve header is p (G bytes) from the level table lv
+ * (lvlen bytes).  Writes them to out (capacity MAX_FOLD_HDRS); returns their length, -1 when a restored
+ * length would exceed 65535 (fold_too_large), -2 when the table is malformed (never, for ours). */
+static long rx_restore(const uint8_t *lv0, size_t lvlen, const uint8_t *p, size_t G, const uint8_t *inner,
+                       size_t inner_len, uint8_t *out)
 {
     const uint8_t *lv[4];
     size_t hl[4];
-    if (tlen < 1 || tpl[0] < 1 || tpl[0] > 3)
+    if (lvlen < 1 || lv0[0] < 1 || lv0[0] > 3 || lvlen < 1 + (size_t)lv0[0] * 8)
         return -2;
-    int L = tpl[0];
-    size_t pos = 1, total = 0;
+    int L = lv0[0];
+    size_t total = 0;
     int need_sum = 0;
     for (int i = 0; i < L; i++) {
-        if (pos + 6 > tlen)
+        const uint8_t *m = lv0 + 1 + i * 8;
+        lv[i] = m;
+        hl[i] = un_get16(m + 4);
+        size_t l2 = m[1], l3 = m[2], tun = m[3], off = un_get16(m + 6);
+        if (off + hl[i] > G || l2 + l3 + 8 + tun != hl[i] || l3 < (m[0] & F_V6 ? 40u : 20u))
             return -2;
-        lv[i] = tpl + pos;
-        hl[i] = un_get16(tpl + pos + 4);
-        size_t l2 = tpl[pos + 1], l3 = tpl[pos + 2], tun = tpl[pos + 3];
-        if (pos + 6 + hl[i] > tlen || l2 + l3 + 8 + tun != hl[i] || l3 < (tpl[pos] & F_V6 ? 40u : 20u))
-            return -2;
-        if (tpl[pos] & F_UDP_CSUM)
+        if (m[0] & F_UDP_CSUM)
             need_sum = 1;
-        pos += 6 + hl[i];
         total += hl[i];
     }
     if (total > MAX_FOLD_HDRS)
@@ -212,7 +253,7 @@ static long rx_restore(const uint8_t *tpl, size_t tlen, const uint8_t *inner, si
         size_t l2 = m[1], l3 = m[2], tun = m[3], n = hl[i];
         at -= n;
         uint8_t *h = out + at;
-        memcpy(h, m + 6, n);
+        memcpy(h, p + un_get16(m + 6), n);
         size_t ip = l2, u = l2 + l3;
         int v6 = (flags & F_V6) != 0;
         size_t udp_len = 8 + tun + suffix_len;
@@ -247,7 +288,7 @@ static int rx_check_l3(const uint8_t *f, size_t fl)
     return et == 0x0800 ? rx_ipv4(f, fl, 14) : et == 0x86DD ? rx_ipv6(f, fl, 14) : -1;
 }
 
-/* One deferred row with a FOLD header the reference already validated (found in `folds`): the restored
+/* One deferred row with a FOLD header matching one of the templates in `folds` (a list): the restored
  * headers + the offset of the innermost frame, a drop code, or NULL with *deferred set. */
 static PyObject *rx_fold_row(const uint8_t *p, size_t n, PyObject *folds, int *deferred)
 {
@@ -257,24 +298,28 @@ static PyObject *rx_fold_row(const uint8_t *p, size_t n, PyObject *folds, int *d
     size_t G = 8 + (size_t)(p[0] & 0x3F) * 4;
     if (G > n)
         return NULL;
-    PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)G);
-    if (key == NULL)
-        return NULL;
-    PyObject *tpl = PyDict_GetItemWithError(folds, key); /* borrowed */
-    Py_DECREF(key);
-    if (tpl == NULL || !PyBytes_Check(tpl))
-        return NULL;
-    uint8_t hdrs[MAX_FOLD_HDRS];
-    long hl = rx_restore((const uint8_t *)PyBytes_AS_STRING(tpl), (size_t)PyBytes_GET_SIZE(tpl), p + G, n - G, hdrs);
-    if (hl == -2)
-        return NULL;
-    *deferred = 0;
-    if (hl == -1)
-        return PyLong_FromLong(DROP(R_FOLD_TOO_LARGE));
-    int r = rx_check_l3(p + G, n - G);
-    if (r >= 0)
-        return PyLong_FromLong(DROP(r));
-    return Py_BuildValue("(y#n)", (const char *)hdrs, (Py_ssize_t)hl, (Py_ssize_t)G);
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(folds); k++) {
+        PyObject *tpl = PyList_GET_ITEM(folds, k);
+        if (!PyBytes_Check(tpl))
+            continue;
+        const uint8_t *t = (const uint8_t *)PyBytes_AS_STRING(tpl);
+        size_t tlen = (size_t)PyBytes_GET_SIZE(tpl);
+        const uint8_t *lv = rx_match(t, tlen, p, G);
+        if (lv == NULL)
+            continue;
+        uint8_t hdrs[MAX_FOLD_HDRS];
+        long hl = rx_restore(lv, tlen - (size_t)(lv - t), p, G, p + G, n - G, hdrs);
+        if (hl == -2)
+            return NULL;
+        *deferred = 0;
+        if (hl == -1)
+            return PyLong_FromLong(DROP(R_FOLD_TOO_LARGE));
+        int r = rx_check_l3(p + G, n - G);
+        if (r >= 0)
+            return PyLong_FromLong(DROP(r));
+        return Py_BuildValue("(y#n)", (const char *)hdrs, (Py_ssize_t)hl, (Py_ssize_t)G);
+    }
+    return NULL;
 }
 
 static PyObject *native_rx_rows(PyObject *self, PyObject *args)
@@ -285,9 +330,9 @@ static PyObject *native_rx_rows(PyObject *self, PyObject *args)
     PyObject *folds = Py_None;
     if (!PyArg_ParseTuple(args, "y*nnnll|O", &b, &count, &row_len, &last_len, &vni, &opt_class, &folds))
         return NULL;
-    if (folds != Py_None && !PyDict_Check(folds)) {
+    if (folds != Py_None && !PyList_Check(folds)) {
         PyBuffer_Release(&b);
-        PyErr_SetString(PyExc_TypeError, "rx_rows: folds must be a dict or None");
+        PyErr_SetString(PyExc_TypeError, "rx_rows: folds must be a list or None");
         return NULL;
     }
     if (count < 1 || row_len < 0 || last_len < 0 || last_len > row_len ||
@@ -431,7 +476,7 @@ static int rx_check(const uint8_t *buf, size_t count, size_t row_len, size_t las
     uint32_t p_last = rx_pseudo(tip, L->tcp_ip_v6, 6, last_len - t);
     for (size_t i = 0; i < count; i++) {
         size_t len = i == count - 1 ? last_len : row_len;
-        uint64_t s = un_sum(buf + i * row_len + t, len - t, i == count - 1 ? p_last : p_full);
+        uint64_t s = rx_sum_mod(buf + i * row_len + t, len - t) + (i == count - 1 ? p_last : p_full);
         if (s % 0xFFFF)
             return O_CSUM;
     }
@@ -457,6 +502,44 @@ static int rx_check(const uint8_t *buf, size_t count, size_t row_len, size_t las
             if (total % 0xFFFF)
                 return O_CSUM;
         }
+    }
+    return O_OK;
+}
+
+/* rxpipe._whole's checks after the layout (one datagram of n bytes holding a whole super-packet):
+ * lengths, flags, then rxpipe._whole_csums_ok: IPv4 header checksums valid; TCP and non-zero nested UDP
+ * checksums valid or exactly the pseudo-header sum (CHECKSUM_PARTIAL).  An outcome code. */
+static int rx_whole_check(const uint8_t *buf, size_t n, const rx_layout *L, int verify)
+{
+    const size_t G = L->G;
+    if (!rx_lengths_fit(buf, L, (long)n))
+        return O_LENGTHS;
+    if (buf[G + L->tcp + 13] & (0x02 | 0x04 | 0x20 | 0x80))
+        return O_FLAGS;
+    if (!verify)
+        return O_OK;
+    for (int k = 0; k < L->n4; k++) {
+        size_t o = G + L->ip4[k];
+        if (un_sum(buf + o, (size_t)(buf[o] & 0xF) * 4, 0) % 0xFFFF)
+            return O_CSUM;
+    }
+    for (int k = -1; k < L->nu; k++) {
+        size_t off, ip, field;
+        int v6;
+        unsigned proto;
+        if (k < 0) {
+            off = L->tcp, ip = L->tcp_ip, v6 = L->tcp_ip_v6, proto = 6, field = 16;
+        } else {
+            if (!L->udp_has[k])
+                continue;
+            off = L->udp[k], ip = L->udp_ip[k], v6 = L->udp_v6[k], proto = 17, field = 6;
+        }
+        uint32_t pseudo = rx_pseudo(buf + G + ip, v6, proto, n - G - off);
+        const uint8_t *seg = buf + G + off;
+        if ((rx_sum_mod(seg, n - G - off) + pseudo) % 0xFFFF == 0)
+            continue;
+        if (un_get16(seg + field) != pseudo)
+            return O_CSUM;
     }
     return O_OK;
 }
@@ -540,7 +623,7 @@ static PyObject *native_rx_coalesce(PyObject *self, PyObject *args)
     }
     /* bounds: every field read lies within the first G + H bytes of every row, the rows in the buffer */
     size_t GH = L.G + L.H;
-    int ok = count >= 2 && G >= 0 && H > 0 && row_len > 0 && (size_t)row_len > GH && (size_t)last_len > GH &&
+    int ok = count >= 1 && G >= 0 && H > 0 && row_len > 0 && (size_t)row_len > GH && (size_t)last_len > GH &&
              last_len <= row_len && (count - 1) * row_len + last_len <= b.len && kf.len >= (Py_ssize_t)GH &&
              kl.len >= (Py_ssize_t)GH && L.tcp + 20 <= L.H && L.tcp_ip + (L.tcp_ip_v6 ? 40 : 20) <= L.H &&
              L.tcp_ip < L.tcp;
@@ -556,6 +639,13 @@ static PyObject *native_rx_coalesce(PyObject *self, PyObject *args)
     }
     const uint8_t *buf = b.buf;
     int code;
+    if (count == 1) { /* one datagram holding a whole super-packet: rxpipe._whole's checks, no gather */
+        Py_BEGIN_ALLOW_THREADS
+        code = rx_whole_check(buf, (size_t)row_len, &L, verify);
+        Py_END_ALLOW_THREADS
+        result = PyLong_FromLong(code);
+        goto out;
+    }
     Py_BEGIN_ALLOW_THREADS
     code = rx_check(buf, (size_t)count, (size_t)row_len, (size_t)last_len, &L, kf.buf, kl.buf, verify);
     Py_END_ALLOW_THREADS
@@ -594,11 +684,46 @@ out:
     return result;
 }
 
+/* rx_same(buf, ref, keep, csum_offs) -> bool: does the first row carry the same headers as `ref` (the first
+ * row of an earlier read) on the `keep` mask, with the nested UDP checksums at `csum_offs` zero/non-zero
+ * alike?  Then the reference's layout parse of `ref` holds for `buf` too (rxnative.Receiver). */
+static PyObject *native_rx_same(PyObject *self, PyObject *args)
+{
+    Py_buffer b, ref, keep;
+    PyObject *offs;
+    if (!PyArg_ParseTuple(args, "y*y*y*O!", &b, &ref, &keep, &PyTuple_Type, &offs))
+        return NULL;
+    int same = b.len >= ref.len && keep.len >= ref.len;
+    const uint8_t *x = b.buf, *r = ref.buf, *k = keep.buf;
+    for (Py_ssize_t j = 0; same && j < ref.len; j++)
+        if (k[j] && x[j] != r[j])
+            same = 0;
+    for (Py_ssize_t i = 0; same && i < PyTuple_GET_SIZE(offs); i++) {
+        Py_ssize_t o = PyLong_AsSsize_t(PyTuple_GET_ITEM(offs, i));
+        if (o < 0 || o + 2 > ref.len) {
+            same = 0;
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "rx_same: checksum offset outside the headers");
+            break;
+        }
+        if (((x[o] | x[o + 1]) != 0) != ((r[o] | r[o + 1]) != 0))
+            same = 0;
+    }
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&ref);
+    PyBuffer_Release(&keep);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(same);
+}
+
 static PyMethodDef rx_methods[] = {
     {"rx_rows", native_rx_rows, METH_VARARGS,
      "rx_rows(buf, count, row_len, last_len, vni, opt_class, folds=None) -> list: the one-datagram path per "
      "row (int >= 0: write at offset code & 0xFFFF, bit 16 hint; -1 defer; <= -2 drop RX_REASONS[-2 - code]; "
-     "(headers, offset): a FOLD row unfolded with the template folds[geneve header bytes])"},
+     "(headers, offset): a FOLD row unfolded with the first matching template in the list folds)"},
+    {"rx_same", native_rx_same, METH_VARARGS,
+     "rx_same(buf, ref, keep, csum_offs) -> bool: the first row's headers equal ref's on the keep mask"},
     {"rx_coalesce", native_rx_coalesce, METH_VARARGS,
      "rx_coalesce(buf, count, row_len, last_len, G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, keep_full, "
      "keep_last, verify) -> outcome code | (payload, last_flags, seq0, first_ids, last_ids)"},

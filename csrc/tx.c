@@ -34,6 +34,7 @@
 #define TCP_CWR 0x80
 #define MAX_IP 8
 #define MAX_UDP 8
+#define UN_MAX_HDR 4096 /* headers before the payload: far more than 3 levels of anything need */
 
 PyObject *un_Reject; /* udpnest._native.Reject(reason_value, detail) */
 
@@ -256,7 +257,7 @@ static void do_segment(uint8_t *out, const uint8_t *prefix, size_t P, const uint
     size_t W = P + H + mss;
     const unsigned tcp = L->tcp;
     const int is_udp = L->l4 == 17;
-    uint8_t tmpl[512 + 64];
+    uint8_t tmpl[UN_MAX_HDR];
     memcpy(tmpl, f, H);
     uint32_t seq0 = 0;
     uint8_t flags0 = 0, mid = 0;
@@ -356,7 +357,7 @@ static PyObject *tx_segment(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "mss must be in 1..65535 (got %lu)", mss);
         goto done;
     }
-    if (L.hdr_len > 512) {
+    if (L.hdr_len > UN_MAX_HDR) {
         reject("fold_too_large", "headers of %u bytes", L.hdr_len);
         goto done;
     }
@@ -379,6 +380,693 @@ static PyObject *tx_segment(PyObject *self, PyObject *args)
     res = Py_BuildValue("(Onnn)", out, (Py_ssize_t)W, (Py_ssize_t)count, (Py_ssize_t)(P + H + last_seg));
 done:
     Py_XDECREF(out);
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&fb);
+    return res;
+}
+
+/* ---- fold fast path (txplan's fold + tcp_layout + segment_size + segment, for the steady state) ------- */
+
+#define ETH_P_TEB 0x6558
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define MAX_PORTS 32
+#define TYPE_FOLD 0x81
+
+struct fold_level {
+    unsigned off, l2, l3, v6, tun, encap, next, udp_csum_nz;
+};
+
+/* Ethernet (one 802.1Q tag skipped) at pos: header length and ethertype, or 0 */
+static unsigned eth_at(const uint8_t *f, size_t n, size_t pos, unsigned *etype)
+{
+    if (pos + 14 > n)
+        return 0;
+    unsigned et = un_get16(f + pos + 12);
+    if (et == ETH_P_8021Q) {
+        if (pos + 18 > n)
+            return 0;
+        *etype = un_get16(f + pos + 16);
+        return 18;
+    }
+    *etype = et;
+    return 14;
+}
+
+/* An IP header at pos: its length, version and protocol.  Returns 0 where the Python walk would raise
+ * or where this fast path does not follow it (IPv6 extension headers): the caller defers. */
+static unsigned ip_at(const uint8_t *f, size_t n, size_t pos, unsigned etype, unsigned *v6, unsigned *proto,
+                      int *frag)
+{
+    if (etype == ETH_P_IP) {
+        if (pos + 20 > n || f[pos] >> 4 != 4)
+            return 0;
+        unsigned hl = (unsigned)(f[pos] & 0xF) * 4;
+        if (hl < 20 || pos + hl > n)
+            return 0;
+        *v6 = 0;
+        *proto = f[pos + 9];
+        *frag = (un_get16(f + pos + 6) & 0x3FFF) != 0;
+        return hl;
+    }
+    if (etype == ETH_P_IPV6) {
+        if (pos + 40 > n || f[pos] >> 4 != 6)
+            return 0;
+        unsigned nh = f[pos + 6];
+        if (nh == 0 || nh == 43 || nh == 44 || nh == 50 || nh == 51 || nh == 60 || nh == 135 || nh == 139 ||
+            nh == 140 || nh == 253 || nh == 254)
+            return 0; /* extension headers: the Python reference walks them */
+        *v6 = 1;
+        *proto = nh;
+        *frag = 0;
+        return 40;
+    }
+    return 0;
+}
+
+/* one FOLD option per level (fold._fold_option): metadata, the level's headers with lengths/checksums zeroed */
+static void fold_options(uint8_t *q, const uint8_t *f, const struct fold_level *lv, unsigned nlev, unsigned opt_class)
+{
+    for (unsigned i = 0; i < nlev; i++) {
+        const struct fold_level *L = &lv[i];
+        unsigned hlen = L->l2 + L->l3 + 8 + L->tun, data = 6 + hlen, padded = (data + 3) & ~3u;
+        un_put16(q, (uint16_t)opt_class);
+        q[2] = TYPE_FOLD;
+        q[3] = (uint8_t)(padded / 4);
+        q[4] = (uint8_t)L->encap;
+        q[5] = (uint8_t)(0x30 | (L->v6 ? 0x80 : 0) | (L->udp_csum_nz ? 0x40 : 0));
+        q[6] = (uint8_t)L->l2;
+        q[7] = (uint8_t)L->l3;
+        q[8] = (uint8_t)L->tun;
+        q[9] = 0;
+        uint8_t *h = q + 10;
+        memcpy(h, f + L->off, hlen);
+        if (L->v6) {
+            memset(h + L->l2 + 4, 0, 2);
+        } else {
+            memset(h + L->l2 + 2, 0, 2);
+            memset(h + L->l2 + 10, 0, 2);
+        }
+        memset(h + L->l2 + L->l3 + 4, 0, 4);
+        memset(h + hlen, 0, padded - data);
+        q += 4 + padded;
+    }
+}
+
+/* fold.find_levels: the nested levels at the start of f, outermost first (up to max_levels), with
+ * fold()'s option budget when budget is set.  The walk stops where the reference's stops; returns the
+ * number of levels, or -1 where the reference walks IPv6 extension headers (defer to it). */
+static int walk_levels(const uint8_t *f, size_t n, const unsigned *pport, const unsigned *penc, unsigned np,
+                       unsigned max_levels, int gso, int budget, struct fold_level *lv, size_t *endpos)
+{
+    size_t pos = 0;
+    unsigned kind = ETH_P_TEB, used = 0;
+    int nlev = 0;
+    if (max_levels > 3)
+        max_levels = 3;
+    while ((unsigned)nlev < max_levels) {
+        unsigned l2 = 0, etype = kind;
+        if (kind == ETH_P_TEB && (l2 = eth_at(f, n, pos, &etype)) == 0)
+            break;
+        size_t l3off = pos + l2;
+        unsigned l3, v6;
+        if (etype == ETH_P_IP) {
+            if (l3off + 20 > n || f[l3off] >> 4 != 4)
+                break;
+            l3 = (unsigned)(f[l3off] & 0xF) * 4;
+            unsigned total = un_get16(f + l3off + 2);
+            if (l3 < 20 || l3off + l3 > n)
+                break;
+            if (!gso && (total < l3 || l3off + total > n))
+                break;
+            if ((un_get16(f + l3off + 6) & 0x3FFF) || f[l3off + 9] != 17 || (!gso && total != n - l3off))
+                break;
+            v6 = 0;
+        } else if (etype == ETH_P_IPV6) {
+            if (l3off + 40 > n || f[l3off] >> 4 != 6)
+                break;
+            unsigned plen = un_get16(f + l3off + 4), proto = f[l3off + 6];
+            if (!gso && l3off + 40 + plen > n)
+                break;
+            if (proto == 0 || proto == 43 || proto == 44 || proto == 50 || proto == 51 || proto == 60 ||
+                proto == 135 || proto == 139 || proto == 140 || proto == 253 || proto == 254)
+                return -1;
+            if (proto != 17 || (!gso && plen != n - l3off - 40))
+                break;
+            l3 = 40;
+            v6 = 1;
+        } else {
+            break;
+        }
+        size_t uoff = l3off + l3, toff = uoff + 8;
+        if (toff > n)
+            break;
+        unsigned ulen = un_get16(f + uoff + 4);
+        if (!gso && (ulen < 8 || uoff + ulen > n || ulen != n - uoff))
+            break;
+        unsigned dport = un_get16(f + uoff + 2), encap = 0, tun, next;
+        for (unsigned i = 0; i < np; i++)
+            if (pport[i] == dport)
+                encap = penc[i];
+        if (encap == 1 || encap == 2) {
+            if (toff + 8 > n || !(f[toff] & 0x08))
+                break;
+            tun = 8;
+            if (encap == 1) {
+                next = ETH_P_TEB;
+            } else {
+                unsigned npr = f[toff + 3];
+                if (!(f[toff] & 0x04) || npr < 1 || npr > 3)
+                    break;
+                next = npr == 1 ? ETH_P_IP : npr == 2 ? ETH_P_IPV6 : ETH_P_TEB;
+            }
+        } else if (encap == 3) {
+            if (toff + 8 > n || f[toff] >> 6 != 0)
+                break;
+            tun = 8 + (unsigned)(f[toff] & 0x3F) * 4;
+            if (toff + tun > n)
+                break;
+            next = un_get16(f + toff + 2);
+            if (next != ETH_P_TEB && next != ETH_P_IP && next != ETH_P_IPV6)
+                break;
+        } else {
+            break;
+        }
+        unsigned end = (unsigned)(toff + tun);
+        unsigned data = 6 + end - (unsigned)pos, optsz = 4 + ((data + 3) & ~3u);
+        if (optsz - 4 > 124 || (budget && used + optsz > 252))
+            break;
+        lv[nlev] = (struct fold_level){(unsigned)pos, l2, l3, v6, tun, encap, next, un_get16(f + uoff + 6) != 0};
+        nlev++;
+        used += optsz;
+        pos = end;
+        kind = next;
+    }
+    *endpos = pos;
+    return nlev;
+}
+
+static int parse_ports(PyObject *ports, unsigned *pport, unsigned *penc, unsigned *np)
+{
+    PyObject *fast = PySequence_Fast(ports, "ports must be a sequence of (port, encap)");
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t nports = PySequence_Fast_GET_SIZE(fast);
+    if (nports > MAX_PORTS) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many nested ports");
+        return -1;
+    }
+    *np = 0;
+    for (Py_ssize_t i = 0; i < nports; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &pport[*np], &penc[*np])) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        (*np)++;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* hint_prefix(frame, vni, ports, gso) -> the Geneve header for hint mode (with the Linux GRO hint option
+ * when fold.gro_hint_for finds one, else plain), or None (defer: IPv6 extension headers). */
+static PyObject *tx_hint_prefix(PyObject *self, PyObject *args)
+{
+    Py_buffer fb;
+    unsigned vni;
+    int gso;
+    PyObject *ports;
+    if (!PyArg_ParseTuple(args, "y*IOp", &fb, &vni, &ports, &gso))
+        return NULL;
+    PyObject *res = NULL;
+    unsigned pport[MAX_PORTS], penc[MAX_PORTS], np;
+    if (parse_ports(ports, pport, penc, &np) < 0)
+        goto done;
+    const uint8_t *f = fb.buf;
+    size_t n = (size_t)fb.len, end;
+    struct fold_level lv[3];
+    int nlev = walk_levels(f, n, pport, penc, np, 2, gso, 0, lv, &end);
+    if (nlev < 0) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    uint8_t h[16] = {0, 0, 0x65, 0x58};
+    un_put32(h + 4, vni << 8);
+    size_t len = 8;
+    const struct fold_level *L = &lv[0];
+    if (nlev == 1 && (L->v6 || L->l3 == 20) && end <= 255) {
+        unsigned nh = L->l2, tp = L->l2 + L->l3;
+        int ok = 1;
+        if (!L->v6) /* validate_gro_hint: 0x45, unfragmented, UDP (the walk checked), valid header checksum */
+            ok = f[nh] == 0x45 && un_fold(un_sum(f + nh, 20, 0)) == 0xFFFF;
+        if (ok) {
+            unsigned id = L->next == ETH_P_TEB ? 0 : L->next == ETH_P_IPV6 ? 1 : 2;
+            h[0] = 2;
+            un_put16(h + 8, 0x0100);
+            h[10] = 0x01;
+            h[11] = 1;
+            h[12] = (uint8_t)(id | (L->v6 ? 4 : 0));
+            h[13] = (uint8_t)nh;
+            h[14] = (uint8_t)tp;
+            h[15] = (uint8_t)end;
+            len = 16;
+        }
+    }
+    res = PyBytes_FromStringAndSize((const char *)h, (Py_ssize_t)len);
+done:
+    PyBuffer_Release(&fb);
+    return res;
+}
+
+/* fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)
+ *   -> (bytearray, row_len, count, last_len, mss), or None: not the common case, use the Python reference.
+ * ports: ((udp port, encap 1 VXLAN | 2 VXLAN-GPE | 3 Geneve), ...).  Only a TCP super-packet whose every
+ * nested level folds (1..max_levels levels within the option space) and whose headers parse without any
+ * doubt is handled; anything else returns None and txplan runs fold.py + gso.py, which produce the drop
+ * reason.  For what it handles, the bytes equal the reference's (tests/test_engine_diff_tx.py). */
+static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
+{
+    Py_buffer fb;
+    unsigned vni, opt_class, max_levels, max_dg, gso_size;
+    int plan_only = 0;
+    PyObject *ports;
+    if (!PyArg_ParseTuple(args, "y*IIOIII|p", &fb, &vni, &opt_class, &ports, &max_levels, &max_dg, &gso_size,
+                          &plan_only))
+        return NULL;
+    PyObject *res = NULL, *out = NULL;
+    unsigned pport[MAX_PORTS], penc[MAX_PORTS], np = 0;
+    PyObject *fast = PySequence_Fast(ports, "ports must be a sequence of (port, encap)");
+    if (fast == NULL)
+        goto done;
+    Py_ssize_t nports = PySequence_Fast_GET_SIZE(fast);
+    if (nports > MAX_PORTS) {
+        Py_DECREF(fast);
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nports; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &pport[np], &penc[np])) {
+            Py_DECREF(fast);
+            goto done;
+        }
+        np++;
+    }
+    Py_DECREF(fast);
+
+    const uint8_t *f = fb.buf;
+    size_t n = (size_t)fb.len, pos = 0;
+    unsigned kind = ETH_P_TEB, nlev = 0, used = 0;
+    struct fold_level lv[3];
+    if (max_levels > 3)
+        max_levels = 3;
+    if (gso_size == 0)
+        goto defer;
+    /* the nested levels (fold.find_levels with gso=True), outermost first */
+    for (;;) {
+        unsigned l2 = 0, etype = kind, v6, proto;
+        int frag;
+        if (kind == ETH_P_TEB && (l2 = eth_at(f, n, pos, &etype)) == 0)
+            goto defer;
+        size_t l3off = pos + l2;
+        unsigned l3 = ip_at(f, n, l3off, etype, &v6, &proto, &frag);
+        if (l3 == 0 || frag)
+            goto defer;
+        if (proto == 6 && nlev > 0) { /* the innermost packet: TCP */
+            if (nlev > max_levels)
+                goto defer;
+            break;
+        }
+        if (proto != 17 || nlev == max_levels)
+            goto defer;
+        size_t uoff = l3off + l3, toff = uoff + 8;
+        if (toff > n)
+            goto defer;
+        unsigned dport = un_get16(f + uoff + 2), encap = 0;
+        for (unsigned i = 0; i < np; i++)
+            if (pport[i] == dport)
+                encap = penc[i];
+        unsigned tun, next;
+        if (encap == 1 || encap == 2) {
+            if (toff + 8 > n || !(f[toff] & 0x08))
+                goto defer;
+            tun = 8;
+            if (encap == 1) {
+                next = ETH_P_TEB;
+            } else {
+                unsigned npr = f[toff + 3];
+                if (!(f[toff] & 0x04) || npr < 1 || npr > 3)
+                    goto defer;
+                next = npr == 1 ? ETH_P_IP : npr == 2 ? ETH_P_IPV6 : ETH_P_TEB;
+            }
+        } else if (encap == 3) {
+            if (toff + 8 > n || f[toff] >> 6 != 0)
+                goto defer;
+            tun = 8 + (unsigned)(f[toff] & 0x3F) * 4;
+            if (toff + tun > n)
+                goto defer;
+            next = un_get16(f + toff + 2);
+            if (next != ETH_P_TEB && next != ETH_P_IP && next != ETH_P_IPV6)
+                goto defer;
+        } else {
+            goto defer;
+        }
+        unsigned end = (unsigned)(toff + tun);
+        unsigned data = 6 + end - (unsigned)pos, optsz = 4 + ((data + 3) & ~3u);
+        if (optsz - 4 > 124 || used + optsz > 252)
+            goto defer;
+        lv[nlev] = (struct fold_level){(unsigned)pos, l2, l3, v6, tun, encap, next, un_get16(f + uoff + 6) != 0};
+        nlev++;
+        used += optsz;
+        pos = end;
+        kind = next;
+    }
+    /* the Geneve header with one FOLD option per level */
+    uint8_t prefix[8 + 252];
+    size_t P = 8 + used;
+    prefix[0] = (uint8_t)(used / 4);
+    prefix[1] = 0x40; /* C: FOLD is critical */
+    un_put16(prefix + 2, (uint16_t)lv[nlev - 1].next);
+    un_put32(prefix + 4, vni << 8);
+    fold_options(prefix + 8, f, lv, nlev, opt_class);
+    /* the innermost frame's layout (gso.tcp_layout without nested levels) */
+    const uint8_t *in = f + pos;
+    size_t inlen = n - pos, ipos = 0;
+    unsigned etype = kind, v6, proto;
+    int frag;
+    /* the reference (gso.tcp_layout) expects Ethernet first: an innermost IP packet is its business */
+    if (kind != ETH_P_TEB || (ipos = eth_at(in, inlen, 0, &etype)) == 0)
+        goto defer;
+    unsigned l3 = ip_at(in, inlen, ipos, etype, &v6, &proto, &frag);
+    if (l3 == 0 || frag || proto != 6)
+        goto defer;
+    size_t tcp = ipos + l3;
+    if (tcp + 20 > inlen || (in[tcp + 12] >> 4) < 5 || tcp + (size_t)(in[tcp + 12] >> 4) * 4 > inlen)
+        goto defer;
+    struct layout L = {0};
+    if (v6) {
+        L.ip6[0] = (unsigned)ipos;
+        L.n6 = 1;
+    } else {
+        L.ip4[0] = (unsigned)ipos;
+        L.n4 = 1;
+    }
+    L.tcp_ip = (unsigned)ipos;
+    L.tcp_ip_v6 = v6;
+    L.tcp = (unsigned)tcp;
+    L.hdr_len = (unsigned)(tcp + (size_t)(in[tcp + 12] >> 4) * 4);
+    L.l4 = 6;
+    /* gso.segment_size: aligned to 4 unless that costs a datagram */
+    long overhead = (long)(P + L.hdr_len), payload = (long)(inlen - L.hdr_len);
+    long raw = (long)max_dg - overhead;
+    if (gso_size && (long)gso_size < raw)
+        raw = gso_size;
+    long mss = raw - (overhead + raw) % 4;
+    if (mss > 0 && raw > mss && (payload + mss - 1) / mss > (payload + raw - 1) / raw)
+        mss = raw;
+    if (mss < 64 || mss > 65535 || L.hdr_len > UN_MAX_HDR)
+        goto defer;
+    if (plan_only) { /* the kernel TX path: prefix, where the inner frame starts, its layout (gso.Layout), MSS */
+        if (v6)
+            res = Py_BuildValue("(y#n(()(I)()IOIII)l)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos,
+                                L.tcp_ip, L.tcp_ip, Py_True, L.tcp, L.hdr_len, 6u, mss);
+        else
+            res = Py_BuildValue("(y#n((I)()()IOIII)l)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos,
+                                L.tcp_ip, L.tcp_ip, Py_False, L.tcp, L.hdr_len, 6u, mss);
+        goto done;
+    }
+    size_t H = L.hdr_len, total = inlen - H;
+    size_t n_full = total / (size_t)mss, rem = total % (size_t)mss;
+    size_t count = n_full + ((rem || !n_full) ? 1 : 0);
+    size_t last_seg = (rem || !n_full) ? rem : (size_t)mss;
+    size_t W = P + H + (size_t)mss, nbytes = (count - 1) * W + P + H + last_seg;
+    out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)nbytes);
+    if (out == NULL)
+        goto done;
+    uint8_t *o = (uint8_t *)PyByteArray_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    do_segment(o, prefix, P, in, inlen, &L, (size_t)mss, SEG_FIX_IP_IDS);
+    Py_END_ALLOW_THREADS
+    res = Py_BuildValue("(Onnnl)", out, (Py_ssize_t)W, (Py_ssize_t)count, (Py_ssize_t)(P + H + last_seg), mss);
+    goto done;
+defer:
+    res = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(out);
+    PyBuffer_Release(&fb);
+    return res;
+}
+
+/* fold_one(frame, vni, opt_class, ports, max_levels) -> (geneve header with FOLD options, inner offset) or
+ * None: fold.fold() of a single (non-GSO) frame, whose IP and UDP lengths must match the buffer exactly.
+ * The level walk stops where the reference's stops (a header that does not parse or is not a foldable
+ * tunnel level: the levels found so far are folded); IPv6 extension headers, which the reference walks,
+ * defer the frame to it (None). */
+static PyObject *tx_fold_one(PyObject *self, PyObject *args)
+{
+    Py_buffer fb;
+    unsigned vni, opt_class, max_levels;
+    PyObject *ports;
+    if (!PyArg_ParseTuple(args, "y*IIOI", &fb, &vni, &opt_class, &ports, &max_levels))
+        return NULL;
+    PyObject *res = NULL;
+    unsigned pport[MAX_PORTS], penc[MAX_PORTS], np = 0;
+    PyObject *fast = PySequence_Fast(ports, "ports must be a sequence of (port, encap)");
+    if (fast == NULL)
+        goto done;
+    Py_ssize_t nports = PySequence_Fast_GET_SIZE(fast);
+    if (nports > MAX_PORTS) {
+        Py_DECREF(fast);
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nports; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &pport[np], &penc[np])) {
+            Py_DECREF(fast);
+            goto done;
+        }
+        np++;
+    }
+    Py_DECREF(fast);
+    const uint8_t *f = fb.buf;
+    size_t n = (size_t)fb.len, pos = 0;
+    unsigned kind = ETH_P_TEB, nlev = 0, used = 0;
+    struct fold_level lv[3];
+    if (max_levels > 3)
+        max_levels = 3;
+    while (nlev < max_levels) {
+        unsigned l2 = 0, etype = kind;
+        if (kind == ETH_P_TEB && (l2 = eth_at(f, n, pos, &etype)) == 0)
+            break;
+        size_t l3off = pos + l2;
+        unsigned l3, v6, proto;
+        if (etype == ETH_P_IP) {
+            if (l3off + 20 > n || f[l3off] >> 4 != 4)
+                break;
+            l3 = (unsigned)(f[l3off] & 0xF) * 4;
+            unsigned total = un_get16(f + l3off + 2);
+            if (l3 < 20 || l3off + l3 > n || total < l3 || l3off + total > n)
+                break;
+            if ((un_get16(f + l3off + 6) & 0x3FFF) || f[l3off + 9] != 17 || total != n - l3off)
+                break;
+            v6 = 0;
+        } else if (etype == ETH_P_IPV6) {
+            if (l3off + 40 > n || f[l3off] >> 4 != 6)
+                break;
+            unsigned plen = un_get16(f + l3off + 4);
+            if (l3off + 40 + plen > n)
+                break;
+            proto = f[l3off + 6];
+            if (proto == 0 || proto == 43 || proto == 44 || proto == 50 || proto == 51 || proto == 60 ||
+                proto == 135 || proto == 139 || proto == 140 || proto == 253 || proto == 254)
+                goto defer;
+            if (proto != 17 || plen != n - l3off - 40)
+                break;
+            l3 = 40;
+            v6 = 1;
+        } else {
+            break;
+        }
+        size_t uoff = l3off + l3, toff = uoff + 8;
+        if (toff > n)
+            break;
+        unsigned ulen = un_get16(f + uoff + 4);
+        if (ulen < 8 || uoff + ulen > n || ulen != n - uoff)
+            break;
+        unsigned dport = un_get16(f + uoff + 2), encap = 0, tun, next;
+        for (unsigned i = 0; i < np; i++)
+            if (pport[i] == dport)
+                encap = penc[i];
+        if (encap == 1 || encap == 2) {
+            if (toff + 8 > n || !(f[toff] & 0x08))
+                break;
+            tun = 8;
+            if (encap == 1) {
+                next = ETH_P_TEB;
+            } else {
+                unsigned npr = f[toff + 3];
+                if (!(f[toff] & 0x04) || npr < 1 || npr > 3)
+                    break;
+                next = npr == 1 ? ETH_P_IP : npr == 2 ? ETH_P_IPV6 : ETH_P_TEB;
+            }
+        } else if (encap == 3) {
+            if (toff + 8 > n || f[toff] >> 6 != 0)
+                break;
+            tun = 8 + (unsigned)(f[toff] & 0x3F) * 4;
+            if (toff + tun > n)
+                break;
+            next = un_get16(f + toff + 2);
+            if (next != ETH_P_TEB && next != ETH_P_IP && next != ETH_P_IPV6)
+                break;
+        } else {
+            break;
+        }
+        unsigned end = (unsigned)(toff + tun);
+        unsigned data = 6 + end - (unsigned)pos, optsz = 4 + ((data + 3) & ~3u);
+        if (optsz - 4 > 124 || used + optsz > 252)
+            break;
+        lv[nlev] = (struct fold_level){(unsigned)pos, l2, l3, v6, tun, encap, next, un_get16(f + uoff + 6) != 0};
+        nlev++;
+        used += optsz;
+        pos = end;
+        kind = next;
+    }
+    uint8_t prefix[8 + 252];
+    size_t P = 8 + used;
+    prefix[0] = (uint8_t)(used / 4);
+    prefix[1] = nlev ? 0x40 : 0;
+    un_put16(prefix + 2, (uint16_t)(nlev ? lv[nlev - 1].next : ETH_P_TEB));
+    un_put32(prefix + 4, vni << 8);
+    fold_options(prefix + 8, f, lv, nlev, opt_class);
+    res = Py_BuildValue("(y#n)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos);
+    goto done;
+defer:
+    res = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&fb);
+    return res;
+}
+
+/* The innermost IP + TCP at pos (Ethernet first when eth): fills L (offsets into f).  0: handled; -1: defer */
+static int inner_tcp(const uint8_t *f, size_t n, size_t pos, int eth, struct layout *L)
+{
+    unsigned etype = ETH_P_TEB, v6, proto;
+    int frag;
+    size_t ipos = pos;
+    if (eth) {
+        unsigned l2 = eth_at(f, n, pos, &etype);
+        if (l2 == 0)
+            return -1;
+        ipos += l2;
+    }
+    unsigned l3 = ip_at(f, n, ipos, etype, &v6, &proto, &frag);
+    if (l3 == 0 || frag || proto != 6)
+        return -1;
+    size_t tcp = ipos + l3;
+    if (tcp + 20 > n || (f[tcp + 12] >> 4) < 5 || tcp + (size_t)(f[tcp + 12] >> 4) * 4 > n)
+        return -1;
+    if (v6)
+        L->ip6[L->n6++] = (unsigned)ipos;
+    else
+        L->ip4[L->n4++] = (unsigned)ipos;
+    L->tcp_ip = (unsigned)ipos;
+    L->tcp_ip_v6 = v6;
+    L->tcp = (unsigned)tcp;
+    L->hdr_len = (unsigned)(tcp + (size_t)(f[tcp + 12] >> 4) * 4);
+    L->l4 = 6;
+    return 0;
+}
+
+/* gso.segment_size */
+static long seg_size(long max_dg, long overhead, long limit, long payload)
+{
+    long raw = max_dg - overhead;
+    if (limit < raw)
+        raw = limit;
+    long mss = raw - (overhead + raw) % 4;
+    if (mss > 0 && raw > mss && (payload + mss - 1) / mss > (payload + raw - 1) / raw)
+        mss = raw;
+    return mss;
+}
+
+static PyObject *segment_out(const uint8_t *prefix, size_t P, const uint8_t *f, size_t n, const struct layout *L,
+                             long mss, unsigned flags)
+{
+    size_t H = L->hdr_len, total = n - H;
+    size_t n_full = total / (size_t)mss, rem = total % (size_t)mss;
+    size_t count = n_full + ((rem || !n_full) ? 1 : 0);
+    size_t last_seg = (rem || !n_full) ? rem : (size_t)mss;
+    size_t W = P + H + (size_t)mss, nbytes = (count - 1) * W + P + H + last_seg;
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)nbytes);
+    if (out == NULL)
+        return NULL;
+    uint8_t *o = (uint8_t *)PyByteArray_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    do_segment(o, prefix, P, f, n, L, (size_t)mss, flags);
+    Py_END_ALLOW_THREADS
+    PyObject *res = Py_BuildValue("(Onnnl)", out, (Py_ssize_t)W, (Py_ssize_t)count, (Py_ssize_t)(P + H + last_seg), mss);
+    Py_DECREF(out);
+    return res;
+}
+
+/* plain_gso(prefix, frame, nested_udp, max_datagram, gso_size, flags)
+ *   -> (bytearray, row_len, count, last_len, mss) or None (defer): a TCP super-packet sent as it is behind
+ * prefix (plain or hint Geneve header), with at most one nested UDP tunnel level whose UDP header is at
+ * nested_udp (the vnet header's outer_th_offset; 0: none): gso.tcp_layout + segment_size + segment. */
+static PyObject *tx_plain_gso(PyObject *self, PyObject *args)
+{
+    Py_buffer pb, fb;
+    unsigned nested, max_dg, gso_size, flags;
+    if (!PyArg_ParseTuple(args, "y*y*IIII", &pb, &fb, &nested, &max_dg, &gso_size, &flags))
+        return NULL;
+    PyObject *res = NULL;
+    const uint8_t *f = fb.buf;
+    size_t n = (size_t)fb.len;
+    struct layout L = {0};
+    size_t pos = 0;
+    if (nested) {
+        unsigned etype, v6, proto;
+        int frag;
+        unsigned l2 = eth_at(f, n, 0, &etype);
+        if (l2 == 0)
+            goto defer;
+        unsigned l3 = ip_at(f, n, l2, etype, &v6, &proto, &frag);
+        if (l3 == 0 || frag || proto != 17 || l2 + l3 != nested || nested + 8 > n)
+            goto defer;
+        if (v6)
+            L.ip6[L.n6++] = l2;
+        else
+            L.ip4[L.n4++] = l2;
+        L.udp[0] = nested;
+        L.udp_has[0] = un_get16(f + nested + 6) != 0;
+        L.nu = 1;
+        /* gso._after_tunnel: Ethernet + IP after an 8-byte header (VXLAN/GPE), else after a Geneve header */
+        size_t tun = nested + 8, cand[2] = {tun + 8, 0};
+        int nc = 1;
+        if (tun + 8 <= n && f[tun] >> 6 == 0 && tun + 8 + (size_t)(f[tun] & 0x3F) * 4 <= n)
+            cand[nc++] = tun + 8 + (size_t)(f[tun] & 0x3F) * 4;
+        int found = 0;
+        for (int c = 0; c < nc && !found; c++) {
+            unsigned et;
+            if (eth_at(f, n, cand[c], &et) && (et == ETH_P_IP || et == ETH_P_IPV6)) {
+                pos = cand[c];
+                found = 1;
+            }
+        }
+        if (!found)
+            goto defer;
+    }
+    if (inner_tcp(f, n, pos, 1, &L) < 0 || gso_size == 0 || L.hdr_len > UN_MAX_HDR)
+        goto defer;
+    long mss = seg_size((long)max_dg, (long)(pb.len + L.hdr_len), (long)gso_size, (long)(n - L.hdr_len));
+    if (mss < 64 || mss > 65535)
+        goto defer;
+    res = segment_out(pb.buf, (size_t)pb.len, f, n, &L, mss, flags);
+    goto done;
+defer:
+    res = Py_NewRef(Py_None);
+done:
     PyBuffer_Release(&pb);
     PyBuffer_Release(&fb);
     return res;
@@ -461,6 +1149,139 @@ static PyObject *tx_send_gso(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(r);
 }
 
+/* send_batch(fd, [(datagram, (host, port)), ...]) -> how many were sent: one sendmmsg for up to 64
+ * single datagrams (ACKs and other small frames of one TAP read burst), GIL released.  0 when the socket
+ * buffer is full (EAGAIN) before the first; OSError for any other error before the first. */
+#define BATCH_MAX 64
+static PyObject *tx_send_batch(PyObject *self, PyObject *args)
+{
+    int fd;
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "iO", &fd, &list))
+        return NULL;
+    PyObject *fast = PySequence_Fast(list, "send_batch wants a list of (datagram, address)");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t cnt = PySequence_Fast_GET_SIZE(fast);
+    if (cnt > BATCH_MAX)
+        cnt = BATCH_MAX;
+    struct mmsghdr msgs[BATCH_MAX];
+    struct iovec iov[BATCH_MAX];
+    struct sockaddr_storage ss[BATCH_MAX];
+    Py_buffer bufs[BATCH_MAX];
+    Py_ssize_t nb = 0;
+    PyObject *res = NULL;
+    memset(msgs, 0, sizeof(msgs[0]) * (size_t)(cnt ? cnt : 1));
+    for (Py_ssize_t i = 0; i < cnt; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i), *addr;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "send_batch items are (datagram, address)");
+            goto done;
+        }
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &bufs[nb], PyBUF_SIMPLE) < 0)
+            goto done;
+        nb++;
+        addr = PyTuple_GET_ITEM(item, 1);
+        socklen_t sl;
+        if (sockaddr_of(addr, &ss[i], &sl) < 0)
+            goto done;
+        iov[i].iov_base = bufs[i].buf;
+        iov[i].iov_len = (size_t)bufs[i].len;
+        msgs[i].msg_hdr.msg_name = &ss[i];
+        msgs[i].msg_hdr.msg_namelen = sl;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int r = 0;
+    if (cnt > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        r = sendmmsg(fd, msgs, (unsigned)cnt, MSG_DONTWAIT);
+        Py_END_ALLOW_THREADS
+    }
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            res = PyLong_FromLong(0);
+        else
+            PyErr_SetFromErrno(PyExc_OSError);
+    } else {
+        res = PyLong_FromLong(r);
+    }
+done:
+    for (Py_ssize_t i = 0; i < nb; i++)
+        PyBuffer_Release(&bufs[i]);
+    Py_DECREF(fast);
+    return res;
+}
+
+/* kernel_headers(v6, dst_mac, src_mac, src, dst, sport, dport, payload_len, ident, ttl, tos, df, flow_label,
+ *                base_type, ecn, mss, geneve_len, inner_nh, inner_th, inner_hdr_end, csum_offset)
+ *   -> bytes: the tunnel-GSO virtio_net_hdr (24) + outer Ethernet/IP/UDP for the kernel TX path, the same
+ * bytes as outer.tunnel_gso_vnet(...) + outer.outer_headers(...) */
+static PyObject *tx_kernel_headers(PyObject *self, PyObject *args)
+{
+    int v6, df, ecn;
+    Py_buffer dm, sm, sa, da;
+    unsigned sport, dport, plen, ident, ttl, tos, flow, base_type, mss, glen, inh, ith, iend, coff;
+    if (!PyArg_ParseTuple(args, "py*y*y*y*IIIIIIpIIpIIIIII", &v6, &dm, &sm, &sa, &da, &sport, &dport, &plen, &ident,
+                          &ttl, &tos, &df, &flow, &base_type, &ecn, &mss, &glen, &inh, &ith, &iend, &coff))
+        return NULL;
+    PyObject *res = NULL;
+    size_t alen = v6 ? 16 : 4;
+    if (dm.len != 6 || sm.len != 6 || (size_t)sa.len != alen || (size_t)da.len != alen) {
+        PyErr_SetString(PyExc_ValueError, "kernel_headers: MACs are 6 bytes, addresses 4 (IPv4) or 16 (IPv6)");
+        goto done;
+    }
+    uint8_t h[24 + 14 + 40 + 8] = {0};
+    size_t outer_len = 14 + (v6 ? 40 : 20) + 8, base = outer_len + glen;
+    uint8_t *e = h + 24, *ip = e + 14, *udp = ip + (v6 ? 40 : 20);
+    unsigned udp_len = 8 + plen;
+    /* vnet: little-endian */
+    h[0] = 0x01 | 0x08;
+    h[1] = (uint8_t)(base_type | (v6 ? 0x40 : 0x20) | (ecn ? 0x80 : 0));
+#define LE16(p, v) ((p)[0] = (uint8_t)(v), (p)[1] = (uint8_t)((v) >> 8))
+    LE16(h + 2, base + iend);
+    LE16(h + 4, mss);
+    LE16(h + 6, base + ith);
+    LE16(h + 8, coff);
+    LE16(h + 20, outer_len - 8);
+    LE16(h + 22, base + inh);
+#undef LE16
+    memcpy(e, dm.buf, 6);
+    memcpy(e + 6, sm.buf, 6);
+    un_put16(e + 12, v6 ? ETH_P_IPV6 : ETH_P_IP);
+    if (v6) {
+        un_put32(ip, (6u << 28) | ((tos & 0xFF) << 20) | (flow & 0xFFFFF));
+        un_put16(ip + 4, (uint16_t)udp_len);
+        ip[6] = 17;
+        ip[7] = (uint8_t)ttl;
+        memcpy(ip + 8, sa.buf, 16);
+        memcpy(ip + 24, da.buf, 16);
+    } else {
+        ip[0] = 0x45;
+        ip[1] = (uint8_t)tos;
+        un_put16(ip + 2, (uint16_t)(20 + udp_len));
+        un_put16(ip + 4, (uint16_t)ident);
+        un_put16(ip + 6, df ? 0x4000 : 0);
+        ip[8] = (uint8_t)ttl;
+        ip[9] = 17;
+        memcpy(ip + 12, sa.buf, 4);
+        memcpy(ip + 16, da.buf, 4);
+        un_put16(ip + 10, un_csum(un_sum(ip, 20, 0)));
+    }
+    un_put16(udp, (uint16_t)sport);
+    un_put16(udp + 2, (uint16_t)dport);
+    un_put16(udp + 4, (uint16_t)udp_len);
+    uint64_t ps = un_sum(sa.buf, alen, 0) + un_sum(da.buf, alen, 0) + 17 + (udp_len & 0xFFFF) + (udp_len >> 16);
+    un_put16(udp + 6, un_fold(ps));
+    res = PyBytes_FromStringAndSize((const char *)h, (Py_ssize_t)(24 + outer_len));
+done:
+    PyBuffer_Release(&dm);
+    PyBuffer_Release(&sm);
+    PyBuffer_Release(&sa);
+    PyBuffer_Release(&da);
+    return res;
+}
+
 static PyMethodDef tx_methods[] = {
     {"vnet_check", tx_vnet_check, METH_VARARGS,
      "vnet_check(buf) -> 13-tuple of virtio_net_hdr fields, validated like VnetHdr.check (Reject otherwise)"},
@@ -469,6 +1290,22 @@ static PyMethodDef tx_methods[] = {
     {"segment", tx_segment, METH_VARARGS,
      "segment(prefix, frame, (ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, hdr_len, l4_proto), mss, flags=1)\n"
      " -> (bytearray, row_len, count, last_len): gso.segment_tcp in C"},
+    {"fold_gso", tx_fold_gso, METH_VARARGS,
+     "fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size, plan_only=False)\n"
+     " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference);\n"
+     " plan_only: (prefix, inner offset, layout tuple, mss) for the kernel TX path"},
+    {"fold_one", tx_fold_one, METH_VARARGS,
+     "fold_one(frame, vni, opt_class, ports, max_levels) -> (geneve header, inner offset) or None (defer)"},
+    {"plain_gso", tx_plain_gso, METH_VARARGS,
+     "plain_gso(prefix, frame, nested_udp, max_datagram, gso_size, flags)\n"
+     " -> (bytearray, row_len, count, last_len, mss) or None (defer to the Python reference)"},
+    {"hint_prefix", tx_hint_prefix, METH_VARARGS,
+     "hint_prefix(frame, vni, ports, gso) -> hint-mode Geneve header (fold.gro_hint_for) or None (defer)"},
+    {"send_batch", tx_send_batch, METH_VARARGS,
+     "send_batch(fd, [(datagram, (host, port)), ...]) -> datagrams sent (one sendmmsg, at most 64)"},
+    {"kernel_headers", tx_kernel_headers, METH_VARARGS,
+     "kernel_headers(v6, dst_mac, src_mac, src, dst, sport, dport, payload_len, ident, ttl, tos, df, flow_label,\n"
+     " base_type, ecn, mss, geneve_len, inner_nh, inner_th, inner_hdr_end, csum_offset) -> vnet + outer headers"},
     {"send_gso", tx_send_gso, METH_VARARGS,
      "send_gso(fd, buf, seg, (host, port)) -> bytes: sendmsg with UDP_SEGMENT=seg, GIL released"},
     {NULL, NULL, 0, NULL},

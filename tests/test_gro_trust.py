@@ -266,3 +266,28 @@ def test_kernel_gso_partial_two_reads_merge():
     whole = receive(*read_of(train), vni=VNI).writes[0]
     got = finish(joined)
     assert got.vnet == whole.vnet and frame_of(got) == frame_of(whole)
+
+
+@pytest.mark.parametrize(("mode", "nest", "inner_v6"), [("plain", "vx4c", False), ("plain", "none", True),
+                                                        ("fold", "vx6c", False)])
+def test_whole_super_packet_with_partial_checksums_is_a_super_packet(mode, nest, inner_v6):
+    """A local sender's tunnel-GSO skb that crossed a veth uncut carries CHECKSUM_PARTIAL fields (the
+    pseudo-header sums): a super-packet, as before (the lab's kernel TX path depends on it)."""
+    case, frame, _ = _whole_dg(mode, nest, inner_v6)
+    part = bytearray(frame)
+    t = case.tcp_off
+    ip = case.inner_ip_off
+    src, dst = ((part[ip + 8 : ip + 24], part[ip + 24 : ip + 40]) if inner_v6 else
+                (part[ip + 12 : ip + 16], part[ip + 16 : ip + 20]))
+    part[t + 16 : t + 18] = csum.pseudo_sum(bytes(src), bytes(dst), 6, len(part) - t).to_bytes(2, "big")
+    if case.nested_csum:
+        u = case.udp_off
+        nsrc, ndst = (part[14 + 8 : 14 + 24], part[14 + 24 : 14 + 40]) if case.nested_v6 else (part[26:30], part[30:34])
+        part[u + 6 : u + 8] = csum.pseudo_sum(bytes(nsrc), bytes(ndst), 17, len(part) - u).to_bytes(2, "big")
+    dg = build_geneve(VNI, 0x6558) + bytes(part) if mode == "plain" else fold(bytes(part), gso=True, vni=VNI).payload
+    res = receive(dg, len(dg), 0, vni=VNI)
+    assert res.outcome is Outcome.WHOLE and len(res.writes) == 1
+    assert frame_of(res.writes[0]) == expected_coalesced(case, frame)
+    bad = bytearray(dg)
+    bad[len(dg) - len(frame) + t + 16] ^= 0x10  # neither valid nor the pseudo-header sum
+    assert receive(bytes(bad), len(bad), 0, vni=VNI).outcome is Outcome.CSUM

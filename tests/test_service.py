@@ -158,3 +158,26 @@ def test_reload_without_changes_does_nothing():
     ep = ep_with_clock()
     assert ep.reload(cfg()) == []
     assert ep.ctl_stats.c["reloads"] == 0
+
+
+def test_reload_of_nested_ports_reaches_the_tx_planner():
+    """The workload moves its VXLAN to another port: after the reload udpnest folds it (before: plain payload)."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                  / IP(src="192.0.2.1", dst="192.0.2.18") / UDP(sport=5555, dport=6090) / VXLAN(vni=100)
+                  / Ether(src="02:00:00:00:00:03", dst="02:00:00:00:00:04")
+                  / IP(src="203.0.113.2", dst="203.0.113.1") / TCP(sport=5201, dport=40000, flags="A"))
+    ep = ep_with_clock()
+    capable(ep)
+
+    def folds() -> int:
+        ep.tx[0].sent.clear()
+        ep._tx_frame(memoryview(ZERO_VNET_HDR + frame))
+        return len(parse_packet(ep.tx[0].sent[0][0]).folds)
+
+    assert folds() == 0  # 6090 is not a known nested tunnel port
+    assert ep.reload(cfg(nested_ports=["6082:vxlan", "6090:vxlan"])) == ["nested_ports"]
+    assert folds() == 1

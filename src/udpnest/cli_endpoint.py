@@ -49,6 +49,9 @@ def register(sub) -> None:
     up.add_argument("--underlay-mtu", dest="underlay_mtu", help="path MTU towards peers (default 1500)")
     up.add_argument("--probe-interval", dest="probe_interval", help="seconds between echo probes (default 1)")
     up.add_argument("--probe-window", dest="probe_window", help="validity window in intervals (default 3)")
+    up.add_argument("--dataplane", choices=("userspace", "kernel"),
+                    help="userspace (default): udpnest carries the tunnel; kernel: create a Linux >= 7.0 geneve "
+                    "device with the GRO hint and GSO partial instead (docs/operations.md)")
     up.add_argument("--control", help="unix socket for 'udpnest status' (default /run/udpnest/TAP.sock)")
     up.add_argument("--metrics", metavar="ADDR:PORT",
                     help="serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; e.g. 127.0.0.1:9108)")
@@ -80,6 +83,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"udpnest: {e}", file=sys.stderr)
         return 2
+    if cfg.dataplane == "kernel":
+        from .kernelmode import run
+
+        return run(cfg)
     from .endpoint import Endpoint
     from .engine import EngineError
 

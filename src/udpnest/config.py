@@ -25,6 +25,7 @@ NETDEV_OPT_CLASS = 0x0100  # Linux's GENEVE_OPT_NETDEV_CLASS (GRO hint); not usa
 DF_MODES = ("unset", "set")
 FALLBACK_MODES = ("plain", "hint")
 TX_PATHS = ("socket", "kernel")
+DATAPLANES = ("userspace", "kernel")
 
 
 class ConfigError(ValueError):
@@ -93,6 +94,7 @@ class EndpointConfig:
     underlay_rate_mbit: int = 10000
     queue_ms: float = 2.0
     metrics: str | None = None  # ADDR:PORT of the Prometheus exporter (metrics.py); off by default
+    dataplane: str = "userspace"  # "kernel": a Linux >= 7.0 geneve device with the GRO hint (kernelmode.py)
 
     @property
     def family_v6(self) -> bool:
@@ -300,7 +302,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
     if "tap_mtu" in raw and not v6:
         out["tap_mtu"] = _int("tap_mtu", raw["tap_mtu"], 68, 65521)
     for name, allowed in (("df", DF_MODES), ("nested", NESTED_MODES), ("fallback", FALLBACK_MODES),
-                          ("tx_path", TX_PATHS), ("engine", ENGINES)):
+                          ("tx_path", TX_PATHS), ("engine", ENGINES), ("dataplane", DATAPLANES)):
         if name in raw:
             if raw[name] not in allowed:
                 raise ConfigError(name, f"{raw[name]!r} is not one of {', '.join(allowed)}")

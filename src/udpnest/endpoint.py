@@ -103,6 +103,7 @@ class Endpoint:
         self.clock = clock
         # which engine does the per-packet work (udpnest.engine); an unusable choice fails here, loudly
         self.engine = check_engine(getattr(cfg, "engine", None))
+        self._batch: dict | None = None  # socket -> [(datagram, addr)] while _tx_loop batches (native)
         self.planner = TxPlanner(vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
                                  max_levels=cfg.max_levels, max_datagram=cfg.max_datagram,
                                  kernel_tx=cfg.tx_path == "kernel", engine=self.engine)
@@ -441,7 +442,7 @@ class Endpoint:
                          "gro": bool(self.rx and self.rx.gro_supported),
                          "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx),
                          "source_filter": bool(self.rx and self.rx.filter_error is None)},
-            "tx": dict(tx.c), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
+            "tx": dict(tx.c, **self.planner.counters), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
             "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
             "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
             "drops": dict(drops),
@@ -453,6 +454,8 @@ class Endpoint:
     # -- TX: TAP -> peers ------------------------------------------------------------------------------------
 
     def _tx_loop(self) -> None:
+        # native engine: single datagrams (ACKs) of one read burst leave in one sendmmsg per socket
+        self._batch = {} if self.engine == "native" else None
         buf = bytearray(TAP_BUF)
         mv = memoryview(buf)
         poll = select.poll()
@@ -472,6 +475,8 @@ class Endpoint:
                 t0 = time.perf_counter_ns()
                 self._tx_frame(mv[:n])
                 self.tx_stats.c["time_frame_ns"] += time.perf_counter_ns() - t0
+            if self._batch:  # the burst is over: its small frames go out now (no added latency)
+                self._flush_batch()
 
     def reload(self, new_cfg: EndpointConfig) -> list[str]:
         """Apply a new configuration without closing the TAP or the sockets (main thread only; see
@@ -524,6 +529,8 @@ class Endpoint:
         sock = self.tx[fh % len(self.tx)]
         kind, obj = out
         try:
+            if kind != "one" and self._batch:
+                self._flush_batch()  # keep the order of a flow's small frames and its super-packets
             if kind == "kernel":
                 calls = self._send_kernel(obj, addr, fh)
                 _, inner, layout, _, mss = obj
@@ -538,8 +545,15 @@ class Endpoint:
                 st.c["super_packets"] += 1
                 st.hist[_bucket(obj.count)] += 1
             else:
-                sock.send_parts(obj, addr)
-                calls = 1
+                if self._batch is not None:
+                    # a copy: the parts are views into the TAP read buffer, reused by the next read
+                    self._batch.setdefault(sock, []).append((b"".join(obj), addr))
+                    calls = 0
+                    if len(self._batch[sock]) >= 64:
+                        self._flush_batch()
+                else:
+                    sock.send_parts(obj, addr)
+                    calls = 1
                 st.c["datagrams"] += 1
                 st.hist[0] += 1
             st.c["sendmsg_calls"] += calls
@@ -548,9 +562,43 @@ class Endpoint:
             st.drop(Reason.SEND_ERROR)
             log.debug("send to %s: %s", addr, e)
 
+    def _flush_batch(self) -> None:
+        """Send the single datagrams collected during one TAP read burst: one sendmmsg per socket (native
+        core); what the socket does not take at once goes out one by one (waiting for buffer space)."""
+        from .engine import _native
+
+        st = self.tx_stats
+        batch, self._batch = self._batch, {}
+        for sock, items in batch.items():
+            done = 0
+            while done < len(items):
+                try:
+                    sent = _native.send_batch(sock.sock.fileno(), items[done : done + 64])
+                    st.c["sendmmsg_calls"] += 1
+                    if sent == 0:
+                        data, addr = items[done]
+                        sock.send_parts([data], addr)
+                        sent = 1
+                        st.c["sendmsg_calls"] += 1
+                    done += sent
+                except OSError as e:
+                    st.drop(Reason.SEND_ERROR)
+                    log.debug("send to %s: %s", items[done][1], e)
+                    done += 1
+
     def _send_kernel(self, plan, addr: tuple, fh: int) -> int:
         prefix, inner, layout, vh, mss = plan
         cfg = self.cfg
+        if self.engine == "native":
+            from .engine import _native
+
+            hdrs = _native.kernel_headers(
+                cfg.family_v6, self.ktx.mac, _TX_SRC_MAC, self.local_bytes, self.peer_bytes[addr[0]],
+                source_port(fh), addr[1], len(prefix) + len(inner), next(self.ip_ids) & 0xFFFF, min(255, cfg.ttl + 1),
+                cfg.tos, cfg.df == "set", fh & 0xFFFFF, vh.base_type, bool(vh.gso_type & GSO_ECN), mss, len(prefix),
+                layout.tcp_ip, layout.tcp, layout.hdr_len, 6 if layout.l4_proto == 17 else 16)
+            self.ktx.send([hdrs, prefix, inner])
+            return 1
         outer = outer_headers(dst_mac=self.ktx.mac, src_mac=_TX_SRC_MAC, src=self.local_bytes,
                               dst=self.peer_bytes[addr[0]], sport=source_port(fh), dport=addr[1],
                               payload_len=len(prefix) + len(inner), ident=next(self.ip_ids),
@@ -566,14 +614,13 @@ class Endpoint:
 
     def _rx_driver(self):
         """The sans-IO RX pipeline driver (:mod:`udpnest.rxdriver`) for this endpoint's config and engine."""
-        from .engine import check
         from .rxdriver import RxDriver
 
         cfg = self.cfg
         st = self.rx_stats
         return RxDriver(peers=self.peers, vni=cfg.id, opt_class=self.rx_class, ports=cfg.nested_ports,
-                        verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram,
-                        engine=check(getattr(cfg, "engine", None)), counts=st.c, drops=st.drops)
+                        verify_csum=cfg.verify_csum, max_datagram=cfg.max_datagram, engine=self.engine,
+                        counts=st.c, drops=st.drops)
 
     def _rx_loop(self) -> None:
         """Receive, hand each read to the RX driver, write what it returns.  A coalesced super-packet is held

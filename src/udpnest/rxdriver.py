@@ -72,7 +72,8 @@ class RxDriver:
             self.drops[Reason.NO_PEER.value] += max(1, -(-n // gso)) if gso else 1
             return out
         res = self._receive(buf, n, gso)
-        c[f"coalesce_{res.outcome.value}"] += 1
+        if res.outcome is not rxpipe.Outcome.SINGLE:  # one datagram: reads minus the other outcomes
+            c[f"coalesce_{res.outcome.value}"] += 1
         run = res.run
         if self.pending is not None:
             joined = rxpipe.merge(self.pending[0], run) if run is not None and self.pending[1] == key else None

@@ -9,13 +9,13 @@ reference, byte for byte (tests/test_engine_diff_rx.py).  The split:
   headers, flags, sequence, IPv4 IDs, every TCP / IPv4 header / nested UDP checksum), the payload
   gather, and the one-datagram path (Geneve header, VNI, options, GRO hint, protocol, first IP header);
 * FOLD datagrams in the one-datagram path (ACKs in fold mode): the first one with a given Geneve header
-  goes to the reference, which validates it (``decode_folds``); its header bytes then map to a template
-  of the carried levels (at most :data:`FOLD_TEMPLATES_MAX`, counted ``fold_templates_reset`` when the
-  table is cleared) and C restores the nested headers of every later datagram with the same header bytes
+  goes to the reference, which validates it (``decode_folds``); it then becomes a template (at most
+  :data:`FOLD_TEMPLATES_MAX`, the oldest evicted and counted ``fold_templates_evicted``) and C restores
+  the nested headers of every later datagram whose header is the same but for the carried IPv4 IDs
   (lengths, IPv4 header checksums, nested UDP checksums, as ``fold.restore_headers``);
 * deferred to the reference, counted as ``native_deferred`` (one per datagram or per read): echo packets,
-  the first FOLD datagram of each header, and whole super-packets in one datagram (a veth without UDP
-  GSO), all rare in the steady state.
+  the first FOLD datagram of each header, both rare in the steady state.  A whole super-packet in one
+  datagram (a veth without UDP GSO) has its checks in C too (``rx_coalesce`` with count 1).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from collections import Counter
 from collections.abc import Mapping
 
 from . import _native
-from .fold import DEFAULT_PORTS, F_CSUM_ZEROED, Encap, _Carried
-from .gso import Layout
+from .fold import DEFAULT_PORTS, F_CSUM_ZEROED, F_V6, FOLD_META_LEN, Encap, _Carried
+from .gso import Layout, aligned_mss
 from .rxpipe import (
     Kind,
     Outcome,
@@ -36,11 +36,12 @@ from .rxpipe import (
     _geneve_info,
     _masks,
     _single,
-    receive,
+    _super_write,
     rows_of,
 )
 from .wire.errors import ParseError, Reason
-from .wire.options import DEFAULT_OPT_CLASS
+from .wire.geneve import OPT_HLEN, parse_options
+from .wire.options import DEFAULT_OPT_CLASS, TYPE_FOLD
 from .wire.tcp import FIN, PSH
 from .wire.vnet import ZERO_VNET_HDR
 
@@ -48,16 +49,25 @@ REASONS = tuple(Reason(v) for v in _native.RX_REASONS)
 OUTCOMES = tuple(Outcome(v) for v in _native.RX_OUTCOMES)
 _LAYOUT_ARGS: dict[tuple[int, Layout], tuple] = {}
 _LAYOUT_ARGS_MAX = 256
-FOLD_TEMPLATES_MAX = 256  # distinct FOLD headers (peers x nested flows) remembered per receiver
+FOLD_TEMPLATES_MAX = 16  # FOLD header shapes (peers x nested flows) remembered per receiver, newest first
 
 
-def fold_template(carried: list[_Carried]) -> bytes:
-    """The carried levels as rx_rows reads them: count, then per level (outermost first) flags, l2, l3,
-    tunnel length, header length (16 bits) and the header bytes."""
-    out = bytearray([len(carried)])
-    for c in carried:
-        out += bytes((c.flags, c.l2, c.l3, c.tun)) + len(c.hdr).to_bytes(2, "big") + c.hdr
-    return bytes(out)
+def fold_template(row, pkt, carried: list[_Carried], opt_class: int | None) -> bytes | None:
+    """A validated FOLD header as rx_rows matches and restores it (csrc/rx.c, rx_match): its length, a mask
+    (every byte must match but each carried IPv4 header's ID), the bytes, and per level (outermost first)
+    flags, l2, l3, tunnel length, header length and the offset of the carried headers (16 bits each)."""
+    G = pkt.hdr.hdr_len
+    offs = [o.offset + OPT_HLEN + FOLD_META_LEN for o in parse_options(row, 0, pkt.hdr)
+            if o.cls == opt_class and o.type == TYPE_FOLD]
+    if len(offs) != len(carried):  # pragma: no cover - decode_folds had one per option
+        return None
+    mask = bytearray(b"\x01" * G)
+    levels = bytearray([len(carried)])
+    for off, c in zip(offs, carried, strict=True):
+        if not c.flags & F_V6:
+            mask[off + c.l2 + 4 : off + c.l2 + 6] = b"\0\0"
+        levels += bytes((c.flags, c.l2, c.l3, c.tun)) + len(c.hdr).to_bytes(2, "big") + off.to_bytes(2, "big")
+    return G.to_bytes(2, "big") + bytes(mask) + bytes(row[:G]) + bytes(levels)
 
 
 def _layout_args(G: int, lay: Layout) -> tuple:
@@ -86,18 +96,21 @@ class Receiver:
         self.n_vni = -1 if vni is None else vni
         self.n_class = -1 if opt_class is None else opt_class
         self.counts: Counter = counts if counts is not None else Counter()
-        self.folds: dict[bytes, bytes] = {}  # Geneve header bytes -> template of its carried levels
+        self.folds: list[bytes] = []  # templates of validated FOLD headers (fold_template), newest first
+        self.last: tuple | None = None  # (row_len, first row's headers, keep mask, csum offsets, frame info)
 
     def receive(self, buf, n: int, gso: int) -> RxResult:
         mv = memoryview(buf)[:n]
         count, row_len, last_len = rows_of(n, gso)
-        if not gso and n > self.max_datagram:
-            self.counts["native_deferred"] += 1
-            return receive(buf, n, gso, opt_class=self.opt_class, ports=self.ports, verify_csum=self.verify,
-                           max_datagram=self.max_datagram, hold=True, vni=self.vni)
         res = RxResult([], [], [])
         outcome = Outcome.SINGLE
-        if count > 1:
+        if not gso and n > self.max_datagram:
+            w = self._whole(mv, n)
+            if w.__class__ is TapWrite:
+                res.writes.append(w)
+                return res._replace(outcome=Outcome.WHOLE)
+            outcome = w
+        elif count > 1:
             run = self._coalesce(mv, count, row_len, last_len)
             if isinstance(run, Run):
                 return res._replace(run=run, outcome=Outcome.COALESCED)
@@ -114,10 +127,11 @@ class Receiver:
                 kind = Kind.HINT if code >> 16 else Kind.PLAIN
                 writes.append(TapWrite(ZERO_VNET_HDR, (mv[start + (code & 0xFFFF) : end],), kind, 1))
             elif code == -1:
-                self.counts["native_deferred"] += 1
                 row = mv[start:end]
-                before = len(writes)
+                before, control = len(writes), len(res.control)
                 _single(row, self.opt_class, res, self.vni)
+                if len(res.control) == control:  # echo packets are the control plane's, not deferred data
+                    self.counts["native_deferred"] += 1
                 if len(writes) > before and writes[-1].kind is Kind.FOLD:
                     self._learn_fold(row)
             else:
@@ -132,14 +146,53 @@ class Receiver:
             return
         if carried is None or pkt.echo_request is not None or pkt.echo_reply is not None or pkt.hdr.oam:
             return
+        tpl = fold_template(row, pkt, carried, self.opt_class)
+        if tpl is None:
+            return
         if len(self.folds) >= FOLD_TEMPLATES_MAX:
-            self.folds.clear()
-            self.counts["fold_templates_reset"] += 1
-        self.folds[bytes(row[: pkt.hdr.hdr_len])] = fold_template(carried)
+            self.folds.pop()
+            self.counts["fold_templates_evicted"] += 1
+        self.folds.insert(0, tpl)
+
+    def _info(self, mv: memoryview, row_len: int):
+        """_frame_info of the first row; reused from the previous read when its first row has the same
+        length and the same bytes outside the per-segment fields (and its nested UDP checksums are zero or
+        not alike): the parse reads nothing else, so it would give the same result."""
+        last = self.last
+        if last is not None and last[0] == row_len and _native.rx_same(mv, last[1], last[2], last[3]):
+            return last[4]
+        info = _frame_info(mv[:row_len], self.opt_class, self.ports, self.vni)
+        if info is not None and info.G + info.layout.hdr_len <= row_len:
+            G, lay = info.G, info.layout
+            offs = tuple(G + u + 6 for u, _ in lay.udp)
+            self.last = (row_len, bytes(mv[: G + lay.hdr_len]), _layout_args(G, lay)[6], offs, info)
+        return info
+
+    def _whole(self, mv: memoryview, n: int) -> TapWrite | Outcome:
+        """rxpipe._whole with its checks in C."""
+        try:
+            info = self._info(mv, n)
+        except ParseError:
+            return Outcome.PARSE
+        if info is None:
+            return Outcome.INELIGIBLE
+        G, lay = info.G, info.layout
+        H = lay.hdr_len
+        gso_size = aligned_mss(self.max_datagram, G + H)
+        if gso_size < 64 or n - G - H <= gso_size:
+            return Outcome.SHORT
+        code = _native.rx_coalesce(mv, 1, n, n, G, H, *_layout_args(G, lay), self.verify)
+        if code:
+            return OUTCOMES[code]
+        if info.carried is not None and not info.carried[0].flags & F_CSUM_ZEROED:
+            return Outcome.FOLD_CSUM
+        w = _super_write(info, bytes(mv[G : G + H]), (mv[G + H :],), n - G - H, gso_size,
+                         -(-(n - G - H) // gso_size))
+        return Outcome.TOO_LARGE if w is None else w
 
     def _coalesce(self, mv: memoryview, count: int, row_len: int, last_len: int) -> Run | Outcome:
         try:
-            info = _frame_info(mv[:row_len], self.opt_class, self.ports, self.vni)
+            info = self._info(mv, row_len)
         except ParseError:
             return Outcome.PARSE
         if info is None:

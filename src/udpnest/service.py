@@ -131,6 +131,12 @@ def apply_reload(ep, new: EndpointConfig) -> list[str]:
     if {"ttl", "tos", "df"} & set(changed):
         for s in ep.tx:
             ep._tune_tx(s)
+    if {"nested_ports", "max_levels", "opt_class", "underlay_mtu"} & set(changed):
+        from .txplan import TxPlanner  # the TX thread reads ep.planner once per frame: one assignment swaps it
+
+        old = ep.planner
+        ep.planner = TxPlanner(vni=new.id, opt_class=new.opt_class, ports=new.nested_ports, max_levels=new.max_levels,
+                               max_datagram=new.max_datagram, kernel_tx=old.kernel_tx, engine=old.engine)
     # 3. probing
     with ep.lock:
         _new_probing(ep, new, list(new_peers), removed, now)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from . import engine as _engine
 from .fold import DEFAULT_PORTS, fold, gro_hint_for
-from .gso import segment_size, segment_tcp, tcp_layout
+from .gso import Layout, segment_size, segment_tcp, tcp_layout
 from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
@@ -29,6 +29,9 @@ from .wire.options import DEFAULT_OPT_CLASS, build_gro_hint
 from .wire.vnet import GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN, VnetHdr
 
 ETH_P_TEB = 0x6558
+#: largest Geneve payload the kernel TX path takes: the outer IPv6/UDP lengths (IPv4 total length) must
+#: fit 16 bits; a larger super-packet is cut by udpnest itself (a "gso" plan) instead
+KERNEL_MAX_PAYLOAD = 65535 - 48
 MODES = ("plain", "hint", "fold")
 
 
@@ -47,6 +50,15 @@ class TxPlanner:
         self._vnet = _engine.native_vnet if native else VnetHdr.unpack
         self._segment = _engine.native_segment if native else segment_tcp
         self._finish = _engine.native_finish_csum if native else finish_csum
+        self._fold_gso = _engine._native.fold_gso if native else None
+        self._fold_one = _engine._native.fold_one if native else None
+        self._plain_gso = _engine._native.plain_gso if native else None
+        self._hint_prefix = _engine._native.hint_prefix if native else None
+        self._plain = build_geneve(vni, ETH_P_TEB)  # the same for every frame sent as it is
+        self._ports = tuple((int(p), int(e)) for p, e in ports.items())
+        #: native fast path use: "native_fast" plans built by one native call, "native_deferred" super-packets
+        #: the core left to the reference (rare shapes: USO, IPv6 extension headers, levels that do not fold)
+        self.counters: dict[str, int] = {"native_fast": 0, "native_deferred": 0} if native else {}
 
     def parse(self, data) -> tuple[VnetHdr, memoryview]:
         """The vnet header and the Ethernet frame of one TAP read; raises ParseError."""
@@ -68,6 +80,12 @@ class TxPlanner:
         if vh.needs_csum:
             frame = self._finish(frame, vh.csum_start, vh.csum_offset)
         if mode == "fold":
+            if self._fold_one is not None:
+                r = self._fold_one(frame, self.vni, self.opt_class, self._ports, self.max_levels)
+                if r is not None:
+                    self.counters["native_fast"] += 1
+                    return "one", [r[0], memoryview(frame)[r[1] :]]
+                self.counters["native_deferred"] += 1
             fo = fold(frame, vni=self.vni, opt_class=self.opt_class, ports=self.ports, max_levels=self.max_levels)
             return "one", [fo.header, fo.inner]
         return "one", [self.plain_prefix(frame, mode, gso=False), frame]
@@ -76,6 +94,34 @@ class TxPlanner:
         if vh.base_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
             raise ParseError(Reason.BAD_VNET, f"gso type 0x{vh.gso_type:02x} not supported on TX")
         uso = vh.base_type == GSO_UDP_L4
+        if self._fold_gso is not None and mode == "fold" and vh.is_tunnel and self.kernel_tx and not uso:
+            # the kernel TX path: fold + layout + segment size in one native call, the kernel cuts
+            r = self._fold_gso(frame, self.vni, self.opt_class, self._ports, self.max_levels, self.max_datagram,
+                               vh.gso_size, True)
+            if r is not None and len(r[0]) + len(frame) - r[1] <= KERNEL_MAX_PAYLOAD:
+                prefix, off, lay, mss = r
+                self.counters["native_fast"] += 1
+                return "kernel", (prefix, memoryview(frame)[off:], Layout(*lay), vh, mss)
+            self.counters["native_deferred"] += 1
+        elif self._fold_gso is not None and mode == "fold" and vh.is_tunnel and not self.kernel_tx:
+            # the steady state in one native call: fold, layout, segment size, segmentation
+            r = None if uso else self._fold_gso(frame, self.vni, self.opt_class, self._ports, self.max_levels,
+                                                self.max_datagram, vh.gso_size)
+            if r is not None:
+                self.counters["native_fast"] += 1
+                return "gso", _engine.NativeSegments(*r)
+            self.counters["native_deferred"] += 1
+        elif (self._plain_gso is not None and not uso and (mode != "fold" or not vh.is_tunnel)
+              and (vh.is_tunnel or not self.kernel_tx)):
+            # sent as it is (plain, hint, or fold of a frame with nothing to fold): layout + segmentation in C
+            prefix = self.plain_prefix(frame, mode, gso=True)
+            flags = _engine._native.SEG_FIX_IP_IDS | (_engine._native.SEG_FIXED_NESTED_IDS if mode == "hint" else 0)
+            r = self._plain_gso(prefix, frame, vh.outer_th_offset if vh.is_tunnel else 0, self.max_datagram,
+                                vh.gso_size, flags)
+            if r is not None:
+                self.counters["native_fast"] += 1
+                return "gso", _engine.NativeSegments(*r)
+            self.counters["native_deferred"] += 1
         udp_offs = (vh.outer_th_offset,) if vh.is_tunnel else ()
         seg_frame = frame
         prefix = None
@@ -86,7 +132,8 @@ class TxPlanner:
                 prefix, seg_frame, layout = fo.header, fo.inner, tcp_layout(fo.inner, inner_udp=uso)
         elif not vh.is_tunnel and self.kernel_tx:
             prefix, layout = self.plain_prefix(frame, "plain", gso=True), tcp_layout(frame, inner_udp=uso)
-        if prefix is not None and self.kernel_tx and prefix[2:4] == b"\x65\x58":
+        if (prefix is not None and self.kernel_tx and prefix[2:4] == b"\x65\x58"
+                and len(prefix) + len(seg_frame) <= KERNEL_MAX_PAYLOAD):
             # nothing tunnelled is left inside: the kernel's UDP-tunnel GSO can cut it (outer.py)
             return "kernel", (prefix, seg_frame, layout, vh, self.segment_size(vh, prefix, layout, seg_frame))
         if prefix is None:
@@ -109,12 +156,14 @@ class TxPlanner:
 
     def plain_prefix(self, frame, mode: str, *, gso: bool) -> bytes:
         """The Geneve header for a frame sent as it is: with the Linux GRO hint option in hint mode."""
-        opts = b""
-        if mode == "hint":
-            h = gro_hint_for(frame, ports=self.ports, gso=gso)
-            if h is not None:
-                opts = build_gro_hint(h)
-        return build_geneve(self.vni, ETH_P_TEB, opts)
+        if mode != "hint":
+            return self._plain
+        if self._hint_prefix is not None:
+            r = self._hint_prefix(frame, self.vni, self._ports, gso)
+            if r is not None:
+                return r
+        h = gro_hint_for(frame, ports=self.ports, gso=gso)
+        return self._plain if h is None else build_geneve(self.vni, ETH_P_TEB, build_gro_hint(h))
 
 
 def finish_csum(frame, csum_start: int, csum_offset: int) -> bytearray:

@@ -33,6 +33,9 @@ from udpnest.lab.qemu import Guest
 HERE = Path(__file__).resolve().parent
 FLOWS = HERE / "flows.py"
 PY = sys.executable
+LIGHT = f"{sys.executable} -I -S"  # stdlib-only helpers: no site-packages scan (seconds under TCG)
+_STATUS = ("import socket,sys\ns=socket.socket(socket.AF_UNIX);s.settimeout(20);s.connect(sys.argv[1]);d=b''\n"
+           "while c:=s.recv(65536): d+=c\nsys.stdout.write(d.decode())")
 VNI = 42
 VXLAN_PORT = 6082
 UNDERLAY = {4: ("198.51.100.1", "198.51.100.2", 24), 6: ("2001:db8:1::1", "2001:db8:1::2", 64)}
@@ -131,19 +134,15 @@ class Lab:
                 "--nested-port", f"{VXLAN_PORT}:vxlan", "--control", ctl, *extra]
         log = f"/tmp/udpnest-{name}.log"
         self.bg("U", shlex.join(argv), log)
-        deadline = time.monotonic() + 90
-        while True:
-            r = self.ns("U", f"{PY} -m udpnest.cli status --control {ctl} --json", check=False)
-            if r.rc == 0:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"udpnest did not come up: {self.sh(f'cat {log}', check=False).out}")
-            time.sleep(0.5)
-        self.sh("ip -n W link set wl0 up")
+        r = self.sh(f"for i in $(seq 600); do test -S {ctl} && exit 0; sleep 0.2; done; exit 1", check=False,
+                    timeout=150)
+        if r.rc != 0:
+            raise TimeoutError(f"udpnest did not come up: {self.udpnest_log(name)}")
+        self.sh(f"ip -n W link set {name} up")
         return ctl
 
     def udpnest_status(self, ctl: str = "/run/udpnest/wl0.sock") -> dict:
-        return json.loads(self.ns("U", f"{PY} -m udpnest.cli status --control {ctl} --json").out)
+        return json.loads(self.sh(f"{LIGHT} -c {shlex.quote(_STATUS)} {ctl}").out)
 
     def udpnest_log(self, name: str = "wl0") -> str:
         return self.sh(f"cat /tmp/udpnest-{name}.log", check=False).out
@@ -164,8 +163,8 @@ class Lab:
         dst_ns = "K" if src == "W" else "W"
         dst_addr = INNER[1] if src == "W" else INNER[0]
         rlog, slog = f"/tmp/recv-{port}.json", f"/tmp/send-{port}.json"
-        self.bg(dst_ns, f"{PY} {FLOWS} recv {dst_addr} {port} {timeout}", rlog)
-        self.bg(src, f"{PY} {FLOWS} send {dst_addr} {port} {nbytes}", slog)
+        self.bg(dst_ns, f"{LIGHT} {FLOWS} recv {dst_addr} {port} {timeout}", rlog)
+        self.bg(src, f"{LIGHT} {FLOWS} send {dst_addr} {port} {nbytes}", slog)
         if during is not None:
             during()
         deadline = time.monotonic() + timeout

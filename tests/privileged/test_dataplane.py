@@ -232,13 +232,13 @@ def _crafted_peer_junk() -> list[tuple[bytes, str | None]]:
 def _predicted_reasons(pkts: list[bytes], max_datagram: int) -> Counter:
     """What the endpoint's (pure) receive path says about each random datagram."""
     from udpnest.config import build_config
-    from udpnest.gro import receive
+    from udpnest.rxpipe import receive
 
     ports = build_config({"id": 7, "local": "192.0.2.1", "remote": ["192.0.2.2"],
                           "nested_ports": ["6082:vxlan"]}).nested_ports
     out = Counter()
     for p in pkts:
-        res = receive(bytearray(p), len(p), 0, ports=ports, max_datagram=max_datagram)
+        res = receive(bytearray(p), len(p), 0, ports=ports, max_datagram=max_datagram, vni=7)  # the lab VNI
         for reason, n in res.drops:
             out[reason.value] += n
     return out

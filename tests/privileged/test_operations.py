@@ -81,9 +81,10 @@ def start_a(lab, extra=(), env=None, config=None) -> nestlab.Endpoint:
     from udpnest import endpoint
 
     argv = endpoint.lab_argv(plan, nested="fold", tx_path="kernel")
-    if config is not None:  # the peer list comes from the file (so that SIGHUP can change it)
-        i = argv.index("--remote")
-        del argv[i:i + 2]
+    if config is not None:  # peers and nested mode come from the file (so that SIGHUP can change them)
+        for flag in ("--remote", "--nested"):
+            i = argv.index(flag)
+            del argv[i:i + 2]
         argv += ["--config", str(config)]
     argv += list(extra)
     saved = dict(os.environ)
@@ -182,8 +183,20 @@ def _ifindex(ns: str, ifname: str) -> int:
         return topology._index(ip, ifname)
 
 
-def _write_config(path, remotes) -> None:
-    path.write_text("remote = [" + ", ".join(f'"{r}"' for r in remotes) + "]\n")
+def _write_config(path, remotes, nested: str = "fold") -> None:
+    path.write_text("remote = [" + ", ".join(f'"{r}"' for r in remotes) + f']\nnested = "{nested}"\n')
+
+
+def _reload(a, notify: Notify, n: int) -> None:
+    """SIGHUP; wait for RELOADING/READY and for the RX process to have applied reload number ``n``."""
+    a.proc.send_signal(signal.SIGHUP)
+    notify.expect(b"RELOADING=1")
+    ready = notify.expect(b"READY=1")
+    assert b"refused" not in ready, ready
+    deadline = time.monotonic() + 10
+    while a.status()["rx"].get("reloads_applied", 0) < n:  # the RX process has the new configuration
+        assert time.monotonic() < deadline, a.status()
+        time.sleep(0.05)
 
 
 def test_ready_reload_under_traffic_and_clean_stop(lab_v4, endpoints):
@@ -212,25 +225,30 @@ def test_ready_reload_under_traffic_and_clean_stop(lab_v4, endpoints):
         with nestlab.TcpTransfer(spec, 512 * nestlab.MIB, port=5332) as t:
             time.sleep(0.5)
             assert t.running()
+            # 1. a new peer
             _write_config(conf, [plans["b"].underlay_local, NEW_PEER])
-            a.proc.send_signal(signal.SIGHUP)
-            notify.expect(b"RELOADING=1")
-            assert notify.expect(b"READY=1").find(b"2 peer(s)") > 0
-            deadline = time.monotonic() + 10
-            while a.status()["rx"].get("reloads_applied", 0) < 1:  # the RX process has the new peer set
-                assert time.monotonic() < deadline, a.status()
-                time.sleep(0.05)
+            _reload(a, notify, 1)
+            hint_before = a.status()["tx"].get("mode_hint", 0)
+            # 2. nested mode fold -> hint, still during the transfer
+            _write_config(conf, [plans["b"].underlay_local, NEW_PEER], nested="hint")
+            _reload(a, notify, 2)
             during = t.running()
+            time.sleep(0.3)
+            hint_during = a.status()["tx"].get("mode_hint", 0)
+            # 3. back to fold: probing starts again; folding resumes with the first echo reply
+            _write_config(conf, [plans["b"].underlay_local, NEW_PEER])
+            _reload(a, notify, 3)
             after = new_peer_echo(lab, 1.5)
             sent, got = t.wait()
-        assert during, "the transfer had finished before the reload: make it longer"
+        assert during, "the transfer had finished before the reloads: make it longer"
+        assert hint_during > hint_before == 0, (hint_before, hint_during)  # A sent in hint mode after reload 2
         assert got["sha256"] == sent["sha256"] and got["bytes"] == sent["bytes"] == 512 * nestlab.MIB
         assert after["reply"], after  # the new peer is reachable: the RX process and the prober know it
         assert after["requests"] >= 1, after  # and A probes it
         assert _ifindex(a.plan.netns, a.plan.tap_ifname) == tap_index  # the TAP was not re-created
         st = a.status()
-        assert st["control"]["reloads"] == 1 and not st["control"].get("reload_errors")
-        assert st["peers"][f"{plans['b'].underlay_local}:6081"]["mode"] == "fold"  # kept folding
+        assert st["control"]["reloads"] == 3 and not st["control"].get("reload_errors")
+        assert st["peers"][f"{plans['b'].underlay_local}:6081"]["mode"] == "fold"  # folding again
         assert set(st["peers"]) == {f"{plans['b'].underlay_local}:6081", f"{NEW_PEER}:6081"}
 
         # clean stop

@@ -175,13 +175,16 @@ def _header(ifname: str) -> bytes:
 def _bitset_names(data: bytes) -> dict[str, bool]:
     """Named bits of a compact-or-verbose bitset reply; ethtool replies verbose (names) unless asked not to."""
     out: dict[str, bool] = {}
-    for kind, val in _attrs(data):
+    attrs = _attrs(data)
+    # a bitset without a mask ("list" form, how ACTIVE comes) lists exactly the bits that are set
+    nomask = any(kind == _ETHTOOL_A_BITSET_NOMASK for kind, _ in attrs)
+    for kind, val in attrs:
         if kind != _ETHTOOL_A_BITSET_BITS:
             continue
         for bkind, bit in _attrs(val):
             if bkind != _ETHTOOL_A_BITSET_BITS_BIT:
                 continue
-            name, on = None, False
+            name, on = None, nomask
             for k, v in _attrs(bit):
                 if k == _ETHTOOL_A_BITSET_BIT_NAME:
                     name = v.rstrip(b"\x00").decode()

@@ -21,6 +21,7 @@ import json
 import lzma
 import os
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -234,15 +235,15 @@ class Guest:
             time.sleep(0.05)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(str(csock))
-        self.rfile = self.sock.makefile("rb")
-        while True:  # the agent answers pings once it runs
+        self._buf = b""
+        while True:  # the agent answers once it runs; earlier requests are lost or answered late
             self._alive(deadline)
             try:
                 r = self.sh("uname -r", timeout=5)
-                self.kernel_release = r.out.strip()
-                return self
             except TimeoutError:
                 continue
+            self.kernel_release = r.out.strip()
+            return self
 
     def _alive(self, deadline: float) -> None:
         for p in self.procs:
@@ -268,14 +269,17 @@ class Guest:
         self._seq += 1
         seq = self._seq
         self.sock.sendall(json.dumps({"id": seq, "sh": cmd, "timeout": timeout}).encode() + b"\n")
-        self.sock.settimeout(timeout + 30)
+        deadline = time.monotonic() + timeout + 30
         while True:
-            try:
-                line = self.rfile.readline()
-            except TimeoutError as e:
-                raise TimeoutError(f"guest did not answer {cmd!r} in {timeout + 30}s") from e
-            if not line:
-                raise RuntimeError(f"guest closed the control port; console: {self.console_text()[-3000:]}")
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                    raise TimeoutError(f"guest did not answer {cmd!r} in {timeout + 30}s")
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    raise RuntimeError(f"guest closed the control port; console: {self.console_text()[-3000:]}")
+                self._buf += chunk
+            line, self._buf = self._buf.split(b"\n", 1)
             msg = json.loads(line)
             if msg.get("id") == seq:
                 r = Result(msg["rc"], msg["out"], msg["err"])

@@ -1,0 +1,128 @@
+"""Micro-benchmark: the RX pipeline's per-read work through both engines (rxdriver.RxDriver).
+
+Not a test: prints timings (best of 5 repeats, microseconds per read).  Run on an idle machine.
+
+    python3 bench/micro_rx.py            # both engines (native when built)
+    python3 bench/micro_rx.py --json
+
+Cases, each in fold and plain mode (one nested IPv4 VXLAN level with a UDP checksum, TCP inner, path MTU
+1500): coalescing a 45-datagram UDP_GRO read into one held run (+ finish: the TAP write's headers), one
+ACK datagram, two reads of one super-packet merged (read, read, finish), and a 45-datagram read that does
+not coalesce (a sequence gap: 45 one-datagram writes), and one datagram holding a whole super-packet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import timeit
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from micro_fold import super_packet  # noqa: E402
+
+from udpnest.engine import native_available  # noqa: E402
+from udpnest.fold import fold, gro_hint_for  # noqa: E402
+from udpnest.gso import aligned_mss, segment_tcp, tcp_layout  # noqa: E402
+from udpnest.rxdriver import RxDriver  # noqa: E402
+from udpnest.wire.geneve import build_geneve  # noqa: E402
+
+PEER = "198.51.100.2"
+VNI = 7
+
+
+def reads(mode: str, payload_len: int) -> tuple[bytes, int]:
+    frame = super_packet(payload_len=payload_len)
+    if mode == "fold":
+        f = fold(frame, vni=VNI, gso=True)
+        prefix, inner, lay = f.header, f.inner, tcp_layout(f.inner)
+    else:
+        prefix, inner = build_geneve(VNI, 0x6558), frame
+        lay = tcp_layout(frame, (14 + 20,))
+        assert gro_hint_for(frame) is not None
+    mss = aligned_mss(1472, len(prefix) + lay.hdr_len)
+    segs = segment_tcp(prefix, inner, lay, mss)
+    return bytes(segs.buffer), segs.row_len
+
+
+def whole(mode: str) -> bytes:
+    """One datagram holding a whole ~62 KB super-packet (a veth without UDP GSO, the lab's offload path)."""
+    frame = super_packet(payload_len=45 * 1380)
+    return fold(frame, vni=VNI, gso=True).payload if mode == "fold" else build_geneve(VNI, 0x6558) + frame
+
+
+def _cases(d: RxDriver, row: int, buf45, ack, first, second, gap):
+    b45, back, bgap = bytearray(buf45), bytearray(ack), bytearray(gap)
+    b1, b2 = bytearray(first), bytearray(second)
+
+    def coalesce():
+        return d.read(b45, len(b45), row, PEER).writes + d.flush()
+
+    def one_ack():
+        return d.read(back, len(back), 0, PEER)
+
+    def merged():
+        d.read(b1, len(b1), row, PEER)
+        return d.read(b2, len(b2), row, PEER).writes + d.flush()
+
+    def no_coalesce():
+        return d.read(bgap, len(bgap), row, PEER)
+
+    return coalesce, one_ack, merged, no_coalesce
+
+
+def _whole_case(d: RxDriver, dg: bytes):
+    b = bytearray(dg)
+
+    def one_whole():
+        return d.read(b, len(b), 0, PEER)
+
+    return one_whole
+
+
+def run(engines: list[str], number: int = 2000) -> dict:
+    out: dict = {}
+    for mode in ("fold", "plain"):
+        buf45, row = reads(mode, 45 * 1380)  # ~45 datagrams
+        ack, _ = reads(mode, 0)
+        gap = bytearray(buf45)
+        gap[row * 20 + 60] ^= 1  # a bit in a header of row 20: not coalesced
+        half = (len(buf45) // row // 2) * row
+        first, second = buf45[:half], buf45[half:]
+        for engine in engines:
+            d = RxDriver(peers={PEER}, vni=VNI, engine=engine)
+            coalesce, one_ack, merged, no_coalesce = _cases(d, row, buf45, ack, first, second, gap)
+            one_whole = _whole_case(d, whole(mode))
+            assert len(one_whole().writes) == 1
+            assert coalesce()[0][0].segments == len(buf45) // row + (1 if len(buf45) % row else 0)
+            assert len(one_ack().writes) == 1
+            assert len(merged()) == 1 and d.counts["merged_reads"] >= 1
+            assert len(no_coalesce().writes) > 40
+            for name, fn in (("coalesce 45-datagram read", coalesce), ("one ACK datagram", one_ack),
+                             ("merge two reads", merged), ("45 datagrams, not coalesced", no_coalesce),
+                             ("one whole 62 KB super-packet datagram", one_whole)):
+                n = number if "ACK" not in name else number * 10
+                best = min(timeit.repeat(fn, number=n, repeat=5)) / n
+                out[f"{mode} {engine}: {name}"] = round(best * 1e6, 2)
+            out[f"{mode} {engine}: native_deferred"] = d.counts["native_deferred"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--number", type=int, default=2000)
+    a = ap.parse_args()
+    engines = ["python"] + (["native"] if native_available() else [])
+    res = run(engines, a.number)
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return
+    for k, v in res.items():
+        print(f"{k:60s} {v:>10}")
+
+
+if __name__ == "__main__":
+    main()
