@@ -344,7 +344,8 @@ def test_one_percent_underlay_loss_fold(lab_v4, endpoints, size_mib):
     assert lost > 0, "nftables dropped nothing"
     sb = b.settled_status()
     assert sb["rx"].get("kind_fold", 0) > 0, sb["rx"]
-    assert set(sb["drops"]) <= {"tap_write"}, sb["drops"]
+    # echo requests queued behind a stalled main loop (busy machine) may meet an empty reply bucket
+    assert set(sb["drops"]) <= {"tap_write", "rate_limited"}, sb["drops"]
     # probes are lost too: a peer may flap to plain for a moment, but it comes back
     nestlab.wait_modes([a, b], "fold", timeout=5)
 
