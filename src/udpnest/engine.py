@@ -19,6 +19,8 @@ except ImportError as e:  # not built: no compiler at install time, or UDPNEST_P
 else:
     NATIVE_ERROR = None
 
+from .wire.vnet import VnetHdr  # noqa: E402 - after the optional import above
+
 ENGINES = ("native", "python")
 
 
@@ -85,12 +87,10 @@ def native_segment(prefix: bytes, frame, layout, mss: int, *, fix_ip_ids: bool =
     return NativeSegments(data, row_len, count, last_len, mss)
 
 
-def native_vnet(data):
+def native_vnet(data, _make=VnetHdr._make):
     """:meth:`udpnest.wire.vnet.VnetHdr.unpack` in C."""
-    from .wire.vnet import VnetHdr
-
     try:
-        return VnetHdr._make(_native.vnet_check(data))
+        return _make(_native.vnet_check(data))
     except _native.Reject as e:
         raise _reject(e) from None
 
