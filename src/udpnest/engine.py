@@ -1,6 +1,6 @@
 """Which engine does the per-packet work: the native core (``udpnest._native``, csrc/) or pure Python.
 
-The pure-Python modules (:mod:`udpnest.gro`, :mod:`udpnest.gso`, :mod:`udpnest.fold`) are the reference:
+The pure-Python modules (:mod:`udpnest.rxpipe`, :mod:`udpnest.gso`, :mod:`udpnest.fold`) are the reference:
 the native core must produce the same bytes and the same drop reasons (tests/test_engine_diff.py).  The
 choice is made once, at start-up (``udpnest up --engine native|python``; default: native when built), and
 shown in the log and in ``udpnest status``.  Asking for ``native`` when it is not built is an error, not
