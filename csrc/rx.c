@@ -26,7 +26,7 @@
  *      a whole super-packet (rxpipe._whole): lengths, flags and checksums only; 0 when they pass.
  *
  * Bounds: every offset handed in is checked against the row lengths and the buffer before any read.
- * The byte work runs with the GIL released.
+ * The byte work of rx_coalesce runs with the GIL released (rx_rows keeps it: it looks up FOLD templates).
  */
 #include "udpnest.h"
 
@@ -717,11 +717,144 @@ static PyObject *native_rx_same(PyObject *self, PyObject *args)
     return PyBool_FromLong(same);
 }
 
+/* rx_super(hdr, payload_len, mss, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, fold) -> (vnet, nested, headers) | None
+ * rxpipe._super_write's byte work: the super-packet's headers (IPv4 total lengths and header checksums,
+ * IPv6 payload lengths, the TCP checksum as the pseudo-header sum, the nested UDP length and partial
+ * checksum; or, folded, the one carried level restored in front with its outermost UDP checksum partial)
+ * and its virtio_net_hdr.  fold: None or bytes(flags, l2, l3, tun) + the carried headers.  None when a
+ * length would exceed 65535 (the reference then drops the run as fold_too_large). */
+static PyObject *native_rx_super(PyObject *self, PyObject *args)
+{
+    Py_buffer hb;
+    Py_ssize_t payload_len, mss, tcp_ip, tcp;
+    PyObject *ip4, *ip6, *udp, *fold;
+    int tcp_ip_v6;
+    if (!PyArg_ParseTuple(args, "y*nnO!O!O!npnO", &hb, &payload_len, &mss, &PyTuple_Type, &ip4, &PyTuple_Type, &ip6,
+                          &PyTuple_Type, &udp, &tcp_ip, &tcp_ip_v6, &tcp, &fold))
+        return NULL;
+    PyObject *result = NULL;
+    uint8_t h[1024], nested[MAX_FOLD_HDRS];
+    size_t H = (size_t)hb.len, shift = 0;
+    if (H > sizeof(h) || payload_len < 0 || mss < 0 || mss > 0xFFFF || tcp_ip < 0 || tcp < 0 ||
+        (size_t)tcp + 20 > H || (size_t)tcp_ip + (tcp_ip_v6 ? 40 : 20) > H ||
+        PyTuple_GET_SIZE(ip4) > MAX_L || PyTuple_GET_SIZE(ip6) > MAX_L || PyTuple_GET_SIZE(udp) > 1 ||
+        (fold != Py_None && !PyBytes_Check(fold))) {
+        PyErr_SetString(PyExc_ValueError, "rx_super: layout does not fit the headers");
+        goto out;
+    }
+    memcpy(h, hb.buf, H);
+    size_t frame_len = H + (size_t)payload_len;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ip4); i++) {
+        Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(ip4, i));
+        if (off < 0 || (size_t)off + 20 > H || (size_t)off + (size_t)(h[off] & 0xF) * 4 > H) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "rx_super: ipv4 offset outside the headers");
+            goto out;
+        }
+        if (frame_len - (size_t)off > 0xFFFF) {
+            result = Py_NewRef(Py_None);
+            goto out;
+        }
+        un_put16(h + off + 2, (uint16_t)(frame_len - (size_t)off));
+        un_put16(h + off + 10, 0);
+        un_put16(h + off + 10, un_csum(un_sum(h + off, (size_t)(h[off] & 0xF) * 4, 0)));
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ip6); i++) {
+        Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(ip6, i));
+        if (off < 0 || (size_t)off + 40 > H) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "rx_super: ipv6 offset outside the headers");
+            goto out;
+        }
+        if (frame_len - (size_t)off - 40 > 0xFFFF) {
+            result = Py_NewRef(Py_None);
+            goto out;
+        }
+        un_put16(h + off + 4, (uint16_t)(frame_len - (size_t)off - 40));
+    }
+    un_put16(h + tcp + 16, (uint16_t)rx_pseudo(h + tcp_ip, tcp_ip_v6, 6, frame_len - (size_t)tcp));
+    unsigned gso_type = tcp_ip_v6 ? 4 : 1, flags = 1;
+    size_t outer_th = 0;
+    int tunnel = 0;
+    if (fold != Py_None) {
+        const uint8_t *f = (const uint8_t *)PyBytes_AS_STRING(fold);
+        size_t flen = (size_t)PyBytes_GET_SIZE(fold);
+        if (flen < 4) {
+            PyErr_SetString(PyExc_ValueError, "rx_super: fold level too short");
+            goto out;
+        }
+        unsigned cf = f[0];
+        size_t l2 = f[1], l3 = f[2], tun = f[3], n = flen - 4;
+        int v6 = (cf & F_V6) != 0;
+        if (n > MAX_FOLD_HDRS || l2 + l3 + 8 + tun != n || l3 < (v6 ? 40u : 20u)) {
+            PyErr_SetString(PyExc_ValueError, "rx_super: fold level malformed");
+            goto out;
+        }
+        if (l3 + 8 + tun + frame_len > 0xFFFF) {
+            result = Py_NewRef(Py_None);
+            goto out;
+        }
+        memcpy(nested, f + 4, n);
+        size_t ip = l2, u = l2 + l3, udp_len = 8 + tun + frame_len;
+        size_t ip_len = (v6 ? l3 - 40 : l3) + udp_len;
+        if (cf & F_LEN_ZEROED) {
+            un_put16(nested + ip + (v6 ? 4 : 2), (uint16_t)ip_len);
+            un_put16(nested + u + 4, (uint16_t)udp_len);
+        }
+        if (cf & F_CSUM_ZEROED) {
+            if (!v6)
+                un_put16(nested + ip + 10, un_csum(un_sum(nested + ip, l3, 0)));
+            if (cf & F_UDP_CSUM) {
+                un_put16(nested + u + 6, (uint16_t)rx_pseudo(nested + ip, v6, 17, udp_len));
+                flags |= 8;
+            }
+        }
+        outer_th = l2 + l3;
+        gso_type |= v6 ? 0x40 : 0x20;
+        shift = n;
+        tunnel = 1;
+    } else if (PyTuple_GET_SIZE(udp) == 1) {
+        Py_ssize_t u, nip;
+        int has, v6;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(udp, 0), "npnp", &u, &has, &nip, &v6))
+            goto out;
+        if (u < 0 || nip < 0 || (size_t)u + 8 > H || (size_t)nip + (v6 ? 40 : 20) > H) {
+            PyErr_SetString(PyExc_ValueError, "rx_super: udp offset outside the headers");
+            goto out;
+        }
+        un_put16(h + u + 4, (uint16_t)(frame_len - (size_t)u));
+        if (has) {
+            un_put16(h + u + 6, (uint16_t)rx_pseudo(h + nip, v6, 17, frame_len - (size_t)u));
+            flags |= 8;
+        }
+        outer_th = (size_t)u;
+        gso_type |= v6 ? 0x40 : 0x20;
+        tunnel = 1;
+    }
+    uint8_t vnet[24] = {0};
+    vnet[0] = (uint8_t)flags;
+    vnet[1] = (uint8_t)gso_type;
+    uint16_t le[11] = {(uint16_t)(shift + H), (uint16_t)mss, (uint16_t)(shift + (size_t)tcp), 16, 0, 0, 0, 0, 0,
+                       (uint16_t)outer_th, (uint16_t)(tunnel ? shift + (size_t)tcp_ip : 0)};
+    for (int i = 0; i < 11; i++) {
+        vnet[2 + 2 * i] = (uint8_t)le[i];
+        vnet[3 + 2 * i] = (uint8_t)(le[i] >> 8);
+    }
+    result = Py_BuildValue("(y#y#y#)", (const char *)vnet, (Py_ssize_t)24, (const char *)nested, (Py_ssize_t)shift,
+                           (const char *)h, (Py_ssize_t)H);
+out:
+    PyBuffer_Release(&hb);
+    return result;
+}
+
 static PyMethodDef rx_methods[] = {
     {"rx_rows", native_rx_rows, METH_VARARGS,
      "rx_rows(buf, count, row_len, last_len, vni, opt_class, folds=None) -> list: the one-datagram path per "
      "row (int >= 0: write at offset code & 0xFFFF, bit 16 hint; -1 defer; <= -2 drop RX_REASONS[-2 - code]; "
      "(headers, offset): a FOLD row unfolded with the first matching template in the list folds)"},
+    {"rx_super", native_rx_super, METH_VARARGS,
+     "rx_super(hdr, payload_len, mss, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, fold) -> (vnet, nested, headers) "
+     "| None: the super-packet's headers and virtio_net_hdr (rxpipe._super_write)"},
     {"rx_same", native_rx_same, METH_VARARGS,
      "rx_same(buf, ref, keep, csum_offs) -> bool: the first row's headers equal ref's on the keep mask"},
     {"rx_coalesce", native_rx_coalesce, METH_VARARGS,

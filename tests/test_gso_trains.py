@@ -117,3 +117,31 @@ def test_segment_size_never_adds_a_datagram():
                     s = segment_size(1472, overhead, limit, payload)
                     assert s <= raw and s >= aligned_mss(1472, overhead, limit)
                     assert -(-payload // s) == -(-payload // raw)
+
+
+@pytest.mark.parametrize("tx_eng", ENGINES)
+@pytest.mark.parametrize("rx_eng", ENGINES)
+@pytest.mark.parametrize("mode", ["plain", "fold"])
+@pytest.mark.parametrize("segments", [2, 45])
+def test_odd_segment_sizes_coalesce_at_the_receiver(tx_eng, rx_eng, mode, segments):
+    """Without the multiple-of-4 rounding, datagrams can have odd sizes (MSS 1337): the receiver's checksum
+    checks (both RX engines) must still accept and coalesce them into one TAP write of the whole payload."""
+    from udpnest.rxdriver import RxDriver
+
+    mss = 1337
+    payload = bytes(i * 7 & 0xFF for i in range(mss * segments))
+    data = gso_read(False, False, True, payload_len=len(payload), mss=mss)
+    kind, segs = TxPlanner(vni=7, engine=tx_eng, max_datagram=1600).plan(data, mode)
+    dgrams = segs.datagrams()
+    assert len(dgrams) == segments and len(dgrams[0]) % 2 == 1
+    buf = bytearray(b"".join(dgrams) + bytes(64))
+    from collections import Counter
+
+    drops: Counter = Counter()
+    drv = RxDriver(peers={"p"}, vni=7, max_datagram=1600, engine=rx_eng, drops=drops)
+    out = drv.read(buf, len(buf) - 64, len(dgrams[0]), "p")
+    writes = [w for w, _ in out.writes] + [w for w, _ in drv.flush()]
+    assert not drops
+    assert len(writes) == 1 and writes[0].segments == segments
+    frame = b"".join(bytes(p) for p in writes[0].parts)
+    assert frame.endswith(payload)

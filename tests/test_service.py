@@ -181,3 +181,29 @@ def test_reload_of_nested_ports_reaches_the_tx_planner():
     assert folds() == 0  # 6090 is not a known nested tunnel port
     assert ep.reload(cfg(nested_ports=["6082:vxlan", "6090:vxlan"])) == ["nested_ports"]
     assert folds() == 1
+
+
+def test_the_rx_process_gets_the_new_configuration_over_its_channel():
+    """What the parent sends (a pickled config: its read-only nested_ports mapping included) is what the RX
+    child applies: its peer set, option class handling and nested ports."""
+    import types
+
+    from udpnest.service import read_message, reload_message, rx_child_messages
+
+    new = cfg((PEER, NEW), nested="hint", nested_ports=["6090:vxlan"])
+    assert isinstance(new.nested_ports, types.MappingProxyType)
+    kind, back = read_message(reload_message(new))
+    assert kind == "reload" and back == new and isinstance(back.nested_ports, types.MappingProxyType)
+
+    parent, child = ep_with_clock(), ep_with_clock()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        parent.rx_pid, parent.rx_chan = 12345, a  # as after _fork_rx
+        child.rx_child, child.rx_chan = True, b
+        assert parent.reload(new) == ["remote", "nested", "nested_ports"]
+        assert parent.rx.sock.sent[-1] == (b"", ("198.51.100.1", 6081))  # the wake-up datagram
+        rx_child_messages(child)
+        assert child.cfg == new and set(child.peers) == {PEER, NEW}
+        assert child.rx_class == new.opt_class and child.rx_stats.c["reloads_applied"] == 1
+        assert 6090 in child.cfg.nested_ports
+        parent.rx_pid = None

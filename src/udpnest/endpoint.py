@@ -34,6 +34,7 @@ import time
 import zlib
 from collections import Counter
 
+from . import engine as _engine
 from .announce import announcements
 from .config import EndpointConfig
 from .engine import check as check_engine
@@ -565,8 +566,7 @@ class Endpoint:
     def _flush_batch(self) -> None:
         """Send the single datagrams collected during one TAP read burst: one sendmmsg per socket (native
         core); what the socket does not take at once goes out one by one (waiting for buffer space)."""
-        from .engine import _native
-
+        _native = _engine._native
         st = self.tx_stats
         batch, self._batch = self._batch, {}
         for sock, items in batch.items():
@@ -590,9 +590,7 @@ class Endpoint:
         prefix, inner, layout, vh, mss = plan
         cfg = self.cfg
         if self.engine == "native":
-            from .engine import _native
-
-            hdrs = _native.kernel_headers(
+            hdrs = _engine._native.kernel_headers(
                 cfg.family_v6, self.ktx.mac, _TX_SRC_MAC, self.local_bytes, self.peer_bytes[addr[0]],
                 source_port(fh), addr[1], len(prefix) + len(inner), next(self.ip_ids) & 0xFFFF, min(255, cfg.ttl + 1),
                 cfg.tos, cfg.df == "set", fh & 0xFFFFF, vh.base_type, bool(vh.gso_type & GSO_ECN), mss, len(prefix),

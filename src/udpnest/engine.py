@@ -1,6 +1,6 @@
 """Which engine does the per-packet work: the native core (``udpnest._native``, csrc/) or pure Python.
 
-The pure-Python modules (:mod:`udpnest.gro`, :mod:`udpnest.gso`, :mod:`udpnest.fold`) are the reference:
+The pure-Python modules (:mod:`udpnest.rxpipe`, :mod:`udpnest.gso`, :mod:`udpnest.fold`) are the reference:
 the native core must produce the same bytes and the same drop reasons (tests/test_engine_diff.py).  The
 choice is made once, at start-up (``udpnest up --engine native|python``; default: native when built), and
 shown in the log and in ``udpnest status``.  Asking for ``native`` when it is not built is an error, not
@@ -18,6 +18,8 @@ except ImportError as e:  # not built: no compiler at install time, or UDPNEST_P
     NATIVE_ERROR: str | None = str(e)
 else:
     NATIVE_ERROR = None
+
+from .wire.vnet import VnetHdr  # noqa: E402 - after the optional import above
 
 ENGINES = ("native", "python")
 
@@ -85,12 +87,10 @@ def native_segment(prefix: bytes, frame, layout, mss: int, *, fix_ip_ids: bool =
     return NativeSegments(data, row_len, count, last_len, mss)
 
 
-def native_vnet(data):
+def native_vnet(data, _make=VnetHdr._make):
     """:meth:`udpnest.wire.vnet.VnetHdr.unpack` in C."""
-    from .wire.vnet import VnetHdr
-
     try:
-        return VnetHdr._make(_native.vnet_check(data))
+        return _make(_native.vnet_check(data))
     except _native.Reject as e:
         raise _reject(e) from None
 

@@ -255,10 +255,13 @@ class StatusCollector:
             off.add_metric([str(tap.get("name")), o], 1)
         yield off
         u = st.get("underlay", {})
-        g = GaugeMetricFamily("udpnest_underlay_offload", "1 when the underlay socket offload works",
-                              labels=["offload"])
+        g = GaugeMetricFamily("udpnest_underlay_offload", "1 when the underlay socket feature works "
+                              "(gso, gro, source_filter: the kernel drops non-peers)", labels=["offload"])
         for k in ("gso", "gro"):
             g.add_metric([k], 1 if u.get(k) else 0)
+        for k, v in sorted(u.items()):  # flags a later status adds (e.g. source_filter)
+            if isinstance(v, bool) and k not in ("gso", "gro"):
+                g.add_metric([k], 1 if v else 0)
         yield g
         f = CounterMetricFamily("udpnest_underlay_gso_eio_errors", "UDP_SEGMENT sends refused with EIO")
         f.add_metric([], u.get("gso_eio_errors", 0))

@@ -48,8 +48,10 @@ class RxDriver:
             from . import rxnative
 
             self._receive = rxnative.Receiver(counts=self.counts, **self.kw).receive
+            self._finish_run = rxnative.finish
         else:
             self._receive = self._receive_python
+            self._finish_run = rxpipe.finish
 
     def _receive_python(self, buf, n: int, gso: int) -> rxpipe.RxResult:
         return rxpipe.receive(buf, n, gso, hold=True, **self.kw)
@@ -107,7 +109,7 @@ class RxDriver:
         return writes
 
     def _finish(self, run: rxpipe.Run, key: str, writes: list) -> None:
-        w = rxpipe.finish(run)
+        w = self._finish_run(run)
         if w is None:
             self.drops[Reason.FOLD_TOO_LARGE.value] += run.segments
             return

@@ -4,10 +4,12 @@ Same inputs, same :class:`~udpnest.rxpipe.RxResult` (writes, drops, control, hel
 reference, byte for byte (tests/test_engine_diff_rx.py).  The split:
 
 * per read, in Python (once, not per datagram): the first row's Geneve/FOLD parse and header layout
-  (:func:`udpnest.rxpipe._frame_info`, cached by header bytes) and the Run/TapWrite objects;
+  (:func:`udpnest.rxpipe._frame_info`, reused across a flow's reads, ``rx_same``) and the Run/TapWrite
+  objects;
 * per datagram, in C (``_native.rx_coalesce``, ``_native.rx_rows``): every coalescing check (lengths,
   headers, flags, sequence, IPv4 IDs, every TCP / IPv4 header / nested UDP checksum), the payload
   gather, and the one-datagram path (Geneve header, VNI, options, GRO hint, protocol, first IP header);
+  per super-packet (``_native.rx_super``): its headers and virtio_net_hdr (``rxpipe._super_write``);
 * FOLD datagrams in the one-datagram path (ACKs in fold mode): the first one with a given Geneve header
   goes to the reference, which validates it (``decode_folds``); it then becomes a template (at most
   :data:`FOLD_TEMPLATES_MAX`, the oldest evicted and counted ``fold_templates_evicted``) and C restores
@@ -36,7 +38,6 @@ from .rxpipe import (
     _geneve_info,
     _masks,
     _single,
-    _super_write,
     rows_of,
 )
 from .wire.errors import ParseError, Reason
@@ -83,6 +84,31 @@ def _layout_args(G: int, lay: Layout) -> tuple:
             _LAYOUT_ARGS.clear()
         _LAYOUT_ARGS[key] = hit
     return hit
+
+
+def _fold_level(info) -> bytes | None:
+    if info.carried is None:
+        return None
+    c = info.carried[0]
+    return bytes((c.flags, c.l2, c.l3, c.tun)) + c.hdr
+
+
+def super_write(info, hdr: bytes, payloads: tuple, payload_len: int, mss: int, segments: int) -> TapWrite | None:
+    """rxpipe._super_write with the header and vnet work in C (``_native.rx_super``)."""
+    lay = info.layout
+    udp = tuple((u, has, *lay.ip_before(u)) for u, has in lay.udp)
+    r = _native.rx_super(hdr, payload_len, mss, lay.ip4, lay.ip6, udp, lay.tcp_ip, lay.tcp_ip_v6, lay.tcp,
+                         _fold_level(info))
+    if r is None:
+        return None
+    vnet, nested, h = r
+    kind = Kind.FOLD if info.carried is not None else (Kind.HINT if info.pkt.gro_hint is not None else Kind.PLAIN)
+    return TapWrite(vnet, (nested, h, *payloads) if nested else (h, *payloads), kind, segments)
+
+
+def finish(run: Run) -> TapWrite | None:
+    """rxpipe.finish for the native engine."""
+    return super_write(run.info, run.hdr, run.payloads, run.payload_len, run.mss, run.segments)
 
 
 class Receiver:
@@ -186,8 +212,8 @@ class Receiver:
             return OUTCOMES[code]
         if info.carried is not None and not info.carried[0].flags & F_CSUM_ZEROED:
             return Outcome.FOLD_CSUM
-        w = _super_write(info, bytes(mv[G : G + H]), (mv[G + H :],), n - G - H, gso_size,
-                         -(-(n - G - H) // gso_size))
+        w = super_write(info, bytes(mv[G : G + H]), (mv[G + H :],), n - G - H, gso_size,
+                        -(-(n - G - H) // gso_size))
         return Outcome.TOO_LARGE if w is None else w
 
     def _coalesce(self, mv: memoryview, count: int, row_len: int, last_len: int) -> Run | Outcome:

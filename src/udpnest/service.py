@@ -36,6 +36,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from types import MappingProxyType
 
 from .config import ConfigError, EndpointConfig
 from .peers import Event, Peer
@@ -106,11 +107,26 @@ def _new_probing(ep, cfg: EndpointConfig, keys: list[str], removed: set[str], no
         pr.peers[k] = p
 
 
+def reload_message(cfg: EndpointConfig) -> bytes:
+    """What the RX process receives: the new configuration's fields, pickled.  Read-only mappings
+    (MappingProxyType, which pickle refuses) travel as dicts and are frozen again by :func:`read_message`."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EndpointConfig)}
+    proxies = sorted(k for k, v in fields.items() if isinstance(v, MappingProxyType))
+    return pickle.dumps(("reload", {k: dict(v) if k in proxies else v for k, v in fields.items()}, proxies))
+
+
+def read_message(data: bytes) -> tuple[str, EndpointConfig]:
+    kind, fields, proxies = pickle.loads(data)
+    return kind, EndpointConfig(**{k: MappingProxyType(v) if k in proxies else v for k, v in fields.items()})
+
+
 def apply_reload(ep, new: EndpointConfig) -> list[str]:
-    """Phase 1 of a reload of a running endpoint (call from its main thread).  Returns the changed settings."""
+    """Phase 1 of a reload of a running endpoint (call from its main thread).  Returns the changed settings.
+    Everything that can fail (validation, the message to the RX process) happens before anything changes."""
     changed = reload_changes(ep.cfg, new)
     if not changed:
         return []
+    message = reload_message(new)
     import ipaddress
 
     now = ep.clock()
@@ -145,7 +161,7 @@ def apply_reload(ep, new: EndpointConfig) -> list[str]:
     # 4. the RX process (or thread) learns the new set
     if ep.rx_pid is not None and ep.rx_chan is not None:
         try:
-            ep.rx_chan.send(pickle.dumps(("reload", new)))
+            ep.rx_chan.send(message)
             ep.rx.sock.sendto(b"", (new.local, new.dstport))  # wakes its recvmsg
         except OSError as e:
             log.error("reload: cannot reach the RX process: %s", e)
@@ -187,9 +203,8 @@ def rx_child_messages(ep) -> None:
         except OSError as e:
             log.debug("rx channel: %s", e)
             return
-        msg = pickle.loads(data)
-        if msg[0] == "reload":
-            cfg = msg[1]
+        kind, cfg = read_message(data)
+        if kind == "reload":
             ep.cfg = cfg
             ep.peers = {p.address: p for p in cfg.remote}
             ep.rx_class = rx_class_for(cfg)
@@ -231,9 +246,12 @@ class Service:
         try:
             new = self.load()
             changed = ep.reload(new)
-        except (ConfigError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - ConfigError, OSError, or a bug: the daemon keeps running
             ep.ctl_stats.c["reload_errors"] += 1
-            log.error("reload refused, the running configuration stays: %s", e)
+            if isinstance(e, ConfigError | OSError):
+                log.error("reload refused, the running configuration stays: %s", e)
+            else:
+                log.exception("reload failed, the running configuration stays")
             self.notify(f"READY=1\nSTATUS=reload refused: {e}")
             return False
         self.notify(f"READY=1\nSTATUS={self.status_line()}" + (" (reloaded)" if changed else ""))

@@ -66,6 +66,33 @@ def test_pyroute2_ethtool_agrees_with_the_ethtool_program(veth_ns, setting):
     assert ethtool_cli(veth_ns, "ev1")["tx-checksumming"] == "on"
 
 
+@pytest.fixture
+def twin_ns(veth_ns):
+    """A second namespace with the same veth pair: the ethtool program's side of the comparison."""
+    from pyroute2 import IPRoute, netns
+
+    ns = veth_ns + "c"
+    netns.create(ns)
+    try:
+        with IPRoute(netns=ns) as ip:
+            ip.link("add", ifname="ev0", kind="veth", peer={"ifname": "ev1"})
+        yield ns
+    finally:
+        netns.remove(ns)
+
+
+def test_same_device_state_as_ethtool_K(veth_ns, twin_ns):
+    """Setting offload -> wire -> offload through pyroute2 leaves the device exactly as ``ethtool -K`` does
+    (all of ``ethtool -k``, "[requested on]" / "[fixed]" annotations included)."""
+    for args in (topology.ETHTOOL_OFFLOAD, topology.ETHTOOL_WIRE, topology.ETHTOOL_OFFLOAD):
+        topology.ethtool_k(veth_ns, "ev0", args)
+        subprocess.run(["ip", "netns", "exec", twin_ns, "ethtool", "-K", "ev0", *args], check=True,
+                       capture_output=True)
+        ours, theirs = (subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-k", "ev0"], capture_output=True,
+                                       text=True, check=True).stdout.splitlines()[1:] for ns in (veth_ns, twin_ns))
+        assert ours == theirs, args
+
+
 def test_unknown_feature_is_refused_by_name(veth_ns):
     with pytest.raises(RuntimeError, match="no-such-feature"):
         topology.ethtool_k(veth_ns, "ev0", ("no-such-feature", "off"))

@@ -86,7 +86,8 @@ class Endpoint:
         while True:
             st = self.status()
             # echo probes change reads/bytes every interval; data and drops settle
-            rx = {k: v for k, v in st["rx"].items() if k not in ("reads", "bytes") and not k.startswith("time_")}
+            rx = {k: v for k, v in st["rx"].items() if k not in ("reads", "bytes")
+                  and not k.startswith(("time_", "coalesce_"))}  # coalesce_*: an outcome per read, echoes too
             drops = {k: v for k, v in st["drops"].items() if k not in ignore_drops}
             key = json.dumps([rx, drops], sort_keys=True)
             if key != last:

@@ -30,7 +30,9 @@ pytestmark = pytest.mark.root
 
 METRICS = "127.0.0.1:9108"
 NEW_PEER = "198.51.100.3"  # a second address on host B's underlay interface: the peer added by the reload
-PROBE = ("--probe-interval", "0.5")
+# the default TX path (socket): these tests are about operating the endpoint, not about the kernel TX path
+# (which also changes sysctls; test_dataplane covers it)
+PROBE = ("--probe-interval", "0.5", "--tx-path", "socket")
 
 
 def scrape(ns: str, listen: str = METRICS) -> dict[str, dict[tuple, float]]:
@@ -80,7 +82,7 @@ def start_a(lab, extra=(), env=None, config=None) -> nestlab.Endpoint:
     plan = topology.udpnest_plans(spec)["a"]
     from udpnest import endpoint
 
-    argv = endpoint.lab_argv(plan, nested="fold", tx_path="kernel")
+    argv = endpoint.lab_argv(plan, nested="fold")
     if config is not None:  # peers and nested mode come from the file (so that SIGHUP can change them)
         for flag in ("--remote", "--nested"):
             i = argv.index(flag)
@@ -123,8 +125,13 @@ def test_metrics_scrape_counts_drops_and_traffic(lab_v4, endpoints):
     nestlab.send_junk(b.plan.netns, b.plan.underlay_local, plan_a.underlay_local, plan_a.geneve_port, junk, lab.tmp)
     sent, got = nestlab.tcp_transfer(lab.spec, 32 * nestlab.MIB, port=5331)
     assert got["sha256"] == sent["sha256"]
-    a.settled_status()
-    m1 = scrape(plan_a.netns)
+    deadline = time.monotonic() + 10  # the RX process reports its counters to the main process periodically
+    while True:
+        m1 = scrape(plan_a.netns)
+        if drops(m1, "rx", "truncated_geneve") >= 5 and drops(m1, "rx", "bad_geneve_version") >= 3:
+            break
+        assert time.monotonic() < deadline, m1["udpnest_rx_drops_total"]
+        time.sleep(0.2)
     assert drops(m1, "rx", "truncated_geneve") == 5
     assert drops(m1, "rx", "bad_geneve_version") == 3
     moved = {k for k, v in m1["udpnest_rx_drops_total"].items() if v != m0["udpnest_rx_drops_total"][k]}
@@ -218,9 +225,10 @@ def test_ready_reload_under_traffic_and_clean_stop(lab_v4, endpoints):
         up_pair(lab, endpoints, a)
         tap_index = _ifindex(a.plan.netns, a.plan.tap_ifname)
 
-        before = new_peer_echo(lab, 1.0)  # not a peer yet: dropped as no_peer, no reply, no probes
+        before = new_peer_echo(lab, 1.0)  # not a peer yet: dropped, no reply, no probes
         assert before == {"reply": False, "requests": 0}, before
-        assert a.status()["drops"].get("no_peer", 0) >= 1
+        st = a.status()  # dropped by the kernel source filter (io/bpf.py), or without one counted as no_peer
+        assert st["underlay"].get("source_filter") or st["drops"].get("no_peer", 0) >= 1, st
 
         with nestlab.TcpTransfer(spec, 512 * nestlab.MIB, port=5332) as t:
             time.sleep(0.5)
