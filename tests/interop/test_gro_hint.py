@@ -51,6 +51,12 @@ def _kernel_to_udpnest(lab) -> None:
         f"udpnest did not coalesce the kernel's GSO-partial trains: {d}"
 
 
+HINT_TX_PENDING = pytest.mark.xfail(
+    strict=False, reason="issue 10 item 3 (helper 'tx'): hint mode does not yet send GSO-partial-shaped trains "
+    "(byte-identical nested headers); the kernel merged partly: 418 RX packets/MB at main 3f112b4, 1091 at 67cbc4f")
+
+
+@HINT_TX_PENDING
 def test_hint_to_kernel_ipv4_wire(lab_factory):
     _hint_to_kernel(lab_factory(4, "wire"))
 
@@ -59,6 +65,7 @@ def test_kernel_gso_partial_to_udpnest_ipv4_wire(lab_factory):
     _kernel_to_udpnest(lab_factory(4, "wire"))
 
 
+@HINT_TX_PENDING
 @pytest.mark.slow
 def test_hint_to_kernel_ipv6_wire(lab_factory):
     _hint_to_kernel(lab_factory(6, "wire"))
