@@ -19,7 +19,7 @@ deps:
 
 test: deps venv
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not (slow and interop)"
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -52,8 +52,9 @@ def _kernel_to_udpnest(lab) -> None:
 
 
 HINT_TX_PENDING = pytest.mark.xfail(
-    strict=False, reason="issue 10 item 3 (helper 'tx'): hint mode does not yet send GSO-partial-shaped trains "
-    "(byte-identical nested headers); the kernel merged partly: 418 RX packets/MB at main 3f112b4, 1091 at 67cbc4f")
+    strict=False, reason="open (issue 10 item 3): with the nested IPv4 ID fixed across a train, Linux 7.2 merges "
+    "udpnest's hint trains only partly: 418 RX packets/MB (1091 before the fix, ~35-55 kernel-to-kernel); what "
+    "still differs per segment is not yet found")
 
 
 @HINT_TX_PENDING
