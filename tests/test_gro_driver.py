@@ -41,6 +41,8 @@ def test_two_reads_held_merged_and_written_once(engine):
     w, key = out.writes[0]
     assert key == PEER and w.vnet == exp.vnet and frame_of(w) == frame_of(exp)
     assert d.counts["merged_reads"] == 1 and d.counts["coalesce_coalesced"] == 2 and d.counts["reads"] == 2
+    # one super-packet made of two reads: the reads-per-super-packet histogram
+    assert d.counts["reads_per_super_packet_2"] == 1 and d.counts["reads_per_super_packet_1"] == 0
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -60,6 +62,7 @@ def test_held_run_written_before_a_read_from_another_peer(engine):
     out = d.read(second, len(second), row, "198.51.100.9")
     assert [(w.segments, k) for w, k in out.writes] == [(30, PEER), (11, "198.51.100.9")]
     assert d.counts["merged_reads"] == 0
+    assert d.counts["reads_per_super_packet_1"] == 2 and d.counts["reads_per_super_packet_2"] == 0
 
 
 @pytest.mark.parametrize("engine", ENGINES)

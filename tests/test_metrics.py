@@ -87,6 +87,17 @@ def test_histogram_buckets_are_cumulative():
     assert [h[(("le", le),)] for le in ("1.0", "3.0", "7.0", "15.0", "31.0", "63.0", "+Inf")] == [5, 6, 6, 6, 8, 8, 12]
 
 
+def test_reads_per_super_packet_histogram():
+    st = endpoint("off").status()
+    st["rx"].update(reads_per_super_packet_1=7, reads_per_super_packet_2=3, reads_per_super_packet_3=1, merged_reads=5)
+    m = scrape(st)
+    h = m["udpnest_rx_reads_per_super_packet_bucket"]
+    assert [h[(("le", le),)] for le in ("1.0", "2.0", "+Inf")] == [7, 10, 11]
+    assert m["udpnest_rx_reads_per_super_packet_count"][()] == 11
+    assert m["udpnest_rx_reads_per_super_packet_sum"][()] == 7 + 6 + 3
+    assert not any(k.startswith("udpnest_rx_reads_per_super_packet_1") for k in m)  # not also a loose counter
+
+
 def test_peer_state_and_mode_and_build_and_engine():
     ep = endpoint("fold")
     m = scrape(ep.status())

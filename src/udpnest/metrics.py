@@ -28,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 
 from .peers import PeerState
+from .rxdriver import READS_HIST_MAX, READS_HIST_PREFIX
 from .wire.errors import Reason
 
 log = logging.getLogger("udpnest")
@@ -128,6 +129,7 @@ class StatusCollector:
         for d in DIRECTIONS:
             yield from self._direction(d, st.get(d, {}))
             yield from self._histogram(d, st.get(f"{d}_segments_hist", {}), st.get(d, {}).get("datagrams", 0))
+        yield from self._reads_histogram(st.get("rx", {}))
         yield from self._control(st.get("control", {}))
         yield from self._peers(st.get("peers", {}))
         yield from self._fdb(st.get("fdb", {}))
@@ -150,6 +152,19 @@ class StatusCollector:
                     f.add_metric([reason], n)
             yield f
 
+    def _reads_histogram(self, c: Mapping) -> Iterable:
+        """RX: how many UDP_GRO reads each coalesced super-packet was made of (merged reads; rxdriver.py)."""
+        h = HistogramMetricFamily("udpnest_rx_reads_per_super_packet",
+                                  "RX: UDP_GRO reads merged into each coalesced super-packet (TAP write)")
+        acc, total, buckets = 0, 0, []
+        for k in range(1, READS_HIST_MAX + 1):
+            n = c.get(f"{READS_HIST_PREFIX}{k}", 0)
+            acc += n
+            total += k * n
+            buckets.append((str(float(k)) if k < READS_HIST_MAX else "+Inf", acc))
+        h.add_metric([], buckets, sum_value=total)  # the sum counts 3+ as 3: a lower bound
+        yield h
+
     def _direction(self, d: str, c: Mapping) -> Iterable:
         known = _KNOWN[d]
         for key, (suffix, helptext) in known.items():
@@ -165,7 +180,7 @@ class StatusCollector:
         for m in PEER_MODES if d == "tx" else ():
             by_mode.add_metric([m], c.get(f"mode_{m}", 0))
         for key, v in sorted(c.items()):
-            if key in known or _num(v) is None:
+            if key in known or _num(v) is None or key.startswith(READS_HIST_PREFIX):
                 continue
             if key.startswith("time_") and key.endswith("_ns"):
                 timing.add_metric([key[5:-3]], v / 1e9)

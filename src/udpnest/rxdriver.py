@@ -27,6 +27,11 @@ from .fold import DEFAULT_PORTS, Encap
 from .wire.errors import Reason
 from .wire.options import DEFAULT_OPT_CLASS, GenevePacket
 
+#: RX counters ``reads_per_super_packet_1`` .. ``_3``: how many reads each coalesced super-packet was made of
+#: (3 stands for 3 or more); the metrics exporter turns them into a histogram
+READS_HIST_PREFIX = "reads_per_super_packet_"
+READS_HIST_MAX = 3
+
 
 class RxOut(NamedTuple):
     writes: list[tuple[rxpipe.TapWrite, str]]  # (write, peer key), in order
@@ -43,7 +48,7 @@ class RxDriver:
         self.engine = engine
         self.counts: Counter = counts if counts is not None else Counter()
         self.drops: Counter = drops if drops is not None else Counter()
-        self.pending: tuple[rxpipe.Run, str] | None = None  # the one held run, with its peer key
+        self.pending: tuple[rxpipe.Run, str, int] | None = None  # the one held run, its peer key, its reads
         if engine == "native":
             from . import rxnative
 
@@ -77,11 +82,12 @@ class RxDriver:
         if res.outcome is not rxpipe.Outcome.SINGLE:  # one datagram: reads minus the other outcomes
             c[f"coalesce_{res.outcome.value}"] += 1
         run = res.run
+        reads = 1  # reads the run is made of (merged reads counted in the reads_per_super_packet histogram)
         if self.pending is not None:
             joined = rxpipe.merge(self.pending[0], run) if run is not None and self.pending[1] == key else None
             if joined is not None:
                 c["merged_reads"] += 1
-                run = joined
+                run, reads = joined, self.pending[2] + 1
             else:
                 self._finish(*self.pending, out.writes)
             self.pending = None
@@ -89,9 +95,9 @@ class RxDriver:
             # the payload views point into buf: copy them out before the next read reuses it
             run = run._replace(payloads=tuple(bytes(p) if isinstance(p, memoryview) else p for p in run.payloads))
             if run.extendable:
-                self.pending = (run, key)
+                self.pending = (run, key, reads)
             else:
-                self._finish(run, key, out.writes)
+                self._finish(run, key, reads, out.writes)
         for reason, cnt in res.drops:
             self.drops[reason.value] += cnt
         for w in res.writes:
@@ -108,7 +114,8 @@ class RxDriver:
             self.pending = None
         return writes
 
-    def _finish(self, run: rxpipe.Run, key: str, writes: list) -> None:
+    def _finish(self, run: rxpipe.Run, key: str, reads: int, writes: list) -> None:
+        self.counts[f"{READS_HIST_PREFIX}{min(reads, READS_HIST_MAX)}"] += 1
         w = self._finish_run(run)
         if w is None:
             self.drops[Reason.FOLD_TOO_LARGE.value] += run.segments
