@@ -3,7 +3,7 @@
 * udpnest ``--nested hint`` -> kernel geneve with ``gro-hint``: Linux's geneve GRO merges a hinted train only
   when the nested headers of its segments are byte-identical (``geneve_hdr_match()``), as its own GSO partial
   sends them.  The kernel device's RX packets per MB show whether it merged: kernel-to-kernel gives ~30
-  (tests/interop/test_kernelmode.py), one per wire datagram is ~750.
+  (tests/interop/test_kernelmode_guest.py), one per wire datagram is ~750.
 * kernel geneve with ``gro-hint`` + ``tx-gso-partial`` -> udpnest: the kernel's GSO-partial trains carry a fixed
   nested IPv4 ID without DF; udpnest must still coalesce them (RX super-packets) and deliver intact data.
 """
