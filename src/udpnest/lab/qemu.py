@@ -104,7 +104,8 @@ mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/u,workdir=/rw/w /newroo
     echo "UDPNEST-GUEST-FAIL overlay"; poweroff -f; }
 mount -t proc proc /newroot/proc; mount -t sysfs sys /newroot/sys; mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm; mount -t devpts devpts /newroot/dev/pts
-mount -t tmpfs tmpfs /newroot/dev/shm; mount -t tmpfs tmpfs /newroot/run; mount -t tmpfs tmpfs /newroot/tmp
+mount -t tmpfs tmpfs /newroot/dev/shm; mount -t tmpfs tmpfs /newroot/run
+# /tmp stays the overlay's (writes land in its tmpfs upper): a checkout under the host's /tmp must stay visible
 mount -t bpf bpf /newroot/sys/fs/bpf 2>/dev/null
 port=""
 for d in /sys/class/virtio-ports/*; do [ "$(cat $d/name)" = "@PORT@" ] && port=/dev/$(basename $d); done
