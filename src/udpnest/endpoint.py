@@ -200,16 +200,8 @@ class Endpoint:
                 sk.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK; UDP GRO will not merge these
 
     def _open_control(self) -> None:
-        path = self.cfg.control_path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        s.bind(path)
-        os.chmod(path, 0o600)
-        s.listen(4)
-        s.setblocking(False)
-        self.ctl = s
+        self.ctl = control_socket(self.cfg.control_path)
+        self.ctl.setblocking(False)
 
     def close(self) -> None:
         self.stop_event.set()
@@ -790,6 +782,18 @@ def _reap(pid: int, timeout: float) -> None:
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
+
+
+def control_socket(path: str) -> socket.socket:
+    """The listening unix socket ``udpnest status`` connects to (owner-only, a stale one replaced)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s.bind(path)
+    os.chmod(path, 0o600)
+    s.listen(4)
+    return s
 
 
 def query_status(path: str, timeout: float = 2.0) -> dict:

@@ -143,16 +143,10 @@ class KernelDataplane:
         tnl = sorted(k for k, v in self.features.items() if v and ("gso" in k or "udp_tnl" in k))
         log.info("kernel dataplane: geneve %s id %d remote %s%s, features %s", cfg.tap, cfg.id, cfg.remote[0],
                  " gro-hint" if self.hint else "", ",".join(tnl))
-        path = cfg.control_path
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        s.bind(path)
-        os.chmod(path, 0o600)
-        s.listen(4)
-        s.settimeout(0.2)
-        self.ctl = s
+        from .endpoint import control_socket
+
+        self.ctl = control_socket(cfg.control_path)
+        self.ctl.settimeout(0.2)
 
     def _delete(self) -> None:
         for ns in {self.cfg.tap_netns, self.cfg.underlay_netns}:
