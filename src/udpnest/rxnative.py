@@ -39,6 +39,7 @@ from .rxpipe import (
     _masks,
     _single,
     rows_of,
+    too_short,
 )
 from .wire.errors import ParseError, Reason
 from .wire.geneve import OPT_HLEN, parse_options
@@ -226,7 +227,7 @@ class Receiver:
         G, lay = info.G, info.layout
         H = lay.hdr_len
         mss = row_len - G - H
-        if mss <= 0 or last_len < G + H or (last_len == G + H and count > 1):
+        if too_short(count, row_len, last_len, G, H):
             return Outcome.SHORT
         r = _native.rx_coalesce(mv, count, row_len, last_len, G, H, *_layout_args(G, lay), self.verify)
         if isinstance(r, int):

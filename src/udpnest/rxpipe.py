@@ -368,6 +368,12 @@ def _fixed_id_ok(lay: Layout, off: int, df: bool) -> bool:
     return df or off != lay.tcp_ip
 
 
+def too_short(count: int, row_len: int, last_len: int, G: int, H: int) -> bool:
+    """A read whose rows cannot be segments of one super-packet: no payload in a full row, or a last row
+    shorter than the headers (or only headers while more than one row)."""
+    return row_len - G - H <= 0 or last_len < G + H or (last_len == G + H and count > 1)
+
+
 def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class: int | None, ports,
               verify_csum: bool, vni: int | None = None) -> Run | Outcome:
     info = _frame_info(mv[:row_len], opt_class, ports, vni)
@@ -376,7 +382,7 @@ def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class
     G, lay = info.G, info.layout
     H = lay.hdr_len
     mss = row_len - G - H
-    if mss <= 0 or last_len < G + H or (last_len == G + H and count > 1):
+    if too_short(count, row_len, last_len, G, H):
         return Outcome.SHORT
     all_rows = np.frombuffer(mv, dtype=np.uint8, count=(count - 1) * row_len).reshape(count - 1, row_len)
     last = np.frombuffer(mv, dtype=np.uint8, offset=(count - 1) * row_len, count=last_len).reshape(1, last_len)
