@@ -478,7 +478,8 @@ static void fold_options(uint8_t *q, const uint8_t *f, const struct fold_level *
  * fold()'s option budget when budget is set.  The walk stops where the reference's stops; returns the
  * number of levels, or -1 where the reference walks IPv6 extension headers (defer to it). */
 static int walk_levels(const uint8_t *f, size_t n, const unsigned *pport, const unsigned *penc, unsigned np,
-                       unsigned max_levels, int gso, int budget, struct fold_level *lv, size_t *endpos)
+                       unsigned max_levels, int gso, int budget, struct fold_level *lv, size_t *endpos,
+                       unsigned *usedp)
 {
     size_t pos = 0;
     unsigned kind = ETH_P_TEB, used = 0;
@@ -564,6 +565,7 @@ static int walk_levels(const uint8_t *f, size_t n, const unsigned *pport, const 
         kind = next;
     }
     *endpos = pos;
+    *usedp = used;
     return nlev;
 }
 
@@ -606,8 +608,9 @@ static PyObject *tx_hint_prefix(PyObject *self, PyObject *args)
         goto done;
     const uint8_t *f = fb.buf;
     size_t n = (size_t)fb.len, end;
+    unsigned used;
     struct fold_level lv[3];
-    int nlev = walk_levels(f, n, pport, penc, np, 2, gso, 0, lv, &end);
+    int nlev = walk_levels(f, n, pport, penc, np, 2, gso, 0, lv, &end, &used);
     if (nlev < 0) {
         res = Py_NewRef(Py_None);
         goto done;
@@ -850,88 +853,14 @@ static PyObject *tx_fold_one(PyObject *self, PyObject *args)
     }
     Py_DECREF(fast);
     const uint8_t *f = fb.buf;
-    size_t n = (size_t)fb.len, pos = 0;
-    unsigned kind = ETH_P_TEB, nlev = 0, used = 0;
+    size_t n = (size_t)fb.len, pos;
+    unsigned used;
     struct fold_level lv[3];
-    if (max_levels > 3)
-        max_levels = 3;
-    while (nlev < max_levels) {
-        unsigned l2 = 0, etype = kind;
-        if (kind == ETH_P_TEB && (l2 = eth_at(f, n, pos, &etype)) == 0)
-            break;
-        size_t l3off = pos + l2;
-        unsigned l3, v6, proto;
-        if (etype == ETH_P_IP) {
-            if (l3off + 20 > n || f[l3off] >> 4 != 4)
-                break;
-            l3 = (unsigned)(f[l3off] & 0xF) * 4;
-            unsigned total = un_get16(f + l3off + 2);
-            if (l3 < 20 || l3off + l3 > n || total < l3 || l3off + total > n)
-                break;
-            if ((un_get16(f + l3off + 6) & 0x3FFF) || f[l3off + 9] != 17 || total != n - l3off)
-                break;
-            v6 = 0;
-        } else if (etype == ETH_P_IPV6) {
-            if (l3off + 40 > n || f[l3off] >> 4 != 6)
-                break;
-            unsigned plen = un_get16(f + l3off + 4);
-            if (l3off + 40 + plen > n)
-                break;
-            proto = f[l3off + 6];
-            if (proto == 0 || proto == 43 || proto == 44 || proto == 50 || proto == 51 || proto == 60 ||
-                proto == 135 || proto == 139 || proto == 140 || proto == 253 || proto == 254)
-                goto defer;
-            if (proto != 17 || plen != n - l3off - 40)
-                break;
-            l3 = 40;
-            v6 = 1;
-        } else {
-            break;
-        }
-        size_t uoff = l3off + l3, toff = uoff + 8;
-        if (toff > n)
-            break;
-        unsigned ulen = un_get16(f + uoff + 4);
-        if (ulen < 8 || uoff + ulen > n || ulen != n - uoff)
-            break;
-        unsigned dport = un_get16(f + uoff + 2), encap = 0, tun, next;
-        for (unsigned i = 0; i < np; i++)
-            if (pport[i] == dport)
-                encap = penc[i];
-        if (encap == 1 || encap == 2) {
-            if (toff + 8 > n || !(f[toff] & 0x08))
-                break;
-            tun = 8;
-            if (encap == 1) {
-                next = ETH_P_TEB;
-            } else {
-                unsigned npr = f[toff + 3];
-                if (!(f[toff] & 0x04) || npr < 1 || npr > 3)
-                    break;
-                next = npr == 1 ? ETH_P_IP : npr == 2 ? ETH_P_IPV6 : ETH_P_TEB;
-            }
-        } else if (encap == 3) {
-            if (toff + 8 > n || f[toff] >> 6 != 0)
-                break;
-            tun = 8 + (unsigned)(f[toff] & 0x3F) * 4;
-            if (toff + tun > n)
-                break;
-            next = un_get16(f + toff + 2);
-            if (next != ETH_P_TEB && next != ETH_P_IP && next != ETH_P_IPV6)
-                break;
-        } else {
-            break;
-        }
-        unsigned end = (unsigned)(toff + tun);
-        unsigned data = 6 + end - (unsigned)pos, optsz = 4 + ((data + 3) & ~3u);
-        if (optsz - 4 > 124 || used + optsz > 252)
-            break;
-        lv[nlev] = (struct fold_level){(unsigned)pos, l2, l3, v6, tun, encap, next, un_get16(f + uoff + 6) != 0};
-        nlev++;
-        used += optsz;
-        pos = end;
-        kind = next;
-    }
+    /* fold.find_levels without gso: lengths must match the buffer; the option budget applies */
+    int walked = walk_levels(f, n, pport, penc, np, max_levels, 0, 1, lv, &pos, &used);
+    if (walked < 0)
+        goto defer;
+    unsigned nlev = (unsigned)walked;
     uint8_t prefix[8 + 252];
     size_t P = 8 + used;
     prefix[0] = (uint8_t)(used / 4);
