@@ -177,3 +177,138 @@ def finish_csum(frame, csum_start: int, csum_offset: int) -> bytearray:
         c = 0xFFFF  # UDP
     f[cs + co : cs + co + 2] = c.to_bytes(2, "big")
     return f
+
+
+# --- hint trains: join consecutive super-packets of one TCP flow ------------------------------------------
+#: a joined super-packet stays within what the receiver's GRO may build (Linux: GRO_LEGACY_MAX_SIZE for the
+#: decapsulated aggregate, geneve_post_decap_hint) and within one UDP_SEGMENT send
+JOIN_MAX_FRAME = 65535 - 64
+JOIN_MAX_SEGMENTS = 64
+_TCP_END = 0x01 | 0x08  # FIN | PSH: the receiver's GRO closes the aggregate after them
+_TCP_KEEP = 0x01 | 0x08 | 0x80  # FIN | PSH | CWR: set on the first or last segment only (gso.segment_tcp)
+
+
+def join_key(data) -> tuple | None:
+    """What must be equal for two TAP reads to join (:func:`join_frames`): None when ``data`` is not a TCP
+    super-packet that may have a successor joined to it (not GSO, USO, a short last segment)."""
+    try:
+        vh = VnetHdr.unpack(data)
+    except ParseError:
+        return None
+    if not vh.is_gso or vh.base_type not in (GSO_TCPV4, GSO_TCPV6) or vh.gso_size <= 0:
+        return None
+    frame = memoryview(data)[VNET_HDR_LEN:]
+    try:
+        lay = tcp_layout(frame, (vh.outer_th_offset,) if vh.is_tunnel else ())
+    except ParseError:
+        return None
+    return vh, lay
+
+
+def _masked_headers(frame, lay: Layout) -> bytearray:
+    """The headers with every per-segment or per-super-packet field zeroed: IP lengths, IDs and header
+    checksums, UDP lengths and checksums, TCP sequence number, FIN/PSH/CWR and checksum."""
+    h = bytearray(frame[: lay.hdr_len])
+    for o in lay.ip4:
+        h[o + 2 : o + 6] = b"\0\0\0\0"
+        h[o + 10 : o + 12] = b"\0\0"
+    for o in lay.ip6:
+        h[o + 4 : o + 6] = b"\0\0"
+    for o, _ in lay.udp:
+        h[o + 4 : o + 8] = b"\0\0\0\0"
+    t = lay.tcp
+    h[t + 4 : t + 8] = b"\0\0\0\0"
+    h[t + 13] &= ~_TCP_KEEP & 0xFF
+    h[t + 16 : t + 18] = b"\0\0"
+    return h
+
+
+def join_frames(first, second, key: tuple) -> bytearray | None:
+    """``first`` (a TAP read: vnet header + frame) with ``second``'s TCP payload appended, as one super-packet
+    the planner cuts into one longer train; None when they may not join.
+
+    Joinable: the same vnet header and layout, the same headers but for the fields every segment gets
+    anew anyway (:func:`_masked_headers`: so the same addresses, ports, ACK, window and TCP options, TCP
+    timestamps included, which the receiver's TCP GRO requires equal), ``second``'s sequence number right
+    after ``first``'s payload, ``first`` a whole number of segments without FIN or PSH, no CWR on
+    ``second``, and the result within :data:`JOIN_MAX_FRAME` bytes and :data:`JOIN_MAX_SEGMENTS` segments.
+    The innermost IPv4 ID of ``second`` must continue ``first``'s (+1 per segment) unless DF is set.
+    """
+    vh, lay = key
+    try:
+        vh2 = VnetHdr.unpack(second)
+    except ParseError:
+        return None
+    if vh2 != vh:
+        return None
+    f1, f2 = memoryview(first)[VNET_HDR_LEN:], memoryview(second)[VNET_HDR_LEN:]
+    H, t = lay.hdr_len, lay.tcp
+    if len(f2) <= H:
+        return None
+    n1 = len(f1) - H
+    n2 = len(f2) - H
+    if n1 <= 0 or n1 % vh.gso_size or len(f1) + n2 > JOIN_MAX_FRAME:
+        return None
+    if -(-(n1 + n2) // vh.gso_size) > JOIN_MAX_SEGMENTS:
+        return None
+    if f1[t + 13] & _TCP_END or f2[t + 13] & 0x80:
+        return None
+    try:
+        lay2 = tcp_layout(f2, (vh.outer_th_offset,) if vh.is_tunnel else ())
+    except ParseError:
+        return None
+    if lay2 != lay or _masked_headers(f1, lay) != _masked_headers(f2, lay):
+        return None
+    seq1 = int.from_bytes(f1[t + 4 : t + 8], "big")
+    if int.from_bytes(f2[t + 4 : t + 8], "big") != (seq1 + n1) & 0xFFFFFFFF:
+        return None
+    if not lay.tcp_ip_v6:
+        o = lay.tcp_ip
+        if not f1[o + 6] & 0x40:  # no DF: the IDs of the segments are real, keep them continuous
+            id1, id2 = int.from_bytes(f1[o + 4 : o + 6], "big"), int.from_bytes(f2[o + 4 : o + 6], "big")
+            if id2 != (id1 + n1 // vh.gso_size) & 0xFFFF:
+                return None
+    out = bytearray(first)
+    out += f2[H:]
+    out[VNET_HDR_LEN + t + 13] |= f2[t + 13] & _TCP_END
+    return out
+
+
+class TrainJoiner:
+    """Joins the TCP super-packets of one TAP read burst into longer hint trains (:func:`join_frames`).
+
+    Why: a Linux geneve receiver with the GRO hint merges a train only within one NAPI poll and flushes
+    when the nested headers change (each super-packet's nested IPv4 ID differs).  The kernel's own sender
+    emits one train per TCP TSO burst, which grows with the flow's rate; a TCP flow through a slower
+    udpnest gets small TSO bursts (2-3 segments: ``tcp_tso_autosize``) queued back to back in the TAP.
+    Joining what a read burst holds restores kernel-sized trains.
+
+    ``push`` takes each TAP read (a view; copied when held) and returns the reads to send now, in order;
+    ``flush`` at the end of the burst returns the held one.  Frames that cannot join pass through.
+    """
+
+    def __init__(self) -> None:
+        self.held: bytearray | None = None
+        self.key: tuple | None = None
+        self.joined = 0  # reads appended to a held one
+
+    def push(self, data) -> list:
+        if self.held is not None:
+            j = join_frames(self.held, data, self.key)
+            if j is not None:
+                self.held = j
+                self.joined += 1
+                return []
+        out = self.flush()
+        key = join_key(data)
+        if key is None:
+            out.append(data)
+        else:
+            self.held, self.key = bytearray(data), key
+        return out
+
+    def flush(self) -> list:
+        if self.held is None:
+            return []
+        held, self.held, self.key = self.held, None, None
+        return [held]
