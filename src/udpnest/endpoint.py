@@ -45,7 +45,7 @@ from .io.udp import RECV_BUF_SIZE, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
 from .peers import Prober, ReplyLimiter, TokenBucket
 from .rxguard import Channel, LearnedMacs
-from .txplan import TrainJoiner, TxPlanner
+from .txplan import TxPlanner
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
 from .wire.options import CAP_FOLD, CAP_HINT, Echo, build_echo
@@ -451,8 +451,6 @@ class Endpoint:
         self._batch = {} if self.engine == "native" else None
         buf = bytearray(TAP_BUF)
         mv = memoryview(buf)
-        # hint mode: the TCP super-packets of one read burst leave as one train (txplan.TrainJoiner)
-        joiner = TrainJoiner() if self.cfg.nested == "hint" and self.cfg.tx_path != "kernel" else None
         poll = select.poll()
         poll.register(self.tap.fd, select.POLLIN)
         while not self.stop_event.is_set():
@@ -468,13 +466,8 @@ class Endpoint:
                 if n == 0:
                     break
                 t0 = time.perf_counter_ns()
-                for data in (joiner.push(mv[:n]) if joiner is not None else (mv[:n],)):
-                    self._tx_frame(data)
+                self._tx_frame(mv[:n])
                 self.tx_stats.c["time_frame_ns"] += time.perf_counter_ns() - t0
-            if joiner is not None:  # the burst is over: the held super-packet goes out now
-                for data in joiner.flush():
-                    self._tx_frame(data)
-                self.tx_stats.c["joined_super_packets"] = joiner.joined
             if self._batch:  # the burst is over: its small frames go out now (no added latency)
                 self._flush_batch()
 
