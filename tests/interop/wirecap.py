@@ -6,6 +6,11 @@ kernel's software GSO, before the peer's GRO).  On the host: :func:`load` reads 
 :func:`describe` / :func:`nested_diffs` say what a Linux geneve receiver with ``gro-hint`` compares: the
 Geneve header with its options and, when the GRO hint option is present, the nested headers up to its
 ``hdr_len`` (``geneve_hdr_match()`` memcmp's them across the datagrams it merges).
+
+The capture file stays in the guest's overlay; ``python -I -S wirecap.py report FILE START COUNT`` (one line per
+frame: size, gap, outer IP ID/DF/UDP checksum, which nested header bytes changed) runs there too.  Under TCG keep
+COUNT to a few hundred (~1 min); the agent's answers are not meant for megabytes of output.  How it was used for
+issue 10 (kernel-to-kernel vs udpnest hint trains): docs/wire-format.md, "What a hint train looks like".
 """
 
 from __future__ import annotations
