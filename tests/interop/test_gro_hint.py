@@ -5,11 +5,12 @@
   sends them.  The kernel device's RX packets per MB show whether it merged: kernel-to-kernel gives ~30
   (tests/interop/test_kernelmode_guest.py), one per wire datagram is ~750.  The kernel flushes at every
   nested header change, i.e. at least once per train (per TCP TSO burst: each has its own nested IPv4 ID),
-  so the figure also depends on the workload's burst size: through udpnest under TCG the flow is slow and
-  ``tcp_tso_autosize`` gives 2-3 segment bursts (~390 packets/MB even when every train merges whole, the
-  same as a kernel sender at that rate).  The workload therefore sends bursts like a fast flow
-  (``tcp_min_tso_segs``), and the test also checks per train: kernel RX packets <= 1.5 per udpnest
-  super-packet (unmerged: one per datagram).
+  so the figure also depends on the workload's burst size, which TCP sizes from its pacing rate and minimum
+  RTT (``tcp_tso_autosize``, ``tcp_tso_rtt_log``): through udpnest under TCG the RTT is milliseconds and
+  the bursts 2-3 segments (~390 packets/MB with every train merged whole; a kernel sender paced to the same
+  rate over the kernel path's short RTT still got ~9-segment trains, 86 packets/MB).  The workload therefore
+  sends bursts like a fast flow (``tcp_min_tso_segs``), and the test also checks per train: kernel RX
+  packets <= 1.5 per udpnest super-packet (unmerged: one per datagram).
 * kernel geneve with ``gro-hint`` + ``tx-gso-partial`` -> udpnest: the kernel's GSO-partial trains carry a fixed
   nested IPv4 ID without DF; udpnest must still coalesce them (RX super-packets) and deliver intact data.
 """
