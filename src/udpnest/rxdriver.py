@@ -54,9 +54,11 @@ class RxDriver:
 
             self._receive = rxnative.Receiver(counts=self.counts, **self.kw).receive
             self._finish_run = rxnative.finish
+            self._merge = rxnative.merge
         else:
             self._receive = self._receive_python
             self._finish_run = rxpipe.finish
+            self._merge = rxpipe.merge
 
     def _receive_python(self, buf, n: int, gso: int) -> rxpipe.RxResult:
         return rxpipe.receive(buf, n, gso, hold=True, **self.kw)
@@ -84,7 +86,7 @@ class RxDriver:
         run = res.run
         reads = 1  # reads the run is made of (merged reads counted in the reads_per_super_packet histogram)
         if self.pending is not None:
-            joined = rxpipe.merge(self.pending[0], run) if run is not None and self.pending[1] == key else None
+            joined = self._merge(self.pending[0], run) if run is not None and self.pending[1] == key else None
             if joined is not None:
                 c["merged_reads"] += 1
                 run, reads = joined, self.pending[2] + 1
@@ -93,7 +95,8 @@ class RxDriver:
             self.pending = None
         if run is not None:
             # the payload views point into buf: copy them out before the next read reuses it
-            run = run._replace(payloads=tuple(bytes(p) if isinstance(p, memoryview) else p for p in run.payloads))
+            if any(p.__class__ is not bytes for p in run.payloads):  # the native engine's are bytes already
+                run = run._replace(payloads=tuple(bytes(p) for p in run.payloads))
             if run.extendable:
                 self.pending = (run, key, reads)
             else:

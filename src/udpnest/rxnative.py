@@ -29,6 +29,7 @@ from . import _native
 from .fold import DEFAULT_PORTS, F_CSUM_ZEROED, F_V6, FOLD_META_LEN, Encap, _Carried
 from .gso import Layout, aligned_mss
 from .rxpipe import (
+    GSO_MAX_FRAME,
     Kind,
     Outcome,
     Run,
@@ -43,6 +44,7 @@ from .rxpipe import (
 )
 from .wire.errors import ParseError, Reason
 from .wire.geneve import OPT_HLEN, parse_options
+from .wire.ipv4 import IP_DF
 from .wire.options import DEFAULT_OPT_CLASS, TYPE_FOLD
 from .wire.tcp import FIN, PSH
 from .wire.vnet import ZERO_VNET_HDR
@@ -120,6 +122,29 @@ def super_write(info, hdr: bytes, payloads: tuple, payload_len: int, mss: int, s
 def finish(run: Run) -> TapWrite | None:
     """rxpipe.finish for the native engine."""
     return super_write(run.info, run.hdr, run.payloads, run.payload_len, run.mss, run.segments)
+
+
+def merge(a: Run, b: Run) -> Run | None:
+    """rxpipe.merge with the header comparison in C (``rx_same`` on the keep mask) and no numpy."""
+    if not a.extendable or b.mss != a.mss or b.seq0 != a.next_seq or len(a.ref) != len(b.ref):
+        return None
+    info = a.info
+    G, lay = info.G, info.layout
+    if b.info is not info and (b.info.G != G or b.info.layout != lay):
+        return None
+    if not _native.rx_same(b.ref, a.ref, _layout_args(G, lay)[6], ()):
+        return None
+    ref, tcp_ip = a.ref, lay.tcp_ip
+    for off, la, fb in zip(lay.ip4, a.last_ids, b.first_ids, strict=True):
+        if not ((ref[G + off + 6] & (IP_DF >> 8) or off != tcp_ip) and la == fb) and fb != (la + 1) & 0xFFFF:
+            return None
+    payload_len = a.payload_len + b.payload_len
+    if lay.hdr_len + payload_len > GSO_MAX_FRAME - 64:
+        return None
+    t = lay.tcp + 13
+    hdr = a.hdr if a.hdr[t] == b.hdr[t] else a.hdr[:t] + b.hdr[t : t + 1] + a.hdr[t + 1 :]
+    return Run(info, hdr, a.payloads + b.payloads, payload_len, a.mss, a.segments + b.segments, a.seq0, b.next_seq,
+               a.first_ids, b.last_ids, ref, b.extendable)
 
 
 class Receiver:
