@@ -218,8 +218,9 @@ class Receiver:
 
     def _info(self, mv: memoryview, row_len: int):
         """_frame_info of the first row; reused from the previous read when its first row has the same
-        length and the same bytes outside the per-segment fields (and its nested UDP checksums are zero or
-        not alike): the parse reads nothing else, so it would give the same result."""
+        length and the same bytes outside the per-segment fields, the TCP fields the parse does not read
+        and (fold) the carried IPv4 ID, and its nested UDP checksums are zero or not alike: the parse reads
+        nothing else, so it would give the same result (with that row's own carried headers)."""
         last = self.last
         if last is not None and last[0] == row_len and _native.rx_same(mv, last[1], last[2], last[3]):
             info, carried = last[4], last[5]
@@ -233,7 +234,13 @@ class Receiver:
         if info is not None and info.G + info.layout.hdr_len <= row_len:
             G, lay = info.G, info.layout
             offs = tuple(G + u + 6 for u, _ in lay.udp)
-            keep, carried = _layout_args(G, lay)[6], None
+            # the bytes the parse reads must match; the per-segment fields (_masks) and the TCP fields after
+            # the ports but for the data offset (sequence, ACK, flags, window, checksum, options: timestamps
+            # change every few reads) are not read by it
+            keep, carried = bytearray(_layout_args(G, lay)[6]), None
+            t = G + lay.tcp
+            keep[t + 4 : G + lay.hdr_len] = bytes(G + lay.hdr_len - t - 4)
+            keep[t + 12] = 1
             if info.carried is not None:
                 # the carried nested IPv4 header's ID differs from packet to packet and nothing in the FOLD
                 # validation (decode_folds) reads it: leave it out of the comparison (as rx_match does) and
@@ -243,10 +250,8 @@ class Receiver:
                     return info
                 c = info.carried[0]
                 if not c.flags & F_V6:
-                    k = bytearray(keep)
-                    k[carried[0] + c.l2 + 4 : carried[0] + c.l2 + 6] = b"\0\0"
-                    keep = bytes(k)
-            self.last = (row_len, bytes(mv[: G + lay.hdr_len]), keep, offs, info, carried)
+                    keep[carried[0] + c.l2 + 4 : carried[0] + c.l2 + 6] = b"\0\0"
+            self.last = (row_len, bytes(mv[: G + lay.hdr_len]), bytes(keep), offs, info, carried)
         return info
 
     def _whole(self, mv: memoryview, n: int) -> TapWrite | Outcome:
