@@ -33,6 +33,10 @@ READS_HIST_PREFIX = "reads_per_super_packet_"
 READS_HIST_MAX = 3
 
 
+_SINGLE = rxpipe.Outcome.SINGLE
+_OUTCOME_KEYS = {o: f"coalesce_{o.value}" for o in rxpipe.Outcome}
+
+
 class RxOut(NamedTuple):
     writes: list[tuple[rxpipe.TapWrite, str]]  # (write, peer key), in order
     control: list[tuple[GenevePacket, str, int]]  # echo request/reply packets, peer key, datagram length
@@ -81,8 +85,8 @@ class RxDriver:
             self.drops[Reason.NO_PEER.value] += max(1, -(-n // gso)) if gso else 1
             return out
         res = self._receive(buf, n, gso)
-        if res.outcome is not rxpipe.Outcome.SINGLE:  # one datagram: reads minus the other outcomes
-            c[f"coalesce_{res.outcome.value}"] += 1
+        if res.outcome is not _SINGLE:  # one datagram: reads minus the other outcomes
+            c[_OUTCOME_KEYS[res.outcome]] += 1
         run = res.run
         reads = 1  # reads the run is made of (merged reads counted in the reads_per_super_packet histogram)
         if self.pending is not None:

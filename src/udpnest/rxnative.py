@@ -39,7 +39,6 @@ from .rxpipe import (
     _geneve_info,
     _masks,
     _single,
-    rows_of,
     too_short,
 )
 from .wire.errors import ParseError, Reason
@@ -50,6 +49,7 @@ from .wire.tcp import FIN, PSH
 from .wire.vnet import ZERO_VNET_HDR
 
 REASONS = tuple(Reason(v) for v in _native.RX_REASONS)
+_COALESCED = Outcome.COALESCED
 OUTCOMES = tuple(Outcome(v) for v in _native.RX_OUTCOMES)
 _LAYOUT_ARGS: dict[tuple[int, Layout], tuple] = {}
 _LAYOUT_ARGS_MAX = 256
@@ -106,16 +106,24 @@ def _fold_level(info) -> bytes | None:
     return bytes((c.flags, c.l2, c.l3, c.tun)) + c.hdr
 
 
+_SUPER_ARGS: list = [None, None, None]  # the last layout and packet super_write saw, their rx_super arguments
+
+
 def super_write(info, hdr: bytes, payloads: tuple, payload_len: int, mss: int, segments: int) -> TapWrite | None:
     """rxpipe._super_write with the header and vnet work in C (``_native.rx_super``)."""
-    lay = info.layout
-    udp = tuple((u, has, *lay.ip_before(u)) for u, has in lay.udp)
-    r = _native.rx_super(hdr, payload_len, mss, lay.ip4, lay.ip6, udp, lay.tcp_ip, lay.tcp_ip_v6, lay.tcp,
-                         _fold_level(info))
+    lay, pkt = info.layout, info.pkt
+    cache = _SUPER_ARGS
+    if cache[0] is lay and cache[1] is pkt:  # a flow's runs share them (fold: not the carried headers)
+        args, kind = cache[2]
+    else:
+        udp = tuple((u, has, *lay.ip_before(u)) for u, has in lay.udp)
+        kind = Kind.FOLD if info.carried is not None else (Kind.HINT if pkt.gro_hint is not None else Kind.PLAIN)
+        args = (lay.ip4, lay.ip6, udp, lay.tcp_ip, lay.tcp_ip_v6, lay.tcp)
+        cache[:] = [lay, pkt, (args, kind)]
+    r = _native.rx_super(hdr, payload_len, mss, *args, _fold_level(info))
     if r is None:
         return None
     vnet, nested, h = r
-    kind = Kind.FOLD if info.carried is not None else (Kind.HINT if info.pkt.gro_hint is not None else Kind.PLAIN)
     return TapWrite(vnet, (nested, h, *payloads) if nested else (h, *payloads), kind, segments)
 
 
@@ -163,7 +171,14 @@ class Receiver:
 
     def receive(self, buf, n: int, gso: int) -> RxResult:
         mv = memoryview(buf)[:n]
-        count, row_len, last_len = rows_of(n, gso)
+        if gso > 0 and n > gso:  # rows_of: more than one datagram
+            count, rem = divmod(n, gso)
+            count, row_len, last_len = (count + 1, gso, rem) if rem else (count, gso, gso)
+            run = self._coalesce(mv, count, row_len, last_len)
+            if run.__class__ is Run:
+                return RxResult([], [], [], run, _COALESCED)
+            return self._rows(mv, count, row_len, last_len, run)
+        count, row_len, last_len = 1, n, n
         res = RxResult([], [], [])
         outcome = Outcome.SINGLE
         if not gso and n > self.max_datagram:
@@ -172,11 +187,13 @@ class Receiver:
                 res.writes.append(w)
                 return res._replace(outcome=Outcome.WHOLE)
             outcome = w
-        elif count > 1:
-            run = self._coalesce(mv, count, row_len, last_len)
-            if isinstance(run, Run):
-                return res._replace(run=run, outcome=Outcome.COALESCED)
-            outcome = run
+        return self._rows(mv, count, row_len, last_len, outcome, res)
+
+    def _rows(self, mv: memoryview, count: int, row_len: int, last_len: int, outcome: Outcome,
+              res: RxResult | None = None) -> RxResult:
+        """The one-datagram path for every row of a read (rx_rows; deferred rows through the reference)."""
+        if res is None:
+            res = RxResult([], [], [])
         codes = _native.rx_rows(mv, count, row_len, last_len, self.n_vni, self.n_class, self.folds)
         writes, drops = res.writes, res.drops
         for i, code in enumerate(codes):
@@ -228,7 +245,7 @@ class Receiver:
                 off, end = carried
                 if mv[off:end] != info.carried[0].hdr:
                     info = info._replace(carried=[info.carried[0]._replace(hdr=bytes(mv[off:end]))])
-                    self.last = (*last[:4], info, carried)
+                    self.last = (*last[:4], info, carried, last[6])
             return info
         info = _frame_info(mv[:row_len], self.opt_class, self.ports, self.vni)
         if info is not None and info.G + info.layout.hdr_len <= row_len:
@@ -251,7 +268,8 @@ class Receiver:
                 c = info.carried[0]
                 if not c.flags & F_V6:
                     keep[carried[0] + c.l2 + 4 : carried[0] + c.l2 + 6] = b"\0\0"
-            self.last = (row_len, bytes(mv[: G + lay.hdr_len]), bytes(keep), offs, info, carried)
+            self.last = (row_len, bytes(mv[: G + lay.hdr_len]), bytes(keep), offs, info, carried,
+                         (G, lay.hdr_len, *_layout_args(G, lay), self.verify))
         return info
 
     def _whole(self, mv: memoryview, n: int) -> TapWrite | Outcome:
@@ -288,14 +306,16 @@ class Receiver:
         mss = row_len - G - H
         if too_short(count, row_len, last_len, G, H):
             return Outcome.SHORT
-        r = _native.rx_coalesce(mv, count, row_len, last_len, G, H, *_layout_args(G, lay), self.verify)
-        if isinstance(r, int):
+        last = self.last
+        args = last[6] if last is not None and last[4] is info else (G, H, *_layout_args(G, lay), self.verify)
+        r = _native.rx_coalesce(mv, count, row_len, last_len, *args)
+        if r.__class__ is int:
             return OUTCOMES[r]
         if info.carried is not None and not info.carried[0].flags & F_CSUM_ZEROED:
             return Outcome.FOLD_CSUM
         payload, last_flags, seq0, first_ids, last_ids = r
-        hdr = bytearray(mv[G : G + H])
-        hdr[lay.tcp + 13] = last_flags
+        t = G + lay.tcp + 13
+        hdr = bytes(mv[G:t]) + bytes((last_flags,)) + bytes(mv[t + 1 : G + H])
         last_payload = last_len - G - H
         total = (count - 1) * mss + last_payload
         return Run(info, bytes(hdr), (payload,), total, mss, count, seq0, (seq0 + total) & 0xFFFFFFFF, first_ids,
