@@ -45,6 +45,7 @@ from .io.udp import RECV_BUF_SIZE, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
 from .peers import Prober, ReplyLimiter, TokenBucket
 from .rxguard import Channel, LearnedMacs
+from .rxpipe import Kind
 from .txplan import TxPlanner
 from .wire.errors import ParseError, Reason
 from .wire.geneve import build_geneve
@@ -65,6 +66,10 @@ def _bucket(n: int) -> int:
         if n >= HIST_EDGES[i]:
             return i
     return 0
+
+
+_BUCKETS = tuple(_bucket(n) for n in range(HIST_EDGES[-1] + 1))  # per TAP write, without the loop
+_KIND_KEYS = {k: f"kind_{k.value}" for k in Kind}
 
 
 class Stats:
@@ -670,19 +675,21 @@ class Endpoint:
 
     def _tap_write(self, w, key: str) -> None:
         st = self.rx_stats
+        segments = w.segments
         try:
             n = self.tap.writev([w.vnet, *w.parts]) - VNET_HDR_LEN
         except OSError as e:
-            st.drop(Reason.TAP_WRITE, w.segments)
+            st.drop(Reason.TAP_WRITE, segments)
             log.debug("TAP write: %s", e)
             return
-        st.c["datagrams"] += w.segments
-        st.c["tap_writes"] += 1
-        st.c["tap_bytes"] += n
-        st.c[f"kind_{w.kind.value}"] += 1
-        st.hist[_bucket(w.segments)] += 1
-        if w.segments > 1:
-            st.c["super_packets"] += 1
+        c = st.c
+        c["datagrams"] += segments
+        c["tap_writes"] += 1
+        c["tap_bytes"] += n
+        c[_KIND_KEYS[w.kind]] += 1
+        st.hist[_BUCKETS[segments] if segments < len(_BUCKETS) else _bucket(segments)] += 1
+        if segments > 1:
+            c["super_packets"] += 1
         first = w.parts[0]
         if len(first) >= 12:
             mac = bytes(first[6:12])

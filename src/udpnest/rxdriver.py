@@ -33,6 +33,10 @@ READS_HIST_PREFIX = "reads_per_super_packet_"
 READS_HIST_MAX = 3
 
 
+_SINGLE = rxpipe.Outcome.SINGLE
+_OUTCOME_KEYS = {o: f"coalesce_{o.value}" for o in rxpipe.Outcome}
+
+
 class RxOut(NamedTuple):
     writes: list[tuple[rxpipe.TapWrite, str]]  # (write, peer key), in order
     control: list[tuple[GenevePacket, str, int]]  # echo request/reply packets, peer key, datagram length
@@ -54,9 +58,11 @@ class RxDriver:
 
             self._receive = rxnative.Receiver(counts=self.counts, **self.kw).receive
             self._finish_run = rxnative.finish
+            self._merge = rxnative.merge
         else:
             self._receive = self._receive_python
             self._finish_run = rxpipe.finish
+            self._merge = rxpipe.merge
 
     def _receive_python(self, buf, n: int, gso: int) -> rxpipe.RxResult:
         return rxpipe.receive(buf, n, gso, hold=True, **self.kw)
@@ -79,12 +85,12 @@ class RxDriver:
             self.drops[Reason.NO_PEER.value] += max(1, -(-n // gso)) if gso else 1
             return out
         res = self._receive(buf, n, gso)
-        if res.outcome is not rxpipe.Outcome.SINGLE:  # one datagram: reads minus the other outcomes
-            c[f"coalesce_{res.outcome.value}"] += 1
+        if res.outcome is not _SINGLE:  # one datagram: reads minus the other outcomes
+            c[_OUTCOME_KEYS[res.outcome]] += 1
         run = res.run
         reads = 1  # reads the run is made of (merged reads counted in the reads_per_super_packet histogram)
         if self.pending is not None:
-            joined = rxpipe.merge(self.pending[0], run) if run is not None and self.pending[1] == key else None
+            joined = self._merge(self.pending[0], run) if run is not None and self.pending[1] == key else None
             if joined is not None:
                 c["merged_reads"] += 1
                 run, reads = joined, self.pending[2] + 1
@@ -93,7 +99,8 @@ class RxDriver:
             self.pending = None
         if run is not None:
             # the payload views point into buf: copy them out before the next read reuses it
-            run = run._replace(payloads=tuple(bytes(p) if isinstance(p, memoryview) else p for p in run.payloads))
+            if any(p.__class__ is not bytes for p in run.payloads):  # the native engine's are bytes already
+                run = run._replace(payloads=tuple(bytes(p) for p in run.payloads))
             if run.extendable:
                 self.pending = (run, key, reads)
             else:

@@ -29,6 +29,7 @@ from . import _native
 from .fold import DEFAULT_PORTS, F_CSUM_ZEROED, F_V6, FOLD_META_LEN, Encap, _Carried
 from .gso import Layout, aligned_mss
 from .rxpipe import (
+    GSO_MAX_FRAME,
     Kind,
     Outcome,
     Run,
@@ -38,16 +39,17 @@ from .rxpipe import (
     _geneve_info,
     _masks,
     _single,
-    rows_of,
     too_short,
 )
 from .wire.errors import ParseError, Reason
 from .wire.geneve import OPT_HLEN, parse_options
+from .wire.ipv4 import IP_DF
 from .wire.options import DEFAULT_OPT_CLASS, TYPE_FOLD
 from .wire.tcp import FIN, PSH
 from .wire.vnet import ZERO_VNET_HDR
 
 REASONS = tuple(Reason(v) for v in _native.RX_REASONS)
+_COALESCED = Outcome.COALESCED
 OUTCOMES = tuple(Outcome(v) for v in _native.RX_OUTCOMES)
 _LAYOUT_ARGS: dict[tuple[int, Layout], tuple] = {}
 _LAYOUT_ARGS_MAX = 256
@@ -72,6 +74,16 @@ def fold_template(row, pkt, carried: list[_Carried], opt_class: int | None) -> b
     return G.to_bytes(2, "big") + bytes(mask) + bytes(row[:G]) + bytes(levels)
 
 
+def _carried_span(row, info) -> tuple[int, int] | None:
+    """(start, end) of the one FOLD level's carried headers in the Geneve header of ``row``."""
+    c = info.carried[0]
+    for o in parse_options(row, 0, info.pkt.hdr):
+        if o.type == TYPE_FOLD and bytes(row[o.offset + OPT_HLEN + FOLD_META_LEN:][: len(c.hdr)]) == c.hdr:
+            start = o.offset + OPT_HLEN + FOLD_META_LEN
+            return start, start + len(c.hdr)
+    return None
+
+
 def _layout_args(G: int, lay: Layout) -> tuple:
     """The layout as rx_coalesce wants it (cached: a flow's reads share one layout)."""
     key = (G, lay)
@@ -94,22 +106,53 @@ def _fold_level(info) -> bytes | None:
     return bytes((c.flags, c.l2, c.l3, c.tun)) + c.hdr
 
 
+_SUPER_ARGS: list = [None, None, None]  # the last layout and packet super_write saw, their rx_super arguments
+
+
 def super_write(info, hdr: bytes, payloads: tuple, payload_len: int, mss: int, segments: int) -> TapWrite | None:
     """rxpipe._super_write with the header and vnet work in C (``_native.rx_super``)."""
-    lay = info.layout
-    udp = tuple((u, has, *lay.ip_before(u)) for u, has in lay.udp)
-    r = _native.rx_super(hdr, payload_len, mss, lay.ip4, lay.ip6, udp, lay.tcp_ip, lay.tcp_ip_v6, lay.tcp,
-                         _fold_level(info))
+    lay, pkt = info.layout, info.pkt
+    cache = _SUPER_ARGS
+    if cache[0] is lay and cache[1] is pkt:  # a flow's runs share them (fold: not the carried headers)
+        args, kind = cache[2]
+    else:
+        udp = tuple((u, has, *lay.ip_before(u)) for u, has in lay.udp)
+        kind = Kind.FOLD if info.carried is not None else (Kind.HINT if pkt.gro_hint is not None else Kind.PLAIN)
+        args = (lay.ip4, lay.ip6, udp, lay.tcp_ip, lay.tcp_ip_v6, lay.tcp)
+        cache[:] = [lay, pkt, (args, kind)]
+    r = _native.rx_super(hdr, payload_len, mss, *args, _fold_level(info))
     if r is None:
         return None
     vnet, nested, h = r
-    kind = Kind.FOLD if info.carried is not None else (Kind.HINT if info.pkt.gro_hint is not None else Kind.PLAIN)
     return TapWrite(vnet, (nested, h, *payloads) if nested else (h, *payloads), kind, segments)
 
 
 def finish(run: Run) -> TapWrite | None:
     """rxpipe.finish for the native engine."""
     return super_write(run.info, run.hdr, run.payloads, run.payload_len, run.mss, run.segments)
+
+
+def merge(a: Run, b: Run) -> Run | None:
+    """rxpipe.merge with the header comparison in C (``rx_same`` on the keep mask) and no numpy."""
+    if not a.extendable or b.mss != a.mss or b.seq0 != a.next_seq or len(a.ref) != len(b.ref):
+        return None
+    info = a.info
+    G, lay = info.G, info.layout
+    if b.info is not info and (b.info.G != G or b.info.layout != lay):
+        return None
+    if not _native.rx_same(b.ref, a.ref, _layout_args(G, lay)[6], ()):
+        return None
+    ref, tcp_ip = a.ref, lay.tcp_ip
+    for off, la, fb in zip(lay.ip4, a.last_ids, b.first_ids, strict=True):
+        if not ((ref[G + off + 6] & (IP_DF >> 8) or off != tcp_ip) and la == fb) and fb != (la + 1) & 0xFFFF:
+            return None
+    payload_len = a.payload_len + b.payload_len
+    if lay.hdr_len + payload_len > GSO_MAX_FRAME - 64:
+        return None
+    t = lay.tcp + 13
+    hdr = a.hdr if a.hdr[t] == b.hdr[t] else a.hdr[:t] + b.hdr[t : t + 1] + a.hdr[t + 1 :]
+    return Run(info, hdr, a.payloads + b.payloads, payload_len, a.mss, a.segments + b.segments, a.seq0, b.next_seq,
+               a.first_ids, b.last_ids, ref, b.extendable)
 
 
 class Receiver:
@@ -128,7 +171,14 @@ class Receiver:
 
     def receive(self, buf, n: int, gso: int) -> RxResult:
         mv = memoryview(buf)[:n]
-        count, row_len, last_len = rows_of(n, gso)
+        if gso > 0 and n > gso:  # rows_of: more than one datagram
+            count, rem = divmod(n, gso)
+            count, row_len, last_len = (count + 1, gso, rem) if rem else (count, gso, gso)
+            run = self._coalesce(mv, count, row_len, last_len)
+            if run.__class__ is Run:
+                return RxResult([], [], [], run, _COALESCED)
+            return self._rows(mv, count, row_len, last_len, run)
+        count, row_len, last_len = 1, n, n
         res = RxResult([], [], [])
         outcome = Outcome.SINGLE
         if not gso and n > self.max_datagram:
@@ -137,11 +187,13 @@ class Receiver:
                 res.writes.append(w)
                 return res._replace(outcome=Outcome.WHOLE)
             outcome = w
-        elif count > 1:
-            run = self._coalesce(mv, count, row_len, last_len)
-            if isinstance(run, Run):
-                return res._replace(run=run, outcome=Outcome.COALESCED)
-            outcome = run
+        return self._rows(mv, count, row_len, last_len, outcome, res)
+
+    def _rows(self, mv: memoryview, count: int, row_len: int, last_len: int, outcome: Outcome,
+              res: RxResult | None = None) -> RxResult:
+        """The one-datagram path for every row of a read (rx_rows; deferred rows through the reference)."""
+        if res is None:
+            res = RxResult([], [], [])
         codes = _native.rx_rows(mv, count, row_len, last_len, self.n_vni, self.n_class, self.folds)
         writes, drops = res.writes, res.drops
         for i, code in enumerate(codes):
@@ -183,16 +235,41 @@ class Receiver:
 
     def _info(self, mv: memoryview, row_len: int):
         """_frame_info of the first row; reused from the previous read when its first row has the same
-        length and the same bytes outside the per-segment fields (and its nested UDP checksums are zero or
-        not alike): the parse reads nothing else, so it would give the same result."""
+        length and the same bytes outside the per-segment fields, the TCP fields the parse does not read
+        and (fold) the carried IPv4 ID, and its nested UDP checksums are zero or not alike: the parse reads
+        nothing else, so it would give the same result (with that row's own carried headers)."""
         last = self.last
         if last is not None and last[0] == row_len and _native.rx_same(mv, last[1], last[2], last[3]):
-            return last[4]
+            info, carried = last[4], last[5]
+            if carried is not None:  # fold: the carried headers are this row's (their IPv4 ID is per packet)
+                off, end = carried
+                if mv[off:end] != info.carried[0].hdr:
+                    info = info._replace(carried=[info.carried[0]._replace(hdr=bytes(mv[off:end]))])
+                    self.last = (*last[:4], info, carried, last[6])
+            return info
         info = _frame_info(mv[:row_len], self.opt_class, self.ports, self.vni)
         if info is not None and info.G + info.layout.hdr_len <= row_len:
             G, lay = info.G, info.layout
             offs = tuple(G + u + 6 for u, _ in lay.udp)
-            self.last = (row_len, bytes(mv[: G + lay.hdr_len]), _layout_args(G, lay)[6], offs, info)
+            # the bytes the parse reads must match; the per-segment fields (_masks) and the TCP fields after
+            # the ports but for the data offset (sequence, ACK, flags, window, checksum, options: timestamps
+            # change every few reads) are not read by it
+            keep, carried = bytearray(_layout_args(G, lay)[6]), None
+            t = G + lay.tcp
+            keep[t + 4 : G + lay.hdr_len] = bytes(G + lay.hdr_len - t - 4)
+            keep[t + 12] = 1
+            if info.carried is not None:
+                # the carried nested IPv4 header's ID differs from packet to packet and nothing in the FOLD
+                # validation (decode_folds) reads it: leave it out of the comparison (as rx_match does) and
+                # take the carried headers from each read's own row
+                carried = _carried_span(mv, info)
+                if carried is None:  # pragma: no cover - decode_folds found the option
+                    return info
+                c = info.carried[0]
+                if not c.flags & F_V6:
+                    keep[carried[0] + c.l2 + 4 : carried[0] + c.l2 + 6] = b"\0\0"
+            self.last = (row_len, bytes(mv[: G + lay.hdr_len]), bytes(keep), offs, info, carried,
+                         (G, lay.hdr_len, *_layout_args(G, lay), self.verify))
         return info
 
     def _whole(self, mv: memoryview, n: int) -> TapWrite | Outcome:
@@ -229,14 +306,16 @@ class Receiver:
         mss = row_len - G - H
         if too_short(count, row_len, last_len, G, H):
             return Outcome.SHORT
-        r = _native.rx_coalesce(mv, count, row_len, last_len, G, H, *_layout_args(G, lay), self.verify)
-        if isinstance(r, int):
+        last = self.last
+        args = last[6] if last is not None and last[4] is info else (G, H, *_layout_args(G, lay), self.verify)
+        r = _native.rx_coalesce(mv, count, row_len, last_len, *args)
+        if r.__class__ is int:
             return OUTCOMES[r]
         if info.carried is not None and not info.carried[0].flags & F_CSUM_ZEROED:
             return Outcome.FOLD_CSUM
         payload, last_flags, seq0, first_ids, last_ids = r
-        hdr = bytearray(mv[G : G + H])
-        hdr[lay.tcp + 13] = last_flags
+        t = G + lay.tcp + 13
+        hdr = bytes(mv[G:t]) + bytes((last_flags,)) + bytes(mv[t + 1 : G + H])
         last_payload = last_len - G - H
         total = (count - 1) * mss + last_payload
         return Run(info, bytes(hdr), (payload,), total, mss, count, seq0, (seq0 + total) & 0xFFFFFFFF, first_ids,

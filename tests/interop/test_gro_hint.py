@@ -18,10 +18,9 @@
 from __future__ import annotations
 
 import pytest
-from guestlab import MB, per_mb
+from guestlab import MB, MERGED_PER_MB, per_mb
 
 NBYTES = 2 * MB
-MERGED_PER_MB = 150  # kernel-to-kernel: ~30; unmerged: ~750
 MIN_TSO_SEGS = 40  # the workload TCP's TSO bursts (default 2: rate-sized, tiny under TCG)
 
 

@@ -8,10 +8,9 @@ would be ~750), and ``udpnest status`` reads the same counters through the contr
 from __future__ import annotations
 
 import pytest
-from guestlab import INNER, MB, PY, per_mb
+from guestlab import INNER, MB, MERGED_PER_MB, PY, per_mb
 
 NBYTES = 2 * MB
-MERGED_PER_MB = 100
 
 
 def _both_ends(lab) -> None:

@@ -44,6 +44,9 @@ RECV_BUF_SIZE = 65536
 
 _U16 = struct.Struct("=H")
 _ANC_SIZE = socket.CMSG_SPACE(8) * 4
+# plain ints: the socket module's flags are IntFlag members, whose operators cost microseconds per read
+_MSG_DONTWAIT, _MSG_TRUNC, _SOL_SOCKET = int(socket.MSG_DONTWAIT), int(socket.MSG_TRUNC), int(socket.SOL_SOCKET)
+_BYTEORDER = sys.byteorder
 
 
 def segment_cmsg(gso_size: int) -> tuple[int, int, bytes]:
@@ -246,16 +249,19 @@ class UdpSocket:
         ``gso_size`` is 0 for a single (unmerged) datagram.  ``nowait``: MSG_DONTWAIT on a blocking socket.
         """
         try:
-            n, anc, flags, addr = self.sock.recvmsg_into([buf], _ANC_SIZE, socket.MSG_DONTWAIT if nowait else 0)
+            n, anc, flags, addr = self.sock.recvmsg_into([buf], _ANC_SIZE, _MSG_DONTWAIT if nowait else 0)
         except BlockingIOError:
             return None
-        if flags & socket.MSG_TRUNC:
+        if flags & _MSG_TRUNC:
             self.truncated += 1
-        if anc:
-            drops = parse_ovfl_cmsg(anc)
-            if drops is not None:
-                self.socket_drops = drops
-        return n, parse_gro_cmsg(anc), addr
+        gso = 0
+        for level, typ, data in anc:  # parse_gro_cmsg and parse_ovfl_cmsg in one pass (once per read)
+            if level == SOL_UDP:
+                if typ == UDP_GRO and len(data) in (2, 4):
+                    gso = int.from_bytes(data, _BYTEORDER)
+            elif level == _SOL_SOCKET and typ == SO_RXQ_OVFL and len(data) >= 4:
+                self.socket_drops = int.from_bytes(data[:4], _BYTEORDER)
+        return n, gso, addr
 
     # -- kernel-side source filter -----------------------------------------------------------------------
 
