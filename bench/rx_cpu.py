@@ -30,8 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 
 
-def _task_cpu(pid: int) -> dict[int, float]:
-    """user + system seconds of every thread of ``pid``."""
+def _task_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """(user + system, user) seconds of every thread of ``pid``."""
     from udpnest.lab import stats
 
     out = {}
@@ -40,12 +40,12 @@ def _task_cpu(pid: int) -> dict[int, float]:
             u, s = stats.parse_proc_pid_stat((t / "stat").read_text())
         except (FileNotFoundError, ValueError):
             continue
-        out[int(t.name)] = (u + s) / 100
+        out[int(t.name)] = ((u + s) / 100, u / 100)
     return out
 
 
 def measure(nested: str, underlay: str, engine: str, seconds: float, side: str = "rx",
-            profile: str | None = None) -> dict:
+            profile: str | None = None, native: bool = False) -> dict:
     import nestlab
 
     from udpnest.lab import bench, stats, topology
@@ -79,26 +79,32 @@ def measure(nested: str, underlay: str, engine: str, seconds: float, side: str =
                 out = Path(profile) / f"{side}-{part}-{nested}-{underlay}-{engine}-{int(time.time())}.json"
                 spies.append(subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
                                                "record", "-p", str(target), "-d", f"{seconds:g}", "-r", "200",
-                                               "-f", "speedscope", "-o", str(out)], stdout=subprocess.DEVNULL,
+                                               "-f", "speedscope", "-o", str(out),
+                                               *(["--native"] if native else [])], stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL))
             t0 = _task_cpu(b)
+            s0 = eps[0].status()["tx"]
             c0 = {p: (cpu(p), cpu(p, True)) for p in tree}
             r = subprocess.run(bench.ns_argv(spec.ns("wa"), ["iperf3", "-c", spec.inner_address("b"), "-t",
                                                              f"{seconds:g}", "-J"]), capture_output=True, text=True)
             c1 = {p: (cpu(p), cpu(p, True)) for p in tree}
             t1 = _task_cpu(b)
+            s1 = eps[0].status()["tx"]
             for spy in spies:
                 spy.wait(timeout=seconds + 30)
         finally:
             srv.kill()
         end = json.loads(r.stdout)["end"]["sum_received"]
         gb = end["bytes"] / 1e9
+        busy = [(t1[t][0] - t0.get(t, (0.0, 0.0))[0], t1[t][1] - t0.get(t, (0.0, 0.0))[1]) for t in t1 if t != b]
         return {"mode": nested, "underlay": underlay, "engine": engine, "gbit_s": end["bits_per_second"] / 1e9,
                 "gb": gb, "endpoint_s_per_gb": sum(c1[p][0] - c0[p][0] for p in tree) / gb,
                 "rx_process_s_per_gb": sum(c1[p][0] - c0[p][0] for p in kids) / gb,
                 "rx_process_user_s_per_gb": sum(c1[p][1] - c0[p][1] for p in kids) / gb,
                 "side": side, "main_process_s_per_gb": (c1[b][0] - c0[b][0]) / gb,
-                "busiest_thread_s_per_gb": max((t1[t] - t0.get(t, 0.0) for t in t1 if t != b), default=0.0) / gb}
+                "busiest_thread_s_per_gb": max(busy, default=(0.0, 0.0))[0] / gb,
+                "busiest_thread_user_s_per_gb": max(busy, default=(0.0, 0.0))[1] / gb,
+                "sender_tx_frames_per_gb": (s1.get("frames", 0) - s0.get("frames", 0)) / gb}
     finally:
         nestlab.stop_all(eps)
         topology.down(spec.prefix)
@@ -113,20 +119,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--side", default="rx", choices=("rx", "tx"), help="the receiving or the sending endpoint")
     ap.add_argument("--profile", help="directory for py-spy speedscope profiles of the measured process")
+    ap.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sys.path[:0] = [args.src, str(HERE / "tests" / "privileged")]
     for _ in range(args.reps):
         for case in args.cases:
             nested, underlay = case.split(":")
-            m = measure(nested, underlay, args.engine, args.seconds, args.side, args.profile)
+            m = measure(nested, underlay, args.engine, args.seconds, args.side, args.profile, args.native)
             if args.json:
                 print(json.dumps(m), flush=True)
             elif args.side == "tx":
                 print(f"{nested:5} {underlay:7} {args.engine:6} {m['gbit_s']:5.2f} Gbit/s  sending endpoint "
-                      f"{m['endpoint_s_per_gb']:5.2f} s/GB, its TX thread {m['busiest_thread_s_per_gb']:5.2f}, "
+                      f"{m['endpoint_s_per_gb']:5.2f} s/GB, its TX thread {m['busiest_thread_s_per_gb']:5.2f} "
+                      f"(user {m['busiest_thread_user_s_per_gb']:5.2f}), "
                       f"main process {m['main_process_s_per_gb']:5.2f}, RX process (ACKs) "
-                      f"{m['rx_process_s_per_gb']:5.2f} s/GB (user {m['rx_process_user_s_per_gb']:5.2f})", flush=True)
+                      f"{m['rx_process_s_per_gb']:5.2f} s/GB (user {m['rx_process_user_s_per_gb']:5.2f}); "
+                      f"{m['sender_tx_frames_per_gb']:.0f} TAP frames/GB", flush=True)
             else:
                 print(f"{nested:5} {underlay:7} {args.engine:6} {m['gbit_s']:5.2f} Gbit/s  receiving endpoint "
                       f"{m['endpoint_s_per_gb']:5.2f} s/GB, its RX process {m['rx_process_s_per_gb']:5.2f} s/GB "
