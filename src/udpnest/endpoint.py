@@ -459,28 +459,24 @@ class Endpoint:
         self._batch = {} if self.engine == "native" else None
         buf = bytearray(TAP_BUF)
         mv = memoryview(buf)
-        bufs = [buf]
         poll = select.poll()
         poll.register(self.tap.fd, select.POLLIN)
-        readv, clock, tx_frame = os.readv, time.perf_counter_ns, self._tx_frame
+        read, clock, tx_frame = self.tap.reader(), time.perf_counter_ns, self._tx_frame
         c = self.tx_stats.c
         stop = self.stop_event
         while not stop.is_set():
             if not poll.poll(250):
                 continue
-            fd = self.tap.fd
             t0 = clock()
             # the whole burst (TAP reads included) is timed once, not every frame (time_frame_ns)
             while True:
                 try:
-                    n = readv(fd, bufs)
-                except BlockingIOError:
-                    break
+                    n = read(buf)  # None: the queue is empty (no BlockingIOError raised per burst)
                 except OSError as e:
                     c["tap_read_errors"] += 1
                     log.warning("TAP read: %s", e)
                     break
-                if n == 0:
+                if not n:
                     break
                 tx_frame(mv[:n])
             if self._batch:  # the burst is over: its small frames go out now (no added latency)
