@@ -157,3 +157,51 @@ def test_unicast_fast_path_sends_to_the_learned_peer_only():
     assert c["flooded"] == 0 and c["mode_plain"] == 1 and c["frames"] == 1 and c["super_packets"] == 1
     ep._tx_frame(memoryview(gso_read(1448 * 4)[:24] + b"\xff" * 6 + r[30:]))  # broadcast: both peers
     assert len(ep.tx[0].sent) == 3 and c["flooded"] == 1 and c["mode_plain"] == 3
+
+
+def test_rx_child_reports_a_repeated_source_mac_once_per_refresh_and_retries_a_lost_report():
+    """_tap_write in the RX process: every ACK of a flow carries the same source MAC; it is reported once,
+    again after the refresh interval, and on the next frame when the report was lost (full channel)."""
+    from udpnest.rxpipe import Kind, TapWrite
+    from udpnest.wire.vnet import ZERO_VNET_HDR
+
+    class FakeTap:
+        def writev(self, parts):
+            return sum(len(p) for p in parts)
+
+    class FakeChan:
+        def __init__(self):
+            self.sent, self.ok = [], True
+
+        def send(self, msg):
+            self.sent.append(msg)
+            return self.ok
+
+    now = [100.0]
+    cfg = build_config({"id": 7, "local": "198.51.100.1", "remote": ["198.51.100.2"], "nested": "off",
+                        "engine": "python"})
+    ep = Endpoint(cfg, clock=lambda: now[0])
+    ep.rx_child, ep.tap, ep._chan = True, FakeTap(), FakeChan()
+    key = list(ep.peers)[0]
+    frame = bytes(6) + bytes([2, 0, 0, 0, 0, 1]) + b"\x08\x00" + bytes(40)
+    other = bytes(6) + bytes([2, 0, 0, 0, 0, 2]) + b"\x08\x00" + bytes(40)
+
+    def write(f, k=key):
+        ep._tap_write(TapWrite(ZERO_VNET_HDR, (memoryview(f),), Kind.PLAIN, 1), k)
+
+    for _ in range(50):
+        write(frame)
+    assert ep._chan.sent == [("learn", frame[6:12], key)]
+    write(other)
+    write(frame)  # known and fresh: no report
+    assert len(ep._chan.sent) == 2
+    now[0] += ep._learned.refresh + 0.01
+    write(frame)
+    write(frame)
+    assert ep._chan.sent[2:] == [("learn", frame[6:12], key)]
+    ep._chan.ok = False
+    write(other, "198.51.100.9:6081")  # moved: news, but the report is lost
+    ep._chan.ok = True
+    write(other, "198.51.100.9:6081")  # so it is sent again
+    assert ep._chan.sent[3:] == [("learn", other[6:12], "198.51.100.9:6081")] * 2
+    assert ep.rx_stats.c["tap_writes"] == 56 and ep.rx_stats.c["ipc_dropped"] == 1

@@ -143,6 +143,7 @@ class Endpoint:
         self._stop_flag = mmap.mmap(-1, 1)
         self._learned = LearnedMacs(cfg.learned_max, cfg.fdb_ageing / 4)  # RX process: bounded (rxguard)
         self._chan: Channel | None = None  # RX process's non-blocking end of rx_chan
+        self._last_learn: tuple | None = None  # RX process: (mac, key, refresh due) of the last report
         self._echo_fwd = TokenBucket(ECHO_FORWARD_RATE, ECHO_FORWARD_RATE, 0.0)  # RX process -> main
         self.threads: list[threading.Thread] = []
         self.started = time.time()
@@ -705,8 +706,9 @@ class Endpoint:
     def _tap_write(self, w, key: str) -> None:
         st = self.rx_stats
         segments = w.segments
+        parts = w.parts
         try:
-            n = self.tap.writev([w.vnet, *w.parts]) - VNET_HDR_LEN
+            n = self.tap.writev((w.vnet, *parts)) - VNET_HDR_LEN
         except OSError as e:
             st.drop(Reason.TAP_WRITE, segments)
             log.debug("TAP write: %s", e)
@@ -719,20 +721,29 @@ class Endpoint:
         st.hist[_BUCKETS[segments] if segments < len(_BUCKETS) else _bucket(segments)] += 1
         if segments > 1:
             c["super_packets"] += 1
-        first = w.parts[0]
+        first = parts[0]
         if len(first) >= 12:
+            now = self.clock()
+            last = self._last_learn
+            # the same source as the last write, reported less than `refresh` ago: nothing is news (every
+            # ACK of a flow comes from the same MAC; LearnedMacs.report would say the same, slower)
+            if last is not None and last[1] == key and now <= last[2] and first[6:12] == last[0]:
+                return
             mac = bytes(first[6:12])
             if not self.rx_child:
-                self.fdb.learn(mac, key, self.clock())
+                self.fdb.learn(mac, key, now)
                 return
             # tell the main loop only what changed, and refresh well within the ageing time (bounded LRU)
             learned = self._learned
             evicted = learned.evicted
-            if learned.report(mac, key, self.clock()):
+            if learned.report(mac, key, now):
                 if learned.evicted != evicted:
                     st.c["learned_evicted"] += learned.evicted - evicted
-                if not self._to_parent(("learn", mac, key)):
+                if self._to_parent(("learn", mac, key)):
+                    self._last_learn = (mac, key, now + learned.refresh)
+                else:
                     learned.forget(mac)  # try again with the next frame
+                    self._last_learn = None
 
     def _on_echo(self, pkt, key: str, size: int | None = None) -> None:
         """An echo packet from configured peer ``key`` (``size``: the request datagram's length).
