@@ -536,10 +536,6 @@ class Endpoint:
                 continue
             self._send(out, self.peers[k].sockaddr, fh, mode)
 
-    def _build(self, frame: memoryview, vh, mode: str):
-        """The plan for one peer mode (udpnest.txplan)."""
-        return self.planner.build(frame, vh, mode)
-
     def _send(self, out, addr: tuple, fh: int, mode: str) -> None:
         st = self.tx_stats
         c = st.c
