@@ -45,7 +45,7 @@ def _task_cpu(pid: int) -> dict[int, tuple[float, float]]:
 
 
 def measure(nested: str, underlay: str, engine: str, seconds: float, side: str = "rx",
-            profile: str | None = None, native: bool = False) -> dict:
+            profile: str | None = None, native: bool = False, rate: str | None = None) -> dict:
     import nestlab
 
     from udpnest.lab import bench, stats, topology
@@ -86,7 +86,8 @@ def measure(nested: str, underlay: str, engine: str, seconds: float, side: str =
             s0 = eps[0].status()["tx"]
             c0 = {p: (cpu(p), cpu(p, True)) for p in tree}
             r = subprocess.run(bench.ns_argv(spec.ns("wa"), ["iperf3", "-c", spec.inner_address("b"), "-t",
-                                                             f"{seconds:g}", "-J"]), capture_output=True, text=True)
+                                                             f"{seconds:g}", "-J", *(["-b", rate] if rate else [])]),
+                               capture_output=True, text=True)
             c1 = {p: (cpu(p), cpu(p, True)) for p in tree}
             t1 = _task_cpu(b)
             s1 = eps[0].status()["tx"]
@@ -120,13 +121,15 @@ def main() -> None:
     ap.add_argument("--side", default="rx", choices=("rx", "tx"), help="the receiving or the sending endpoint")
     ap.add_argument("--profile", help="directory for py-spy speedscope profiles of the measured process")
     ap.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    ap.add_argument("--rate", help="iperf3 -b (e.g. 1G): the same offered rate for both checkouts, so that CPU per GB "
+                                   "does not depend on how much the other load let through")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sys.path[:0] = [args.src, str(HERE / "tests" / "privileged")]
     for _ in range(args.reps):
         for case in args.cases:
             nested, underlay = case.split(":")
-            m = measure(nested, underlay, args.engine, args.seconds, args.side, args.profile, args.native)
+            m = measure(nested, underlay, args.engine, args.seconds, args.side, args.profile, args.native, args.rate)
             if args.json:
                 print(json.dumps(m), flush=True)
             elif args.side == "tx":
