@@ -5,10 +5,9 @@ refreshed, and the table holds at most ``max_entries`` (the least recently learn
 Broadcast, multicast and unknown destinations are flooded to every peer.  Time is passed in (``now``).
 
 Thread safety: the endpoint's main thread learns (from the RX process's reports) while the TX thread looks
-up (and expires); with ``rx_process = false`` the RX thread learns.  Every method that changes the table
-takes one lock, so an expiry inside ``lookup`` can never race an eviction in ``learn`` (issue 9.6: the
-KeyError stopped the endpoint); a ``lookup`` hit is one dictionary read and takes no lock.  The lock is held
-for a dictionary operation or two; ``forget_peer`` and ``stats`` are rare.
+up (and expires); with ``rx_process = false`` the RX thread learns.  Every method takes one lock, so an
+expiry inside ``lookup`` can never race an eviction in ``learn`` (issue 9.6: the KeyError stopped the
+endpoint).  The lock is held for a dictionary operation or two; ``forget_peer`` and ``stats`` are rare.
 """
 
 from __future__ import annotations
@@ -55,10 +54,7 @@ class Fdb:
         """The peer for unicast ``mac``, or None (flood) for group addresses and unknown/expired entries."""
         if mac[0] & 1:
             return None
-        e = self._t.get(mac)  # the hit: one atomic dict read (GIL), no lock (once per TX frame)
-        if e is not None and now - e[1] <= self.ageing:
-            return e[0]
-        with self._lock:  # miss or expiry: the deletion must not race learn's eviction
+        with self._lock:
             e = self._t.get(mac)
             if e is None:
                 return None
