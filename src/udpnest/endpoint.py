@@ -122,6 +122,7 @@ class Endpoint:
         self.prober, self.replies = probing(cfg, list(self.peers), clock())
         self.lock = threading.Lock()
         self.tx_stats, self.rx_stats, self.ctl_stats = Stats(), Stats(), Stats()
+        self.tx_stats.c["sendmsg_calls"] = 0  # present even when every send so far was a sendmmsg batch
         # with nested off we behave as a legacy endpoint: our options are unknown critical options
         self.rx_class = cfg.opt_class if cfg.nested != "off" else None
         self.caps = CAP_FOLD | CAP_HINT
