@@ -70,6 +70,8 @@ def _bucket(n: int) -> int:
 
 _BUCKETS = tuple(_bucket(n) for n in range(HIST_EDGES[-1] + 1))  # per TAP write, without the loop
 _KIND_KEYS = {k: f"kind_{k.value}" for k in Kind}
+_MODE_KEYS = {m: f"mode_{m}" for m in ("plain", "hint", "fold")}  # TX counters without per-frame f-strings
+_STATIC_MODE = {"off": "plain", "hint": "hint", "fold": "fold"}  # peer mode without probing
 
 
 class Stats:
@@ -110,6 +112,7 @@ class Endpoint:
         # which engine does the per-packet work (udpnest.engine); an unusable choice fails here, loudly
         self.engine = check_engine(getattr(cfg, "engine", None))
         self._batch: dict | None = None  # socket -> [(datagram, addr)] while _tx_loop batches (native)
+        self._kh: tuple | None = None  # _send_kernel: (cfg, addr, ktx, per-peer arguments, per-config arguments)
         self.planner = TxPlanner(vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
                                  max_levels=cfg.max_levels, max_datagram=cfg.max_datagram,
                                  kernel_tx=cfg.tx_path == "kernel", engine=self.engine)
@@ -119,6 +122,7 @@ class Endpoint:
         self.prober, self.replies = probing(cfg, list(self.peers), clock())
         self.lock = threading.Lock()
         self.tx_stats, self.rx_stats, self.ctl_stats = Stats(), Stats(), Stats()
+        self.tx_stats.c["sendmsg_calls"] = 0  # present even when every send so far was a sendmmsg batch
         # with nested off we behave as a legacy endpoint: our options are unknown critical options
         self.rx_class = cfg.opt_class if cfg.nested != "off" else None
         self.caps = CAP_FOLD | CAP_HINT
@@ -140,6 +144,7 @@ class Endpoint:
         self._stop_flag = mmap.mmap(-1, 1)
         self._learned = LearnedMacs(cfg.learned_max, cfg.fdb_ageing / 4)  # RX process: bounded (rxguard)
         self._chan: Channel | None = None  # RX process's non-blocking end of rx_chan
+        self._last_learn: tuple | None = None  # RX process: (mac, key, refresh due) of the last report
         self._echo_fwd = TokenBucket(ECHO_FORWARD_RATE, ECHO_FORWARD_RATE, 0.0)  # RX process -> main
         self.threads: list[threading.Thread] = []
         self.started = time.time()
@@ -458,23 +463,27 @@ class Endpoint:
         mv = memoryview(buf)
         poll = select.poll()
         poll.register(self.tap.fd, select.POLLIN)
-        while not self.stop_event.is_set():
+        read, clock, tx_frame = self.tap.reader(), time.perf_counter_ns, self._tx_frame
+        c = self.tx_stats.c
+        stop = self.stop_event
+        while not stop.is_set():
             if not poll.poll(250):
                 continue
+            t0 = clock()
+            # the whole burst (TAP reads included) is timed once, not every frame (time_frame_ns)
             while True:
                 try:
-                    n = self.tap.read_into(buf)
+                    n = read(buf)  # None: the queue is empty (no BlockingIOError raised per burst)
                 except OSError as e:
-                    self.tx_stats.c["tap_read_errors"] += 1
+                    c["tap_read_errors"] += 1
                     log.warning("TAP read: %s", e)
                     break
-                if n == 0:
+                if not n:
                     break
-                t0 = time.perf_counter_ns()
-                self._tx_frame(mv[:n])
-                self.tx_stats.c["time_frame_ns"] += time.perf_counter_ns() - t0
+                tx_frame(mv[:n])
             if self._batch:  # the burst is over: its small frames go out now (no added latency)
                 self._flush_batch()
+            c["time_frame_ns"] += clock() - t0
 
     def reload(self, new_cfg: EndpointConfig) -> list[str]:
         """Apply a new configuration without closing the TAP or the sockets (main thread only; see
@@ -488,74 +497,84 @@ class Endpoint:
         if prober is not None:
             p = prober.peers.get(key)
             return p.mode(now) if p is not None else self.cfg.fallback
-        return {"off": "plain", "hint": "hint", "fold": "fold"}[self.cfg.nested]
+        return _STATIC_MODE[self.cfg.nested]
 
     def _tx_frame(self, data: memoryview) -> None:
         st = self.tx_stats
+        c = st.c
+        planner = self.planner
         try:
-            vh, frame = self.planner.parse(data)
+            vh, frame = planner.parse(data)
         except ParseError as e:
             st.drop(e.reason)
             return
-        st.c["frames"] += 1
-        st.c["bytes"] += len(frame)
+        c["frames"] += 1
+        c["bytes"] += len(frame)
         now = self.clock()
-        key = self.fdb.lookup(bytes(frame[0:6]), now)
-        targets = [key] if key is not None else list(self.peers)
-        if key is None:
-            st.c["flooded"] += 1
+        key = self.fdb.lookup(frame[0:6].tobytes(), now)
+        fh = flow_hash(frame)
+        if key is not None:  # the steady state: one known peer (no target list, no per-mode dict)
+            mode = self.peer_mode(key, now)
+            try:
+                out = planner.build(frame, vh, mode)
+            except ParseError as e:
+                st.drop(e.reason)
+                return
+            self._send(out, self.peers[key].sockaddr, fh, mode)
+            return
+        c["flooded"] += 1
         built: dict[str, object] = {}
-        for k in targets:
+        for k in list(self.peers):
             mode = self.peer_mode(k, now)
             if mode not in built:
                 try:
-                    built[mode] = self._build(frame, vh, mode)
+                    built[mode] = planner.build(frame, vh, mode)
                 except ParseError as e:
                     built[mode] = e
             out = built[mode]
             if isinstance(out, ParseError):
                 st.drop(out.reason)
                 continue
-            self._send(out, self.peers[k].sockaddr, flow_hash(frame), mode)
-
-    def _build(self, frame: memoryview, vh, mode: str):
-        """The plan for one peer mode (udpnest.txplan)."""
-        return self.planner.build(frame, vh, mode)
+            self._send(out, self.peers[k].sockaddr, fh, mode)
 
     def _send(self, out, addr: tuple, fh: int, mode: str) -> None:
         st = self.tx_stats
-        sock = self.tx[fh % len(self.tx)]
+        c = st.c
         kind, obj = out
+        batch = self._batch
         try:
-            if kind != "one" and self._batch:
-                self._flush_batch()  # keep the order of a flow's small frames and its super-packets
-            if kind == "kernel":
-                calls = self._send_kernel(obj, addr, fh)
-                _, inner, layout, _, mss = obj
-                cut = -(-(len(inner) - layout.hdr_len) // mss)  # datagrams the kernel will cut
-                st.c["datagrams"] += cut
-                st.c["super_packets"] += 1
-                st.c["kernel_writes"] += 1
-                st.hist[_bucket(cut)] += 1
-            elif kind == "gso":
-                calls = sock.send_segments(obj.buffer, obj.row_len, addr)
-                st.c["datagrams"] += obj.count
-                st.c["super_packets"] += 1
-                st.hist[_bucket(obj.count)] += 1
-            else:
-                if self._batch is not None:
+            if kind == "one":
+                tx = self.tx
+                sock = tx[fh % len(tx)]
+                if batch is not None:
                     # a copy: the parts are views into the TAP read buffer, reused by the next read
-                    self._batch.setdefault(sock, []).append((b"".join(obj), addr))
-                    calls = 0
-                    if len(self._batch[sock]) >= 64:
+                    items = batch.get(sock)
+                    if items is None:
+                        items = batch[sock] = []
+                    items.append((b"".join(obj), addr))
+                    if len(items) >= 64:
                         self._flush_batch()
                 else:
                     sock.send_parts(obj, addr)
-                    calls = 1
-                st.c["datagrams"] += 1
+                    c["sendmsg_calls"] += 1
+                c["datagrams"] += 1
                 st.hist[0] += 1
-            st.c["sendmsg_calls"] += calls
-            st.c[f"mode_{mode}"] += 1
+            else:
+                if batch:
+                    self._flush_batch()  # keep the order of a flow's small frames and its super-packets
+                if kind == "kernel":
+                    c["sendmsg_calls"] += self._send_kernel(obj, addr, fh)
+                    inner, layout, mss = obj[1], obj[2], obj[4]
+                    cut = -(-(len(inner) - layout.hdr_len) // mss)  # datagrams the kernel will cut
+                    c["kernel_writes"] += 1
+                else:
+                    tx = self.tx
+                    c["sendmsg_calls"] += tx[fh % len(tx)].send_segments(obj.buffer, obj.row_len, addr)
+                    cut = obj.count
+                c["datagrams"] += cut
+                c["super_packets"] += 1
+                st.hist[_BUCKETS[cut] if cut < len(_BUCKETS) else _bucket(cut)] += 1
+            c[_MODE_KEYS[mode]] += 1
         except OSError as e:
             st.drop(Reason.SEND_ERROR)
             log.debug("send to %s: %s", addr, e)
@@ -563,20 +582,22 @@ class Endpoint:
     def _flush_batch(self) -> None:
         """Send the single datagrams collected during one TAP read burst: one sendmmsg per socket (native
         core); what the socket does not take at once goes out one by one (waiting for buffer space)."""
-        _native = _engine._native
+        send_batch = _engine._native.send_batch
         st = self.tx_stats
+        c = st.c
         batch, self._batch = self._batch, {}
         for sock, items in batch.items():
             done = 0
+            fd = sock.sock.fileno()
             while done < len(items):
                 try:
-                    sent = _native.send_batch(sock.sock.fileno(), items[done : done + 64])
-                    st.c["sendmmsg_calls"] += 1
+                    sent = send_batch(fd, items[done : done + 64] if done or len(items) > 64 else items)
+                    c["sendmmsg_calls"] += 1
                     if sent == 0:
                         data, addr = items[done]
                         sock.send_parts([data], addr)
                         sent = 1
-                        st.c["sendmsg_calls"] += 1
+                        c["sendmsg_calls"] += 1
                     done += sent
                 except OSError as e:
                     st.drop(Reason.SEND_ERROR)
@@ -587,11 +608,17 @@ class Endpoint:
         prefix, inner, layout, vh, mss = plan
         cfg = self.cfg
         if self.engine == "native":
-            hdrs = _engine._native.kernel_headers(
-                cfg.family_v6, self.ktx.mac, _TX_SRC_MAC, self.local_bytes, self.peer_bytes[addr[0]],
-                source_port(fh), addr[1], len(prefix) + len(inner), next(self.ip_ids) & 0xFFFF, min(255, cfg.ttl + 1),
-                cfg.tos, cfg.df == "set", fh & 0xFFFFF, vh.base_type, bool(vh.gso_type & GSO_ECN), mss, len(prefix),
-                layout.tcp_ip, layout.tcp, layout.hdr_len, 6 if layout.l4_proto == 17 else 16)
+            # the per-peer constant arguments, built once per (config, peer, kernel TX TAP)
+            kh = self._kh
+            if kh is None or kh[0] is not cfg or kh[1] != addr or kh[2] is not self.ktx:
+                kh = self._kh = (cfg, addr, self.ktx, (cfg.family_v6, self.ktx.mac, _TX_SRC_MAC, self.local_bytes,
+                                                       self.peer_bytes[addr[0]]),
+                                 (min(255, cfg.ttl + 1), cfg.tos, cfg.df == "set"), _engine._native.kernel_headers)
+            plen = len(prefix)
+            hdrs = kh[5](*kh[3], 49152 + fh % 16384, addr[1], plen + len(inner),
+                                   next(self.ip_ids) & 0xFFFF, *kh[4], fh & 0xFFFFF, vh.base_type,
+                                   bool(vh.gso_type & GSO_ECN), mss, plen, layout.tcp_ip, layout.tcp, layout.hdr_len,
+                                   6 if layout.l4_proto == 17 else 16)
             self.ktx.send([hdrs, prefix, inner])
             return 1
         outer = outer_headers(dst_mac=self.ktx.mac, src_mac=_TX_SRC_MAC, src=self.local_bytes,
@@ -676,8 +703,9 @@ class Endpoint:
     def _tap_write(self, w, key: str) -> None:
         st = self.rx_stats
         segments = w.segments
+        parts = w.parts
         try:
-            n = self.tap.writev([w.vnet, *w.parts]) - VNET_HDR_LEN
+            n = self.tap.writev((w.vnet, *parts)) - VNET_HDR_LEN
         except OSError as e:
             st.drop(Reason.TAP_WRITE, segments)
             log.debug("TAP write: %s", e)
@@ -690,20 +718,29 @@ class Endpoint:
         st.hist[_BUCKETS[segments] if segments < len(_BUCKETS) else _bucket(segments)] += 1
         if segments > 1:
             c["super_packets"] += 1
-        first = w.parts[0]
+        first = parts[0]
         if len(first) >= 12:
+            now = self.clock()
+            last = self._last_learn
+            # the same source as the last write, reported less than `refresh` ago: nothing is news (every
+            # ACK of a flow comes from the same MAC; LearnedMacs.report would say the same, slower)
+            if last is not None and last[1] == key and now <= last[2] and first[6:12] == last[0]:
+                return
             mac = bytes(first[6:12])
             if not self.rx_child:
-                self.fdb.learn(mac, key, self.clock())
+                self.fdb.learn(mac, key, now)
                 return
             # tell the main loop only what changed, and refresh well within the ageing time (bounded LRU)
             learned = self._learned
             evicted = learned.evicted
-            if learned.report(mac, key, self.clock()):
+            if learned.report(mac, key, now):
                 if learned.evicted != evicted:
                     st.c["learned_evicted"] += learned.evicted - evicted
-                if not self._to_parent(("learn", mac, key)):
+                if self._to_parent(("learn", mac, key)):
+                    self._last_learn = (mac, key, now + learned.refresh)
+                else:
                     learned.forget(mac)  # try again with the next frame
+                    self._last_learn = None
 
     def _on_echo(self, pkt, key: str, size: int | None = None) -> None:
         """An echo packet from configured peer ``key`` (``size``: the request datagram's length).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import socket
 import struct
@@ -250,6 +251,15 @@ class Tap:
             return os.readv(self.fd, [buf])
         except BlockingIOError:
             return 0
+
+    def reader(self):
+        """A callable ``readinto(buf)`` for the TX loop: the frame's length, or ``None`` when none is pending.
+
+        ``io.FileIO.readinto`` on the (non-blocking) fd: an empty queue returns ``None`` instead of raising
+        BlockingIOError (cheaper per burst: every burst of reads ends on an empty queue).  The fd is not
+        owned by it (``closefd=False``): :meth:`close` still closes it.
+        """
+        return io.FileIO(self.fd, "rb", closefd=False).readinto
 
     def read(self, size: int = READ_BUF_SIZE) -> bytes | None:
         """One frame as bytes, or ``None`` if none is pending."""
