@@ -75,7 +75,16 @@ def test_hint_to_kernel_ipv6_wire(lab_factory):
     _hint_to_kernel(lab_factory(6, "wire"))
 
 
+# Open (issue 10): with the underlay veth's offloads on, the kernel's UDP-tunnel GSO skb crosses the veth whole
+# and the receiving kernel segments it for udpnest's UDP_GRO socket (a tunnel GSO type it does not take), so
+# udpnest reads one datagram at a time and writes one TAP frame per datagram: data intact, 0 super-packets
+# (1501 -> 1501 and 1525 -> 1525 TAP writes on 2026-11-30).  Coalescing across single-datagram reads is not
+# built; a physical NIC hands over wire frames, which the wire rows cover.
+SINGLE_READS = pytest.mark.xfail(strict=True, reason="udpnest does not coalesce across single-datagram reads")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family,underlay", [(6, "wire"), (4, "offload"), (6, "offload")])
+@pytest.mark.parametrize("family,underlay", [(6, "wire"), pytest.param(4, "offload", marks=SINGLE_READS),
+                                             pytest.param(6, "offload", marks=SINGLE_READS)])
 def test_kernel_gso_partial_to_udpnest_matrix(lab_factory, family, underlay):
     _kernel_to_udpnest(lab_factory(family, underlay))
