@@ -38,3 +38,15 @@ def gso_read(payload_len: int = 20000) -> bytes:
     vh = VnetHdr(flags=F_NEEDS_CSUM, gso_type=GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4, hdr_len=TCP_OFF + 32, gso_size=1448,
                  csum_start=TCP_OFF, csum_offset=16, outer_th_offset=34, inner_nh_offset=TCP_OFF - 20)
     return vh.pack() + f
+
+
+class KtxRecorder:
+    """A stand-in for the kernel TX path's TAP (``io.kernel_tx``): records each frame ``send`` is given."""
+
+    mac = bytes.fromhex("020000000009")
+
+    def __init__(self):
+        self.frames = []
+
+    def send(self, parts):
+        self.frames.append(b"".join(bytes(p) for p in parts))

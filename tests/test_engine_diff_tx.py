@@ -347,18 +347,9 @@ def test_kernel_headers_equal_the_reference(seed):
 @pytest.mark.parametrize("v6", [False, True])
 def test_kernel_tx_frames_equal_across_engines(v6):
     """Endpoint._send_kernel: the frame written to the kernel TX TAP is the same for both engines."""
-    from micro_fold_frames import gso_read
+    from micro_fold_frames import KtxRecorder, gso_read
     from udpnest.config import build_config
     from udpnest.endpoint import Endpoint
-
-    class Ktx:
-        mac = bytes.fromhex("020000000009")
-
-        def __init__(self):
-            self.frames = []
-
-        def send(self, parts):
-            self.frames.append(b"".join(bytes(p) for p in parts))
 
     frames = {}
     for eng in ("python", "native"):
@@ -368,7 +359,7 @@ def test_kernel_tx_frames_equal_across_engines(v6):
         ep = Endpoint(cfg, clock=lambda: 100.0)
         for p in ep.prober.peers.values():
             p.mode = lambda now: "fold"
-        ep.ktx, ep.tx = Ktx(), [None]
+        ep.ktx, ep.tx = KtxRecorder(), [None]
         for payload in (1448 * 40, 5000, 100):
             ep._tx_frame(memoryview(gso_read(payload)))
         assert ep.tx_stats.c["kernel_writes"] == 3 and not ep.tx_stats.drops

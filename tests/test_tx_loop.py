@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from micro_fold_frames import ack_reads, gso_read
+from micro_fold_frames import KtxRecorder, ack_reads, gso_read
 from udpnest import engine
 from udpnest.config import build_config
 from udpnest.endpoint import Endpoint
@@ -97,16 +97,6 @@ def test_tx_loop_sends_every_frame_of_a_burst_as_planned(eng):
     assert c["time_frame_ns"] > 0 and not ep.tx_stats.drops
 
 
-class _Ktx:
-    mac = bytes.fromhex("020000000009")
-
-    def __init__(self):
-        self.frames = []
-
-    def send(self, parts):
-        self.frames.append(b"".join(bytes(p) for p in parts))
-
-
 @needs_native
 def test_kernel_path_headers_per_peer_and_after_a_config_change():
     """_send_kernel caches the per-peer header arguments: flooding to two peers, and a changed TTL (a
@@ -118,7 +108,7 @@ def test_kernel_path_headers_per_peer_and_after_a_config_change():
         ep = Endpoint(cfg, clock=lambda: 100.0)
         for p in ep.prober.peers.values():
             p.mode = lambda now: "fold"
-        ep.ktx, ep.tx = _Ktx(), [None]
+        ep.ktx, ep.tx = KtxRecorder(), [None]
         ep._tx_frame(memoryview(gso_read(1448 * 30)))  # flooded: one frame per peer
         ep.cfg = build_config({"id": 7, "local": "198.51.100.1", "remote": ["198.51.100.2", "198.51.100.3"],
                                "nested": "fold", "engine": eng, "tx_path": "kernel", "ttl": 17})
