@@ -615,10 +615,9 @@ class Endpoint:
                                                        self.peer_bytes[addr[0]]),
                                  (min(255, cfg.ttl + 1), cfg.tos, cfg.df == "set"), _engine._native.kernel_headers)
             plen = len(prefix)
-            hdrs = kh[5](*kh[3], 49152 + fh % 16384, addr[1], plen + len(inner),
-                                   next(self.ip_ids) & 0xFFFF, *kh[4], fh & 0xFFFFF, vh.base_type,
-                                   bool(vh.gso_type & GSO_ECN), mss, plen, layout.tcp_ip, layout.tcp, layout.hdr_len,
-                                   6 if layout.l4_proto == 17 else 16)
+            hdrs = kh[5](*kh[3], source_port(fh), addr[1], plen + len(inner), next(self.ip_ids) & 0xFFFF, *kh[4],
+                         fh & 0xFFFFF, vh.base_type, bool(vh.gso_type & GSO_ECN), mss, plen, layout.tcp_ip,
+                         layout.tcp, layout.hdr_len, 6 if layout.l4_proto == 17 else 16)
             self.ktx.send([hdrs, prefix, inner])
             return 1
         outer = outer_headers(dst_mac=self.ktx.mac, src_mac=_TX_SRC_MAC, src=self.local_bytes,
