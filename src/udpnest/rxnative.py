@@ -29,7 +29,6 @@ from . import _native
 from .fold import DEFAULT_PORTS, F_CSUM_ZEROED, F_V6, FOLD_META_LEN, Encap, _Carried
 from .gso import Layout, aligned_mss
 from .rxpipe import (
-    GSO_MAX_FRAME,
     Kind,
     Outcome,
     Run,
@@ -39,11 +38,12 @@ from .rxpipe import (
     _geneve_info,
     _masks,
     _single,
+    rows_of,
     too_short,
 )
+from .rxpipe import merge as _merge
 from .wire.errors import ParseError, Reason
 from .wire.geneve import OPT_HLEN, parse_options
-from .wire.ipv4 import IP_DF
 from .wire.options import DEFAULT_OPT_CLASS, TYPE_FOLD
 from .wire.tcp import FIN, PSH
 from .wire.vnet import ZERO_VNET_HDR
@@ -132,27 +132,14 @@ def finish(run: Run) -> TapWrite | None:
     return super_write(run.info, run.hdr, run.payloads, run.payload_len, run.mss, run.segments)
 
 
+def _same_headers(ra, rb, G: int, lay: Layout) -> bool:
+    """rxpipe._same_headers in C: ``rx_same`` on the keep mask."""
+    return _native.rx_same(rb, ra, _layout_args(G, lay)[6], ())
+
+
 def merge(a: Run, b: Run) -> Run | None:
-    """rxpipe.merge with the header comparison in C (``rx_same`` on the keep mask) and no numpy."""
-    if not a.extendable or b.mss != a.mss or b.seq0 != a.next_seq or len(a.ref) != len(b.ref):
-        return None
-    info = a.info
-    G, lay = info.G, info.layout
-    if b.info is not info and (b.info.G != G or b.info.layout != lay):
-        return None
-    if not _native.rx_same(b.ref, a.ref, _layout_args(G, lay)[6], ()):
-        return None
-    ref, tcp_ip = a.ref, lay.tcp_ip
-    for off, la, fb in zip(lay.ip4, a.last_ids, b.first_ids, strict=True):
-        if not ((ref[G + off + 6] & (IP_DF >> 8) or off != tcp_ip) and la == fb) and fb != (la + 1) & 0xFFFF:
-            return None
-    payload_len = a.payload_len + b.payload_len
-    if lay.hdr_len + payload_len > GSO_MAX_FRAME - 64:
-        return None
-    t = lay.tcp + 13
-    hdr = a.hdr if a.hdr[t] == b.hdr[t] else a.hdr[:t] + b.hdr[t : t + 1] + a.hdr[t + 1 :]
-    return Run(info, hdr, a.payloads + b.payloads, payload_len, a.mss, a.segments + b.segments, a.seq0, b.next_seq,
-               a.first_ids, b.last_ids, ref, b.extendable)
+    """:func:`udpnest.rxpipe.merge` with the header comparison in C (no numpy)."""
+    return _merge(a, b, _same_headers)
 
 
 class Receiver:
@@ -171,14 +158,12 @@ class Receiver:
 
     def receive(self, buf, n: int, gso: int) -> RxResult:
         mv = memoryview(buf)[:n]
-        if gso > 0 and n > gso:  # rows_of: more than one datagram
-            count, rem = divmod(n, gso)
-            count, row_len, last_len = (count + 1, gso, rem) if rem else (count, gso, gso)
+        count, row_len, last_len = rows_of(n, gso)
+        if count > 1:
             run = self._coalesce(mv, count, row_len, last_len)
             if run.__class__ is Run:
                 return RxResult([], [], [], run, _COALESCED)
             return self._rows(mv, count, row_len, last_len, run)
-        count, row_len, last_len = 1, n, n
         res = RxResult([], [], [])
         outcome = Outcome.SINGLE
         if not gso and n > self.max_datagram:

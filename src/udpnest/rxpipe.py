@@ -435,36 +435,42 @@ def finish(run: Run) -> TapWrite | None:
     return _super_write(run.info, run.hdr, run.payloads, run.payload_len, run.mss, run.segments)
 
 
-def merge(a: Run, b: Run) -> Run | None:
+def _same_headers(ra, rb, G: int, lay: Layout) -> bool:
+    """The two first rows equal on every byte outside the per-segment fields (the keep mask), numpy."""
+    keep_full, _ = _masks(G, lay)
+    return not ((np.frombuffer(ra, dtype=np.uint8) != np.frombuffer(rb, dtype=np.uint8)) & keep_full).any()
+
+
+def merge(a: Run, b: Run, same=_same_headers) -> Run | None:
     """``a`` continued by ``b`` (the next read) as one run, or None if ``b`` does not continue ``a``.
 
     The same checks as within one read: identical Geneve header and headers outside the per-segment
     fields (lengths included: both first datagrams are full-sized), the same segment size, contiguous
     sequence numbers, IPv4 IDs continuing (or fixed, as within one read: the innermost only with DF),
     ``a`` ending without PSH/FIN on a full segment; and the result must stay within the 64 KB a GSO
-    super-packet may carry.
+    super-packet may carry.  ``same(ra, rb, G, layout)`` compares the first rows' headers (the native
+    engine passes its C compare, :func:`udpnest.rxnative.merge`).
     """
     if not a.extendable or b.mss != a.mss or b.seq0 != a.next_seq or len(a.ref) != len(b.ref):
         return None
-    if a.info.G != b.info.G or a.info.layout != b.info.layout:
+    info = a.info
+    G, lay = info.G, info.layout
+    if b.info is not info and (b.info.G != G or b.info.layout != lay):
         return None
-    keep_full, _ = _masks(a.info.G, a.info.layout)
-    ra = np.frombuffer(a.ref, dtype=np.uint8)
-    rb = np.frombuffer(b.ref, dtype=np.uint8)
-    if ((ra != rb) & keep_full).any():
+    ref = a.ref
+    if not same(ref, b.ref, G, lay):
         return None
-    for off, la, fb in zip(a.info.layout.ip4, a.last_ids, b.first_ids, strict=True):
-        fixed = _fixed_id_ok(a.info.layout, off, bool(a.ref[a.info.G + off + 6] & (IP_DF >> 8))) and la == fb
+    for off, la, fb in zip(lay.ip4, a.last_ids, b.first_ids, strict=True):
+        fixed = _fixed_id_ok(lay, off, bool(ref[G + off + 6] & (IP_DF >> 8))) and la == fb
         if not fixed and fb != (la + 1) & 0xFFFF:
             return None
-    if a.info.layout.hdr_len + a.payload_len + b.payload_len > GSO_MAX_FRAME - 64:
+    payload_len = a.payload_len + b.payload_len
+    if lay.hdr_len + payload_len > GSO_MAX_FRAME - 64:
         return None
-    hdr = bytearray(a.hdr)
-    t = a.info.layout.tcp
-    hdr[t + 13] = b.hdr[t + 13]
-    return a._replace(hdr=bytes(hdr), payloads=a.payloads + b.payloads, payload_len=a.payload_len + b.payload_len,
-                      segments=a.segments + b.segments, next_seq=b.next_seq, last_ids=b.last_ids,
-                      extendable=b.extendable)
+    t = lay.tcp + 13  # the TCP flags of the last segment
+    hdr = a.hdr if a.hdr[t] == b.hdr[t] else a.hdr[:t] + b.hdr[t : t + 1] + a.hdr[t + 1 :]
+    return Run(info, hdr, a.payloads + b.payloads, payload_len, a.mss, a.segments + b.segments, a.seq0, b.next_seq,
+               a.first_ids, b.last_ids, ref, b.extendable)
 
 
 def _tcp_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: int, lay: Layout) -> bool:
