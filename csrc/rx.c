@@ -24,6 +24,8 @@
  *      failing check (RX_OUTCOMES[code]) or (payload bytes, flags of the last row, seq0, first_ids,
  *      last_ids) when every row continues the first.  count == 1: one datagram of row_len bytes holding
  *      a whole super-packet (rxpipe._whole): lengths, flags and checksums only; 0 when they pass.
+ *      count == 0: one datagram of row_len (== last_len) bytes as a segment (rxpipe.single_run): the row
+ *      checks of count 1, PSH/FIN allowed; the same tuple as for count > 1.
  *
  * Bounds: every offset handed in is checked against the row lengths and the buffer before any read.
  * The byte work of rx_coalesce runs with the GIL released (rx_rows keeps it: it looks up FOLD templates).
@@ -425,7 +427,7 @@ static int rx_lengths_fit(const uint8_t *row, const rx_layout *L, long length)
 }
 
 static int rx_check(const uint8_t *buf, size_t count, size_t row_len, size_t last_len, const rx_layout *L,
-                    const uint8_t *keep_full, const uint8_t *keep_last, int verify)
+                    const uint8_t *keep_full, const uint8_t *keep_last, int verify, int single)
 {
     const size_t G = L->G, GH = L->G + L->H;
     const uint8_t *row0 = buf, *last = buf + (count - 1) * row_len;
@@ -441,6 +443,8 @@ static int rx_check(const uint8_t *buf, size_t count, size_t row_len, size_t las
     const size_t t = G + L->tcp;
     const size_t mss = row_len - GH;
     unsigned base = row0[t + 13];
+    if (single) /* one datagram as a segment (rxpipe.single_run): PSH/FIN allowed, they end its run */
+        base &= ~(0x08u | 0x01u);
     if (base & (0x02 | 0x04 | 0x20 | 0x80 | 0x08 | 0x01) || !(base & 0x10))
         return O_FLAGS;
     for (size_t i = 0; i + 1 < count; i++)
@@ -623,6 +627,9 @@ static PyObject *native_rx_coalesce(PyObject *self, PyObject *args)
     }
     /* bounds: every field read lies within the first G + H bytes of every row, the rows in the buffer */
     size_t GH = L.G + L.H;
+    int single = count == 0; /* one datagram as a 1-segment run: the row checks, PSH/FIN allowed */
+    if (single)
+        count = 1;
     int ok = count >= 1 && G >= 0 && H > 0 && row_len > 0 && (size_t)row_len > GH && (size_t)last_len > GH &&
              last_len <= row_len && (count - 1) * row_len + last_len <= b.len && kf.len >= (Py_ssize_t)GH &&
              kl.len >= (Py_ssize_t)GH && L.tcp + 20 <= L.H && L.tcp_ip + (L.tcp_ip_v6 ? 40 : 20) <= L.H &&
@@ -639,7 +646,7 @@ static PyObject *native_rx_coalesce(PyObject *self, PyObject *args)
     }
     const uint8_t *buf = b.buf;
     int code;
-    if (count == 1) { /* one datagram holding a whole super-packet: rxpipe._whole's checks, no gather */
+    if (count == 1 && !single) { /* one datagram holding a whole super-packet: rxpipe._whole's checks, no gather */
         Py_BEGIN_ALLOW_THREADS
         code = rx_whole_check(buf, (size_t)row_len, &L, verify);
         Py_END_ALLOW_THREADS
@@ -647,7 +654,7 @@ static PyObject *native_rx_coalesce(PyObject *self, PyObject *args)
         goto out;
     }
     Py_BEGIN_ALLOW_THREADS
-    code = rx_check(buf, (size_t)count, (size_t)row_len, (size_t)last_len, &L, kf.buf, kl.buf, verify);
+    code = rx_check(buf, (size_t)count, (size_t)row_len, (size_t)last_len, &L, kf.buf, kl.buf, verify, single);
     Py_END_ALLOW_THREADS
     if (code != O_OK) {
         result = PyLong_FromLong(code);

@@ -35,6 +35,7 @@ READS_HIST_MAX = 3
 
 _SINGLE = rxpipe.Outcome.SINGLE
 _OUTCOME_KEYS = {o: f"coalesce_{o.value}" for o in rxpipe.Outcome}
+_SINGLE_MERGED = _OUTCOME_KEYS[rxpipe.Outcome.SINGLE_MERGED]
 
 
 class RxOut(NamedTuple):
@@ -45,37 +46,68 @@ class RxOut(NamedTuple):
 class RxDriver:
     def __init__(self, *, peers: Container[str], vni: int | None, opt_class: int | None = DEFAULT_OPT_CLASS,
                  ports: Mapping[int, Encap] = DEFAULT_PORTS, verify_csum: bool = True, max_datagram: int = 1472,
-                 engine: str = "python", counts: Counter | None = None, drops: Counter | None = None) -> None:
+                 engine: str = "python", counts: Counter | None = None, drops: Counter | None = None,
+                 single_min: int | None = None) -> None:
         self.peers = peers
         self.kw = dict(opt_class=opt_class, ports=ports, verify_csum=verify_csum, max_datagram=max_datagram,
                        vni=vni)
         self.engine = engine
+        self.max_datagram = max_datagram
+        # a one-datagram read is tried as a segment to hold (single_run) only from this length on (ACKs and
+        # small frames skip it with one comparison), or when it could end/continue the held run
+        self.single_min = max_datagram // 2 if single_min is None else single_min
         self.counts: Counter = counts if counts is not None else Counter()
         self.drops: Counter = drops if drops is not None else Counter()
-        self.pending: tuple[rxpipe.Run, str, int] | None = None  # the one held run, its peer key, its reads
+        # the one held run, its peer key, how many reads it is made of, and (a held one-datagram read not
+        # merged yet) that datagram's bytes, replayed through the one-datagram path if nothing continues it
+        self.pending: tuple[rxpipe.Run, str, int, bytes | None] | None = None
         if engine == "native":
             from . import rxnative
 
-            self._receive = rxnative.Receiver(counts=self.counts, **self.kw).receive
+            receiver = rxnative.Receiver(counts=self.counts, **self.kw)
+            self._receive = receiver.receive
+            self._single_run = receiver.single_run
             self._finish_run = rxnative.finish
             self._merge = rxnative.merge
         else:
             self._receive = self._receive_python
+            self._single_run = self._single_run_python
             self._finish_run = rxpipe.finish
             self._merge = rxpipe.merge
 
     def _receive_python(self, buf, n: int, gso: int) -> rxpipe.RxResult:
         return rxpipe.receive(buf, n, gso, hold=True, **self.kw)
 
+    def _single_run_python(self, buf, n: int) -> rxpipe.Run | None:
+        kw = self.kw
+        return rxpipe.single_run(memoryview(buf)[:n], kw["opt_class"], kw["ports"], kw["verify_csum"], kw["vni"])
+
     @property
     def holding(self) -> bool:
         """A run is held: the caller should poll (not block) for the next read, then :meth:`flush`."""
         return self.pending is not None
 
+    def _single_candidate(self, n: int, gso: int, key: str) -> bool:
+        """Is a read worth trying as a 1-segment run?  One datagram within the path MTU, and either long
+        enough to start a run or of a length that could continue/end the held one (cheap: no parse)."""
+        if (gso and n > gso) or n > self.max_datagram:
+            return False
+        if n >= self.single_min:
+            return True
+        p = self.pending
+        if p is None or p[1] != key:
+            return False
+        hl = len(p[0].ref)
+        return hl < n <= hl + p[0].mss
+
     def read(self, buf, n: int, gso: int, key: str) -> RxOut:
         """One read of ``n`` bytes (UDP_GRO ``gso`` size, 0 for one datagram) from peer address ``key``.
 
         The returned writes reference ``buf`` only until the next read: the caller writes them first.
+        A one-datagram read that is a TCP segment with payload (:func:`udpnest.rxpipe.single_run`) is
+        held or merged like a coalesced read; counted ``coalesce_single_merged`` when it does become part
+        of a super-packet with another read (a held one that nothing continued goes out as it always did:
+        the one-datagram path, zero vnet header).
         """
         c = self.counts
         c["reads"] += 1
@@ -84,33 +116,51 @@ class RxDriver:
         if key not in self.peers:
             self.drops[Reason.NO_PEER.value] += max(1, -(-n // gso)) if gso else 1
             return out
-        res = self._receive(buf, n, gso)
-        if res.outcome is not _SINGLE:  # one datagram: reads minus the other outcomes
-            c[_OUTCOME_KEYS[res.outcome]] += 1
-        run = res.run
+        res = None
+        run = self._single_run(buf, n) if self._single_candidate(n, gso, key) else None
+        single = run is not None
+        if not single:
+            res = self._receive(buf, n, gso)
+            if res.outcome is not _SINGLE:  # one datagram: reads minus the other outcomes
+                c[_OUTCOME_KEYS[res.outcome]] += 1
+            run = res.run
         reads = 1  # reads the run is made of (merged reads counted in the reads_per_super_packet histogram)
+        raw = None  # a held single's datagram
         if self.pending is not None:
-            joined = self._merge(self.pending[0], run) if run is not None and self.pending[1] == key else None
+            p = self.pending
+            joined = self._merge(p[0], run) if run is not None and p[1] == key else None
             if joined is not None:
                 c["merged_reads"] += 1
-                run, reads = joined, self.pending[2] + 1
+                c[_SINGLE_MERGED] += (p[3] is not None) + single
+                run, reads, single = joined, p[2] + 1, False
             else:
-                self._finish(*self.pending, out.writes)
+                self._finish(*p, out.writes)
             self.pending = None
+        if single:
+            if run.extendable:  # held: copy the datagram (buf is reused by the next read)
+                raw = bytes(memoryview(buf)[:n])
+                run = run._replace(payloads=(memoryview(raw)[n - run.payload_len :],))
+                self.pending = (run, key, 1, raw)
+                return out
+            # it ends a run but continued none: the one-datagram path, as always
+            res = self._receive(buf, n, gso)
+            run = None
         if run is not None:
             # the payload views point into buf: copy them out before the next read reuses it
             if any(p.__class__ is not bytes for p in run.payloads):  # the native engine's are bytes already
-                run = run._replace(payloads=tuple(bytes(p) for p in run.payloads))
+                run = run._replace(payloads=tuple(p if p.__class__ is bytes or p.obj.__class__ is bytes else bytes(p)
+                                                  for p in run.payloads))
             if run.extendable:
-                self.pending = (run, key, reads)
+                self.pending = (run, key, reads, None)
             else:
-                self._finish(run, key, reads, out.writes)
-        for reason, cnt in res.drops:
-            self.drops[reason.value] += cnt
-        for w in res.writes:
-            out.writes.append((w, key))
-        for pkt, dg in res.control:
-            out.control.append((pkt, key, len(dg)))
+                self._finish(run, key, reads, None, out.writes)
+        if res is not None:
+            for reason, cnt in res.drops:
+                self.drops[reason.value] += cnt
+            for w in res.writes:
+                out.writes.append((w, key))
+            for pkt, dg in res.control:
+                out.control.append((pkt, key, len(dg)))
         return out
 
     def flush(self) -> list[tuple[rxpipe.TapWrite, str]]:
@@ -121,7 +171,14 @@ class RxDriver:
             self.pending = None
         return writes
 
-    def _finish(self, run: rxpipe.Run, key: str, reads: int, writes: list) -> None:
+    def _finish(self, run: rxpipe.Run, key: str, reads: int, raw: bytes | None, writes: list) -> None:
+        if raw is not None:  # a held single nothing continued: the one-datagram path, as without holding
+            res = self._receive(raw, len(raw), 0)
+            for reason, cnt in res.drops:
+                self.drops[reason.value] += cnt
+            writes.extend((w, key) for w in res.writes)
+            # (no control packets: an echo datagram is never a TCP segment, single_run refused it)
+            return
         self.counts[f"{READS_HIST_PREFIX}{min(reads, READS_HIST_MAX)}"] += 1
         w = self._finish_run(run)
         if w is None:

@@ -132,9 +132,9 @@ def finish(run: Run) -> TapWrite | None:
     return super_write(run.info, run.hdr, run.payloads, run.payload_len, run.mss, run.segments)
 
 
-def _same_headers(ra, rb, G: int, lay: Layout) -> bool:
-    """rxpipe._same_headers in C: ``rx_same`` on the keep mask."""
-    return _native.rx_same(rb, ra, _layout_args(G, lay)[6], ())
+def _same_headers(ra, rb, G: int, lay: Layout, lengths: bool = True) -> bool:
+    """rxpipe._same_headers in C: ``rx_same`` on the keep mask (full rows', or the last row's)."""
+    return _native.rx_same(rb, ra, _layout_args(G, lay)[6 if lengths else 7], ())
 
 
 def merge(a: Run, b: Run) -> Run | None:
@@ -278,6 +278,31 @@ class Receiver:
         w = super_write(info, bytes(mv[G : G + H]), (mv[G + H :],), n - G - H, gso_size,
                         -(-(n - G - H) // gso_size))
         return Outcome.TOO_LARGE if w is None else w
+
+    def single_run(self, buf, n: int) -> Run | None:
+        """rxpipe.single_run with the checks in C (``rx_coalesce`` with count 0)."""
+        mv = memoryview(buf)[:n]
+        try:
+            info = self._info(mv, n)
+        except ParseError:
+            return None
+        if info is None:
+            return None
+        G, lay = info.G, info.layout
+        H = lay.hdr_len
+        if n <= G + H:
+            return None
+        last = self.last
+        args = last[6] if last is not None and last[4] is info else (G, H, *_layout_args(G, lay), self.verify)
+        r = _native.rx_coalesce(mv, 0, n, n, *args)
+        if r.__class__ is int:
+            return None
+        if info.carried is not None and not info.carried[0].flags & F_CSUM_ZEROED:
+            return None
+        payload, flags, seq, ids, _ = r
+        mss = n - G - H
+        return Run(info, bytes(mv[G : G + H]), (payload,), mss, mss, 1, seq, (seq + mss) & 0xFFFFFFFF, ids, ids,
+                   bytes(mv[: G + H]), not flags & (PSH | FIN))
 
     def _coalesce(self, mv: memoryview, count: int, row_len: int, last_len: int) -> Run | Outcome:
         try:

@@ -102,6 +102,7 @@ class Outcome(enum.Enum):
     CSUM = "csum"  # a TCP, IPv4 header or nested UDP checksum is wrong
     FOLD_CSUM = "fold_csum"  # a FOLD level whose checksums were not zeroed by the sender
     TOO_LARGE = "too_large"  # the super-packet would exceed 64 KB
+    SINGLE_MERGED = "single_merged"  # one TCP segment (a one-datagram read) merged with the read before/after it
 
 
 class RxResult(NamedTuple):
@@ -430,15 +431,49 @@ def _coalesce(mv: memoryview, count: int, row_len: int, last_len: int, opt_class
                bytes(ref), last_payload == mss and not int(flags[-1]) & (PSH | FIN))
 
 
+def single_run(mv: memoryview, opt_class: int | None, ports, verify_csum: bool, vni: int | None = None) -> Run | None:
+    """A one-datagram read as a 1-segment :class:`Run` (segment size: its payload) that :func:`merge` can
+    join with the reads before and after it, or None when it is not a TCP segment with payload that a
+    row of a multi-datagram read could be: frame info, lengths, ACK without SYN/RST/URG/CWR, every
+    checksum valid (``verify_csum``), the FOLD csum-zeroed rule.  PSH/FIN are allowed: such a segment
+    can only end a run (not extendable).  Counts nothing and raises nothing: a None read goes the
+    one-datagram way (:func:`receive`), which says what it is."""
+    try:
+        info = _frame_info(mv, opt_class, ports, vni)
+    except ParseError:
+        return None
+    if info is None:
+        return None
+    G, lay = info.G, info.layout
+    H = lay.hdr_len
+    n = len(mv)
+    mss = n - G - H
+    if mss <= 0 or not _lengths_fit(mv, G, lay, n):
+        return None
+    t = G + lay.tcp
+    flags = mv[t + 13]
+    if flags & _BAD_FLAGS or not flags & ACK:
+        return None
+    if verify_csum and not (_tcp_csums_ok(mv, 1, n, n, G, lay) and _hdr_csums_ok(mv, 1, n, n, G, lay)):
+        return None
+    if info.carried is not None and not info.carried[0].flags & F_CSUM_ZEROED:
+        return None
+    seq = int.from_bytes(mv[t + 4 : t + 8], "big")
+    ids = tuple(mv[G + off + 4] << 8 | mv[G + off + 5] for off in lay.ip4)
+    return Run(info, bytes(mv[G : G + H]), (bytes(mv[G + H :]),), mss, mss, 1, seq, (seq + mss) & 0xFFFFFFFF, ids,
+               ids, bytes(mv[: G + H]), not flags & (PSH | FIN))
+
+
 def finish(run: Run) -> TapWrite | None:
     """The TAP write for a (possibly merged) run; None if it cannot be one super-packet."""
     return _super_write(run.info, run.hdr, run.payloads, run.payload_len, run.mss, run.segments)
 
 
-def _same_headers(ra, rb, G: int, lay: Layout) -> bool:
-    """The two first rows equal on every byte outside the per-segment fields (the keep mask), numpy."""
-    keep_full, _ = _masks(G, lay)
-    return not ((np.frombuffer(ra, dtype=np.uint8) != np.frombuffer(rb, dtype=np.uint8)) & keep_full).any()
+def _same_headers(ra, rb, G: int, lay: Layout, lengths: bool = True) -> bool:
+    """The two first rows equal on every byte outside the per-segment fields (the keep mask), numpy;
+    ``lengths=False``: the length fields may differ too (``rb`` is a shorter last segment)."""
+    keep = _masks(G, lay)[0 if lengths else 1]
+    return not ((np.frombuffer(ra, dtype=np.uint8) != np.frombuffer(rb, dtype=np.uint8)) & keep).any()
 
 
 def merge(a: Run, b: Run, same=_same_headers) -> Run | None:
@@ -448,17 +483,25 @@ def merge(a: Run, b: Run, same=_same_headers) -> Run | None:
     fields (lengths included: both first datagrams are full-sized), the same segment size, contiguous
     sequence numbers, IPv4 IDs continuing (or fixed, as within one read: the innermost only with DF),
     ``a`` ending without PSH/FIN on a full segment; and the result must stay within the 64 KB a GSO
-    super-packet may carry.  ``same(ra, rb, G, layout)`` compares the first rows' headers (the native
-    engine passes its C compare, :func:`udpnest.rxnative.merge`).
+    super-packet may carry.  ``same(ra, rb, G, layout, lengths)`` compares the first rows' headers (the
+    native engine passes its C compare, :func:`udpnest.rxnative.merge`).
+
+    One-datagram reads (:func:`single_run`, 1-segment runs) take part as the rows of one read would: a
+    held single ``a`` (segment size = its payload) continues with a ``b`` of the same segment size, and
+    a 1-segment ``b`` SHORTER than ``a.mss`` is a last segment: it ends the run (not extendable), its
+    length fields compared as a last row's are (not at all).
     """
-    if not a.extendable or b.mss != a.mss or b.seq0 != a.next_seq or len(a.ref) != len(b.ref):
+    if not a.extendable or b.seq0 != a.next_seq or len(a.ref) != len(b.ref):
+        return None
+    short = b.mss != a.mss
+    if short and not (b.segments == 1 and b.payload_len < a.mss):
         return None
     info = a.info
     G, lay = info.G, info.layout
     if b.info is not info and (b.info.G != G or b.info.layout != lay):
         return None
     ref = a.ref
-    if not same(ref, b.ref, G, lay):
+    if not same(ref, b.ref, G, lay, not short):
         return None
     for off, la, fb in zip(lay.ip4, a.last_ids, b.first_ids, strict=True):
         fixed = _fixed_id_ok(lay, off, bool(ref[G + off + 6] & (IP_DF >> 8))) and la == fb
@@ -470,7 +513,7 @@ def merge(a: Run, b: Run, same=_same_headers) -> Run | None:
     t = lay.tcp + 13  # the TCP flags of the last segment
     hdr = a.hdr if a.hdr[t] == b.hdr[t] else a.hdr[:t] + b.hdr[t : t + 1] + a.hdr[t + 1 :]
     return Run(info, hdr, a.payloads + b.payloads, payload_len, a.mss, a.segments + b.segments, a.seq0, b.next_seq,
-               a.first_ids, b.last_ids, ref, b.extendable)
+               a.first_ids, b.last_ids, ref, b.extendable and not short)
 
 
 def _tcp_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: int, lay: Layout) -> bool:
