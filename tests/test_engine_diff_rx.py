@@ -167,9 +167,13 @@ def reads_for(rng: random.Random, *, corrupt_p: float = 0.3) -> list[tuple[bytes
             mss = rng.choice((1000, 1400, 1397, 1320))
             frame = super_frame(rng, depth, payload)
             dgs, row = datagrams(rng, frame, mode, mss)
-            if rng.random() < 0.3 and len(dgs) > 2:  # two reads of one super-packet (merge)
+            r = rng.random()
+            if r < 0.3 and len(dgs) > 2:  # two reads of one super-packet (merge)
                 cut = rng.randrange(1, len(dgs))
                 parts = [dgs[:cut], dgs[cut:]]
+            elif r < 0.55 and len(dgs) > 1:  # one-datagram reads (issue 10), maybe after a coalesced read
+                cut = rng.choice((0, 0, rng.randrange(len(dgs))))
+                parts = ([dgs[:cut]] if cut else []) + [[dg] for dg in dgs[cut:]]
             else:
                 parts = [dgs]
             items = []
@@ -322,6 +326,49 @@ def test_acks_natively(mode, depth):
         assert len(d.read(bytearray(a), len(a), 0, PEER).writes) == 1
     assert d.counts["native_deferred"] == 0
     same([(a, len(a), 0, PEER) for a in acks])
+
+
+def single_reads_for(rng: random.Random, *, corrupt_p: float = 0.2) -> list[tuple[bytes, int, int, str]]:
+    """One-datagram reads of one or two flows, interleaved, with ACKs and corruption in between (issue 10:
+    the driver holds and merges them)."""
+    streams = []
+    for _ in range(rng.randrange(1, 3)):
+        mode = rng.choice(("plain", "hint", "fold"))
+        frame = super_frame(rng, rng.choice((0, 1, 1)), rng.choice((1000, 3999, 9000, 12000)),
+                            flags=rng.choice(("A", "PA")))
+        dgs, _ = datagrams(rng, frame, mode, rng.choice((1000, 1200)))
+        if rng.random() < 0.2 and len(dgs) > 3:  # a sequence gap
+            del dgs[rng.randrange(1, len(dgs) - 1)]
+        streams.append(dgs)
+    out = []
+    while any(streams):
+        s = rng.choice([x for x in streams if x])
+        dg = s.pop(0)
+        if rng.random() < 0.1:
+            mode = rng.choice(("plain", "hint", "fold"))
+            ack = datagrams(rng, super_frame(rng, 1, 0), mode, 1000)[0][0]
+            out.append((ack, len(ack), 0, PEER))
+        n, g = len(dg), 0
+        if rng.random() < corrupt_p:
+            dg, n, g = corrupt(rng, dg, 0)
+        out.append((dg, n, g, rng.choices((PEER, OTHER), (95, 5))[0]))
+    return out
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), corrupt_p=st.sampled_from((0.0, 0.1, 0.5)))
+def test_engines_agree_on_single_reads(seed, corrupt_p):
+    same(single_reads_for(random.Random(seed), corrupt_p=corrupt_p))
+
+
+def test_single_reads_do_merge():
+    """The sequences above do exercise the merging (not only the one-datagram path)."""
+    rng = random.Random(5)
+    merged = 0
+    for _ in range(20):
+        _, counts, _ = drive("python", single_reads_for(rng))
+        merged += counts["coalesce_single_merged"]
+    assert merged > 50, merged
 
 
 # --- fuzz: the native engine as hard as the Python one --------------------------------------------------
