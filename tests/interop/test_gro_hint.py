@@ -13,6 +13,9 @@
   packets <= 1.5 per udpnest super-packet (unmerged: one per datagram).
 * kernel geneve with ``gro-hint`` + ``tx-gso-partial`` -> udpnest: the kernel's GSO-partial trains carry a fixed
   nested IPv4 ID without DF; udpnest must still coalesce them (RX super-packets) and deliver intact data.
+  With the underlay veth's offloads on ("offload"), the tunnel-GSO skb crosses the veth whole and the
+  receiving kernel segments it for udpnest's UDP_GRO socket, so udpnest reads one datagram at a time: it
+  holds and merges those single-datagram reads (rxdriver.py) into the same super-packets.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ def _kernel_to_udpnest(lab) -> None:
     sent, got = lab.transfer("K", NBYTES)
     assert got["sha256"] == sent["sha256"] and got["bytes"] == NBYTES
     rx = lab.udpnest_status()["rx"]
-    d = {k: rx.get(k, 0) - before.get(k, 0) for k in ("datagrams", "tap_writes", "super_packets", "kind_hint")}
+    d = {k: rx.get(k, 0) - before.get(k, 0) for k in ("datagrams", "tap_writes", "super_packets", "kind_hint",
+                                                       "reads", "merged_reads", "coalesce_single_merged",
+                                                       "coalesce_coalesced")}
     print(f"kernel gro-hint + gso-partial -> udpnest: rx {d}")
     assert d["kind_hint"] > 0, d
     # UDP GRO under TCG hands over short bursts (often 2 datagrams); unmerged: tap_writes == datagrams
@@ -75,16 +80,7 @@ def test_hint_to_kernel_ipv6_wire(lab_factory):
     _hint_to_kernel(lab_factory(6, "wire"))
 
 
-# Open (issue 10): with the underlay veth's offloads on, the kernel's UDP-tunnel GSO skb crosses the veth whole
-# and the receiving kernel segments it for udpnest's UDP_GRO socket (a tunnel GSO type it does not take), so
-# udpnest reads one datagram at a time and writes one TAP frame per datagram: data intact, 0 super-packets
-# (1501 -> 1501 and 1525 -> 1525 TAP writes on 2026-11-30).  Coalescing across single-datagram reads is not
-# built; a physical NIC hands over wire frames, which the wire rows cover.
-SINGLE_READS = pytest.mark.xfail(strict=True, reason="udpnest does not coalesce across single-datagram reads")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("family,underlay", [(6, "wire"), pytest.param(4, "offload", marks=SINGLE_READS),
-                                             pytest.param(6, "offload", marks=SINGLE_READS)])
+@pytest.mark.parametrize("family,underlay", [(6, "wire"), (4, "offload"), (6, "offload")])
 def test_kernel_gso_partial_to_udpnest_matrix(lab_factory, family, underlay):
     _kernel_to_udpnest(lab_factory(family, underlay))
