@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from udpnest.lab import bench
 
 # A parent that forks a child burning ~0.6 s of CPU while the parent itself sleeps (as the endpoint's main
@@ -74,3 +76,49 @@ def _kill_tree(p: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     p.wait()
+
+
+# A child that first burns ~0.5 s of user time (no syscalls), then ~0.4 s of system time (a syscall loop).
+SPLIT_PROGRAM = r"""
+import os, sys, time
+print("ready", flush=True)
+sys.stdin.readline()
+pid = os.fork()
+if pid == 0:
+    t0 = os.times()
+    while os.times().user - t0.user < 0.5:
+        sum(range(20000))
+    print("user-done", flush=True)
+    sys.stdin.readline()
+    t1 = os.times()
+    while os.times().system - t1.system < 0.4:
+        for _ in range(2000):
+            os.stat("/")
+    print("system-done", flush=True)
+    time.sleep(30)
+    os._exit(0)
+time.sleep(30)
+"""
+
+
+def test_cpu_split_into_user_and_kernel():
+    p = subprocess.Popen([sys.executable, "-c", SPLIT_PROGRAM], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    tick = 0.05
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        u0, s0 = bench._proc_cpu_split([p.pid])
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "user-done"
+        u1, s1 = bench._proc_cpu_split([p.pid])
+        assert u1 - u0 >= 0.5 - 2 * tick, (u0, u1)
+        assert s1 - s0 <= 0.15, (s0, s1)  # a pure Python loop: next to no kernel time
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "system-done"
+        u2, s2 = bench._proc_cpu_split([p.pid])
+        assert s2 - s1 >= 0.4 - 2 * tick, (s1, s2)
+        assert bench._proc_cpu_seconds([p.pid]) == pytest.approx(u2 + s2, abs=3 * tick)
+    finally:
+        _kill_tree(p)

@@ -84,11 +84,11 @@ def test_parse_proc_stat_cpu():
     assert total == busy + 137011 + 428 + 10
 
 
-def sample(mode, underlay, rep, gbps, cpu_s=1.0, endpoint_cpu_s=0.0, rtt=(100.0,)):
+def sample(mode, underlay, rep, gbps, cpu_s=1.0, endpoint_cpu_s=0.0, rtt=(100.0,), endpoint_user_s=0.0):
     nbytes = int(gbps * 1e9 / 8 * 10)
     return stats.RunSample(mode=mode, underlay=underlay, rep=rep, gbps=gbps, bytes_received=nbytes, seconds=10.0,
                            iperf_cpu_s=cpu_s, endpoint_cpu_s=endpoint_cpu_s, system_cpu_s=2 * cpu_s,
-                           retransmits=rep, rtt_us=list(rtt))
+                           retransmits=rep, rtt_us=list(rtt), endpoint_user_s=endpoint_user_s)
 
 
 def test_summarize_medians_ratios_and_cpu_per_gb():
@@ -99,7 +99,7 @@ def test_summarize_medians_ratios_and_cpu_per_gb():
         sample("kernel-vxlan-in-vxlan", "offload", 0, 4.0),
         sample("kernel-vxlan-in-vxlan", "offload", 1, 3.0),
         sample("kernel-vxlan-in-vxlan", "offload", 2, 3.5),
-        sample("udpnest", "wire", 0, 10.0, cpu_s=1.0, endpoint_cpu_s=2.5),
+        sample("udpnest", "wire", 0, 10.0, cpu_s=1.0, endpoint_cpu_s=2.5, endpoint_user_s=1.0),
     ]
     s = stats.summarize(runs)
     kv = s["kernel-vxlan"]["offload"]
@@ -116,6 +116,12 @@ def test_summarize_medians_ratios_and_cpu_per_gb():
     un = s["udpnest"]["wire"]
     assert un["ratio_vs_kernel_vxlan_in_vxlan"] is None  # no reference on the wire underlay
     assert un["cpu_s_per_gb"] == pytest.approx(3.5 / 12.5, rel=1e-6)  # endpoint CPU is charged
+    # the endpoints' share split into user (udpnest's own work) and kernel time; none for kernel modes
+    assert un["endpoint_user_s_per_gb"] == pytest.approx(1.0 / 12.5, rel=1e-6)
+    assert un["endpoint_kernel_s_per_gb"] == pytest.approx(1.5 / 12.5, rel=1e-6)
+    assert kv["endpoint_user_s_per_gb"] is None and kv["endpoint_kernel_s_per_gb"] is None
+    row = next(line for line in stats.format_markdown(s).splitlines() if line.startswith("| udpnest |"))
+    assert "| 0.08 / 0.12 |" in row, row
 
 
 def test_tables_list_every_mode_and_underlay():
@@ -127,6 +133,7 @@ def test_tables_list_every_mode_and_underlay():
     assert len(lines) == 2 + 3
     assert "16.00" in lines[2] and "4.00" in lines[2]  # 16 Gbit/s, 4x the reference
     assert lines[4].split()[-3:-1] == ["-", "-"]  # no RTT samples
+    assert lines[2].split()[5] == "-"  # no endpoint in a kernel mode: no user/kernel split
     md = stats.format_markdown(s)
     assert md.splitlines()[0].startswith("| mode | underlay | Gbit/s")
     assert len(md.splitlines()) == 2 + 3

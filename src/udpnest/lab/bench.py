@@ -12,6 +12,7 @@ Result JSON (also written to ``<out>/bench-<stamp>.json``)::
      "modes": {"<mode>": {"<underlay>": {"underlay": "offload"|"wire", "gbps": median Gbit/s,
                                          "gbps_runs": [...], "ratio_vs_kernel_vxlan_in_vxlan": ...,
                                          "cpu_s_per_gb": ..., "cpu_s_per_gb_system": ...,
+                                         "endpoint_user_s_per_gb": ..., "endpoint_kernel_s_per_gb": ...,
                                          "rtt_p50_us": ..., "rtt_p99_us": ..., "rtt_samples": n,
                                          "retransmits": median, "runs": n}}},
      "skipped": {"<mode>": "reason"}, "runs": [one record per iperf3 run], "plot": "<png path>"}
@@ -150,18 +151,27 @@ def _proc_tree(pids: Sequence[int]) -> list[int]:
     return out
 
 
-def _proc_cpu_seconds(pids: Sequence[int]) -> float:
-    """CPU seconds (user + system) of the process trees under ``pids``: every live descendant, plus the
-    children that already exited and were reaped (``cutime``/``cstime`` of their parents)."""
+def _proc_cpu_split(pids: Sequence[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process trees under ``pids``: every live descendant, plus the
+    children that already exited and were reaped (``cutime``/``cstime`` of their parents).  For an endpoint,
+    user time is udpnest's own work (Python and the C core) and system time the kernel's on its behalf (the
+    TAP and socket syscalls, the workload's and the underlay's stacks that run in them)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for pid in _proc_tree(pids):
         try:
             with open(f"/proc/{pid}/stat") as f:
-                total += sum(stats.parse_proc_pid_stat(f.read(), children=True))
+                u, s, cu, cs = stats.parse_proc_pid_stat(f.read(), children=True)
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total / tick
+        user += u + cu
+        system += s + cs
+    return user / tick, system / tick
+
+
+def _proc_cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of the process trees under ``pids`` (:func:`_proc_cpu_split`)."""
+    return sum(_proc_cpu_split(pids))
 
 
 def _system_busy_seconds() -> float:
@@ -304,12 +314,12 @@ def run_one(spec: LabSpec, cfg: BenchConfig, rep: int, endpoint_pids: Sequence[i
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
     try:
         pids = list(endpoint_pids) + list(cfg.pids)
-        ep0, sys0 = _proc_cpu_seconds(pids), _system_busy_seconds()
+        ep0, sys0 = _proc_cpu_split(pids), _system_busy_seconds()
         res = subprocess.run(
             ns_argv(wa, ["iperf3", "-c", server, "-p", str(IPERF_PORT), "-t", f"{cfg.duration:g}", "--json",
                          "--connect-timeout", "5000"]),
             capture_output=True, text=True, timeout=cfg.duration + 30, stdin=subprocess.DEVNULL)
-        ep1, sys1 = _proc_cpu_seconds(pids), _system_busy_seconds()
+        ep1, sys1 = _proc_cpu_split(pids), _system_busy_seconds()
         try:
             obj = json.loads(res.stdout)
         except json.JSONDecodeError as e:
@@ -325,7 +335,8 @@ def run_one(spec: LabSpec, cfg: BenchConfig, rep: int, endpoint_pids: Sequence[i
         rtts = []
     return stats.RunSample(mode=spec.mode, underlay=spec.underlay, rep=rep, gbps=ip.gbps,
                            bytes_received=ip.bytes_received, seconds=ip.seconds, iperf_cpu_s=ip.cpu_seconds,
-                           endpoint_cpu_s=ep1 - ep0, system_cpu_s=sys1 - sys0, retransmits=ip.retransmits,
+                           endpoint_cpu_s=sum(ep1) - sum(ep0), endpoint_user_s=ep1[0] - ep0[0],
+                           system_cpu_s=sys1 - sys0, retransmits=ip.retransmits,
                            rtt_us=rtts)
 
 

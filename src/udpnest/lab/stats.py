@@ -10,6 +10,10 @@ Definitions used in the bench output:
   work done in softirq on behalf of a process is charged to it; work in ksoftirqd is not.
 * ``cpu_s_per_gb_system``: same with the whole machine's busy time from ``/proc/stat`` (all CPUs, everything
   that runs, including the bench itself); an upper bound that also catches ksoftirqd.
+* ``endpoint_user_s_per_gb`` / ``endpoint_kernel_s_per_gb``: the udpnest endpoints' share of ``cpu_s_per_gb``
+  split into user time (udpnest's own work: Python and the C core) and system time (the kernel's on their
+  behalf: TAP and socket syscalls and the stacks that run inside them), median over repetitions; None for
+  the kernel modes, which start no endpoint.  The user part is what a faster udpnest can still remove.
 * ``rtt_p50_us``/``rtt_p99_us``: percentiles of all request/response round trips of the small flow that runs
   beside the bulk flow, pooled over repetitions.
 """
@@ -134,6 +138,17 @@ class RunSample:
     system_cpu_s: float
     retransmits: int | None
     rtt_us: list[float] = field(default_factory=list, repr=False)
+    endpoint_user_s: float = 0.0  # the user-time part of endpoint_cpu_s
+
+    @property
+    def endpoint_user_s_per_gb(self) -> float | None:
+        return cpu_s_per_gb(self.endpoint_user_s, self.bytes_received) if self.endpoint_cpu_s else None
+
+    @property
+    def endpoint_kernel_s_per_gb(self) -> float | None:
+        if not self.endpoint_cpu_s:
+            return None
+        return cpu_s_per_gb(self.endpoint_cpu_s - self.endpoint_user_s, self.bytes_received)
 
     @property
     def cpu_s_per_gb(self) -> float:
@@ -150,6 +165,8 @@ class RunSample:
             d["rtt_samples"] = len(self.rtt_us)
         d["cpu_s_per_gb"] = self.cpu_s_per_gb
         d["cpu_s_per_gb_system"] = self.cpu_s_per_gb_system
+        d["endpoint_user_s_per_gb"] = self.endpoint_user_s_per_gb
+        d["endpoint_kernel_s_per_gb"] = self.endpoint_kernel_s_per_gb
         return d
 
 
@@ -170,6 +187,8 @@ def summarize(samples: Sequence[RunSample]) -> dict[str, dict[str, dict]]:
                 "gbps_runs": [r.gbps for r in runs],
                 "cpu_s_per_gb": median(r.cpu_s_per_gb for r in runs),
                 "cpu_s_per_gb_system": median(r.cpu_s_per_gb_system for r in runs),
+                "endpoint_user_s_per_gb": _median_or_none(r.endpoint_user_s_per_gb for r in runs),
+                "endpoint_kernel_s_per_gb": _median_or_none(r.endpoint_kernel_s_per_gb for r in runs),
                 "rtt_p50_us": percentile(rtts, 50) if rtts else None,
                 "rtt_p99_us": percentile(rtts, 99) if rtts else None,
                 "rtt_samples": len(rtts),
@@ -177,6 +196,11 @@ def summarize(samples: Sequence[RunSample]) -> dict[str, dict[str, dict]]:
             }
     add_ratios(out)
     return out
+
+
+def _median_or_none(xs: Iterable[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return median(vals) if vals else None
 
 
 def add_ratios(summary: dict[str, dict[str, dict]], reference: str = REFERENCE_MODE) -> None:
@@ -195,11 +219,13 @@ def _rows(summary: Mapping[str, Mapping[str, Mapping]], reference: str) -> list[
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    rows = [("mode", "underlay", "Gbit/s", f"x {reference}", "CPU s/GB", "sys CPU s/GB", "RTT p50 us",
-             "RTT p99 us", "runs")]
+    rows = [("mode", "underlay", "Gbit/s", f"x {reference}", "CPU s/GB", "endpoint user/kernel s/GB",
+             "sys CPU s/GB", "RTT p50 us", "RTT p99 us", "runs")]
     for mode, by_ul in summary.items():
         for ul, s in by_ul.items():
-            rows.append((mode, ul, f(s["gbps"], ".2f"), f(s.get(key), ".2f"), f(s["cpu_s_per_gb"], ".3f"),
+            user, kern = s.get("endpoint_user_s_per_gb"), s.get("endpoint_kernel_s_per_gb")
+            split = "-" if user is None or kern is None else f"{user:.2f} / {kern:.2f}"
+            rows.append((mode, ul, f(s["gbps"], ".2f"), f(s.get(key), ".2f"), f(s["cpu_s_per_gb"], ".3f"), split,
                          f(s["cpu_s_per_gb_system"], ".3f"), f(s["rtt_p50_us"], ".0f"), f(s["rtt_p99_us"], ".0f"),
                          str(s["runs"])))
     return rows
