@@ -6,7 +6,9 @@ whether the driver holds a coalesced run (then the next read should not block: :
 nothing more is waiting the loop calls :meth:`flush` and writes what it returns.
 
 State is bounded: at most one held run (the first half of a sender's 64 KB super-packet that the next
-read may continue, :func:`udpnest.rxpipe.merge`), never a flow table.  Every datagram is accounted for:
+read may continue, :func:`udpnest.rxpipe.merge`, or a one-datagram read that is a TCP segment,
+:func:`udpnest.rxpipe.single_run`, kept as a copy and replayed through the one-datagram path if nothing
+continues it), never a flow table.  Every datagram is accounted for:
 written, handed to the control plane, or counted in ``drops`` under its :class:`~udpnest.wire.errors.Reason`.
 Counters (``reads``, ``bytes``, ``merged_reads``, ``coalesce_<outcome>``, ``native_deferred``) go into
 the ``counts`` mapping the caller hands in (the endpoint's RX :class:`~udpnest.endpoint.Stats`).
@@ -117,13 +119,18 @@ class RxDriver:
             self.drops[Reason.NO_PEER.value] += max(1, -(-n // gso)) if gso else 1
             return out
         res = None
-        run = self._single_run(buf, n) if self._single_candidate(n, gso, key) else None
+        run = None
+        if (n >= self.single_min or self.pending is not None) and self._single_candidate(n, gso, key):
+            run = self._single_run(buf, n)  # (an ACK with nothing held costs the one comparison)
         single = run is not None
         if not single:
             res = self._receive(buf, n, gso)
             if res.outcome is not _SINGLE:  # one datagram: reads minus the other outcomes
                 c[_OUTCOME_KEYS[res.outcome]] += 1
             run = res.run
+            # the payload views point into buf: copy them out before the next read reuses it
+            if run is not None and any(p.__class__ is not bytes for p in run.payloads):  # native: bytes already
+                run = run._replace(payloads=tuple(bytes(p) for p in run.payloads))
         reads = 1  # reads the run is made of (merged reads counted in the reads_per_super_packet histogram)
         raw = None  # a held single's datagram
         if self.pending is not None:
@@ -145,11 +152,7 @@ class RxDriver:
             # it ends a run but continued none: the one-datagram path, as always
             res = self._receive(buf, n, gso)
             run = None
-        if run is not None:
-            # the payload views point into buf: copy them out before the next read reuses it
-            if any(p.__class__ is not bytes for p in run.payloads):  # the native engine's are bytes already
-                run = run._replace(payloads=tuple(p if p.__class__ is bytes or p.obj.__class__ is bytes else bytes(p)
-                                                  for p in run.payloads))
+        if run is not None:  # (its payloads are bytes, or views of a held single's own copy)
             if run.extendable:
                 self.pending = (run, key, reads, None)
             else:
