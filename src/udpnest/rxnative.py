@@ -155,6 +155,7 @@ class Receiver:
         self.counts: Counter = counts if counts is not None else Counter()
         self.folds: list[bytes] = []  # templates of validated FOLD headers (fold_template), newest first
         self.last: tuple | None = None  # (row_len, first row's headers, keep mask, csum offsets, frame info)
+        self.prev: tuple | None = None  # the entry self.last replaced (a flow's full and short single reads)
 
     def receive(self, buf, n: int, gso: int) -> RxResult:
         mv = memoryview(buf)[:n]
@@ -219,12 +220,18 @@ class Receiver:
         self.folds.insert(0, tpl)
 
     def _info(self, mv: memoryview, row_len: int):
-        """_frame_info of the first row; reused from the previous read when its first row has the same
+        """_frame_info of the first row; reused from the previous read (or the one before it: a flow's
+        full-sized and short one-datagram reads alternate) when its first row has the same
         length and the same bytes outside the per-segment fields, the TCP fields the parse does not read
         and (fold) the carried IPv4 ID, and its nested UDP checksums are zero or not alike: the parse reads
         nothing else, so it would give the same result (with that row's own carried headers)."""
         last = self.last
-        if last is not None and last[0] == row_len and _native.rx_same(mv, last[1], last[2], last[3]):
+        hit = last is not None and last[0] == row_len and _native.rx_same(mv, last[1], last[2], last[3])
+        if not hit:
+            prev = self.prev
+            if prev is not None and prev[0] == row_len and _native.rx_same(mv, prev[1], prev[2], prev[3]):
+                self.last, self.prev, last, hit = prev, last, prev, True
+        if hit:
             info, carried = last[4], last[5]
             if carried is not None:  # fold: the carried headers are this row's (their IPv4 ID is per packet)
                 off, end = carried
@@ -253,6 +260,7 @@ class Receiver:
                 c = info.carried[0]
                 if not c.flags & F_V6:
                     keep[carried[0] + c.l2 + 4 : carried[0] + c.l2 + 6] = b"\0\0"
+            self.prev = self.last
             self.last = (row_len, bytes(mv[: G + lay.hdr_len]), bytes(keep), offs, info, carried,
                          (G, lay.hdr_len, *_layout_args(G, lay), self.verify))
         return info
