@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +26,7 @@ from udpnest.engine import native_available
 from udpnest.fold import DEFAULT_PORTS, find_levels, fold, gro_hint_for
 from udpnest.gso import segment_tcp, tcp_layout
 from udpnest.rxdriver import RxDriver
-from udpnest.rxpipe import _frame_info, receive, rows_of
+from udpnest.rxpipe import Run, _frame_info, receive, rows_of
 from udpnest.wire import csum
 from udpnest.wire.errors import Reason
 from udpnest.wire.geneve import build_geneve, build_option
@@ -141,6 +142,32 @@ def _field_flip(rng: random.Random, b: bytearray, n: int, gso: int) -> None:
         b[i] ^= 1 << rng.randrange(8)
 
 
+def mixed_read(rng: random.Random, mode: str, depth: int) -> list[tuple[bytes, int, int]] | None:
+    """Two bursts of one flow in one UDP_GRO read (rxpipe.split_plan): the first's full rows, then the
+    next's, which starts a new GSO-partial train (new nested IPv4 IDs), follows a PSH, or leaves a sequence
+    gap; None when the two do not cut into rows of one length."""
+    mss = rng.choice((1000, 1400, 1397))
+    levels = _levels(rng, depth)
+    ip = _ip(rng, rng.random() < 0.5)
+    seq = rng.randrange(1 << 32)
+    n1 = rng.randrange(1, 7)
+    opts = rng.choice((None, [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]))
+    f1 = P.frame(levels, P.Inner(ip=ip, payload=rng.randbytes(n1 * mss), seq=seq, tcp_options=opts,
+                                 flags=rng.choice(("A", "A", "PA"))))
+    if rng.random() < 0.6:  # a new train: new nested IDs (fixed within the train, as Linux's GSO partial)
+        levels = [replace(t, ip=replace(t.ip, ident=rng.randrange(65536))) for t in levels]
+    ip2 = replace(ip, ident=(ip.ident + n1) & 0xFFFF) if not ip.v6 else ip
+    seq2 = (seq + n1 * mss + (0 if rng.random() < 0.8 else mss)) & 0xFFFFFFFF
+    f2 = P.frame(levels, P.Inner(ip=ip2, payload=rng.randbytes(rng.choice((1, 999, 5001, 20000))), seq=seq2,
+                                 tcp_options=opts, flags=rng.choice(("A", "PA"))))
+    d1, row1 = datagrams(rng, f1, mode, mss)
+    d2, row2 = datagrams(rng, f2, mode, mss)
+    if row1 != row2 or len(d2) < 2 or any(len(d) != row1 for d in d1):
+        return None
+    buf = b"".join(d1 + d2)
+    return [(buf, len(buf), row1)]
+
+
 def reads_for(rng: random.Random, *, corrupt_p: float = 0.3) -> list[tuple[bytes, int, int, str]]:
     """A short sequence of reads as an RX loop sees them."""
     out = []
@@ -162,6 +189,8 @@ def reads_for(rng: random.Random, *, corrupt_p: float = 0.3) -> list[tuple[bytes
             else:
                 dg = rng.randbytes(rng.randrange(64))
             items = [(dg, len(dg), 0)]
+        elif kind == 3 and (mixed := mixed_read(rng, mode, depth)) is not None:
+            items = mixed
         else:
             payload = rng.choice((1, 999, 1000, 5001, 20000, 40321, 64000))
             mss = rng.choice((1000, 1400, 1397, 1320))
@@ -371,6 +400,41 @@ def test_single_reads_do_merge():
     assert merged > 50, merged
 
 
+def mixed_reads_for(rng: random.Random, *, corrupt_p: float = 0.2) -> list[tuple[bytes, int, int, str]]:
+    """Reads that mix two bursts (mixed_read), some split in two (the first piece merges with the held
+    run), some with a corrupted row or field, between ordinary reads."""
+    out = []
+    while len(out) < 4:
+        mode = rng.choice(("plain", "hint", "fold"))
+        items = mixed_read(rng, mode, rng.choice((0, 1, 1, 2)))
+        if items is None:
+            continue
+        buf, n, g = items[0]
+        if rng.random() < 0.3 and n > 3 * g:  # the first rows a read of their own
+            cut = rng.randrange(2, n // g) * g
+            items = [(buf[:cut], cut, g), (buf[cut:], n - cut, g)]
+        for b, m, gg in items:
+            if rng.random() < corrupt_p:
+                b, m, gg = corrupt(rng, b, gg)
+            out.append((b, m, gg, rng.choices((PEER, OTHER), (95, 5))[0]))
+    return out
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), corrupt_p=st.sampled_from((0.0, 0.3, 1.0)))
+def test_engines_agree_on_mixed_reads(seed, corrupt_p):
+    same(mixed_reads_for(random.Random(seed), corrupt_p=corrupt_p))
+
+
+def test_mixed_reads_do_split():
+    """The reads above do exercise the split (rxpipe.split_plan), not only the one-datagram path."""
+    rng = random.Random(6)
+    counts: Counter = Counter()
+    for _ in range(20):
+        counts += drive("python", mixed_reads_for(rng, corrupt_p=0.0))[1]
+    assert counts["coalesce_split"] > 15, counts
+
+
 # --- fuzz: the native engine as hard as the Python one --------------------------------------------------
 def _fuzz(engine: str, n_target: int, seed: int) -> int:
     """Mutated reads through one engine: no exception, every datagram accounted for. Returns inputs run."""
@@ -436,12 +500,12 @@ def _fuzz_fast(engine: str, n_target: int, seed: int) -> int:
         elif r < 0.15 and g:
             gg = max(0, g + rng.choice((-4, -1, 1, 4)))
         res = receive_one(b, m, gg)
-        if res.run is not None:
-            d._finish_run(res.run)
+        runs = [p for p in res.pieces if p.__class__ is Run] + ([res.run] if res.run is not None else [])
+        for r in runs:
+            d._finish_run(r)
         if i % 10 == 0:
             written = sum(w.segments if gg else 1 for w in res.writes)
-            if res.run is not None:
-                written += res.run.segments
+            written += sum(1 for p in res.pieces if p.__class__ is not Run) + sum(r.segments for r in runs)
             assert written + len(res.control) + sum(c for _, c in res.drops) == (rows_of(m, gg)[0] if gg else 1)
         for f in flips:
             b[f] ^= 1 << (f % 8)
@@ -502,8 +566,8 @@ def _fuzz_core(n_target: int, seed: int) -> int:
                     refused += 1
         if i % 64 == 0:
             res = rcv.receive(b, m, gg)
-            if res.run is not None:
-                rxnative.finish(res.run)  # the super-packet's headers (rx_super)
+            for r in [p for p in res.pieces if p.__class__ is Run] + ([res.run] if res.run is not None else []):
+                rxnative.finish(r)  # the super-packet's headers (rx_super)
         for f, bit in flips:
             b[f] ^= bit
     return n_target

@@ -91,14 +91,31 @@ def kind_of(mode: str, case: Case) -> Kind:
     return Kind.FOLD if mode == "fold" and case.udp_off is not None else Kind.PLAIN
 
 
+def assert_split(res, dgs: list[bytes], single) -> None:
+    """Not coalesced whole, nothing lost: since the split (rxpipe.split_plan) each run of 2+ rows that does
+    coalesce on its own is one super-packet, byte-identical to those rows as a read of their own; every other
+    row is written one datagram at a time (``single(row index, write)`` checks it), in order."""
+    assert not (len(res.writes) == 1 and res.writes[0].segments == len(dgs)), "coalesced though it must not be"
+    i = 0
+    for w in res.writes:
+        if w.segments > 1:
+            [own] = receive(*read_of(dgs[i : i + w.segments])).writes
+            assert (w.vnet, frame_of(w)) == (own.vnet, frame_of(own))
+        else:
+            assert w.vnet == ZERO24
+            single(i, w)
+        i += w.segments
+    assert i == len(dgs), "rows lost"
+
+
 def assert_fallback(res, case: Case, mode: str, prefix: bytes, dgs: list[bytes], super_frame: bytes) -> None:
     assert not res.drops and not res.control
-    assert len(res.writes) == len(dgs), "coalesced (or lost) though it must not be"
-    for w, dg in zip(res.writes, dgs, strict=True):
-        assert w.vnet == ZERO24
-        assert w.segments == 1
+
+    def single(i: int, w) -> None:
         assert w.kind is kind_of(mode, case)
-        assert frame_of(w) == expected_single(case, mode, prefix, dg, super_frame)
+        assert frame_of(w) == expected_single(case, mode, prefix, dgs[i], super_frame)
+
+    assert_split(res, dgs, single)
 
 
 def set_flag_and_fix(case: Case, mode: str, prefix: bytes, dg: bytes, *, flags_or: int = 0, ip_id: int | None = None,
@@ -262,11 +279,14 @@ def test_fallback_two_flows(mode, nest, inner_v6):
     assert pa == pb and sa.row_len == sb.row_len
     dgs = sa.datagrams()[:2] + sb.datagrams()[2:]
     res = receive(*read_of(dgs))
-    assert not res.drops and len(res.writes) == len(dgs)
-    for i, (w, dg) in enumerate(zip(res.writes, dgs, strict=True)):
+    assert not res.drops
+    assert [w.segments for w in res.writes] == [2, len(dgs) - 2]  # split where flow b starts
+
+    def single(i: int, w) -> None:  # pragma: no cover - every row is in a run here
         c = a if i < 2 else b
-        assert w.vnet == ZERO24
-        assert frame_of(w) == expected_single(c, mode, pa, dg, c.frame())
+        assert frame_of(w) == expected_single(c, mode, pa, dgs[i], c.frame())
+
+    assert_split(res, dgs, single)
 
 
 @pytest.mark.parametrize(("mode", "nest", "inner_v6"), MODES_NESTS, ids=MN_IDS)
@@ -316,7 +336,8 @@ def test_fallback_different_geneve_header(mode, what):
 
 @pytest.mark.parametrize("mode", ["plain", "fold"])
 def test_fallback_last_row_longer_than_rows(mode):
-    """The last datagram is longer than gso_size: its tail becomes a row of its own; never coalesced."""
+    """The last datagram is longer than gso_size: its tail becomes a row of its own; never coalesced with
+    it (the read is split before it: the two full rows before it are a super-packet of their own)."""
     case = Case(nest="vx4", payload_len=3000)
     prefix, _, segs = cut(case, mode, 1000)
     long_case = Case(nest="vx4", payload_len=1004, seq=case.seq + 2000)
@@ -325,11 +346,11 @@ def test_fallback_last_row_longer_than_rows(mode):
     buf, n, g = read_of(dgs)
     assert rows_of(n, g) == (4, g, 4)
     res = receive(buf, n, g)
-    assert all(w.vnet == ZERO24 and w.segments == 1 for w in res.writes)
+    assert all(w.vnet == ZERO24 and w.segments == 1 for w in res.writes[1:])
     assert (Reason.TRUNCATED_GENEVE, 1) in res.drops
-    assert len(res.writes) + len(res.drops) == 4
-    assert [frame_of(w) for w in res.writes[:2]] == [expected_single(case, mode, prefix, d, case.frame())
-                                                     for d in dgs[:2]]
+    assert sum(w.segments for w in res.writes) + len(res.drops) == 4
+    assert res.writes[0].segments == 2
+    assert frame_of(res.writes[0]) == frame_of(receive(*read_of(dgs[:2])).writes[0])
 
 
 @pytest.mark.parametrize("mode", ["plain", "fold"])
@@ -345,8 +366,11 @@ def test_fallback_last_row_too_short(mode, last):
     else:
         dgs.append(dgs[0][:20])
     res = receive(*read_of(dgs))
-    assert all(w.vnet == ZERO24 for w in res.writes)
-    assert len(res.writes) + sum(c for _, c in res.drops) == len(dgs)
+    # split before the last row (rxpipe.split_plan): the data rows one super-packet, the last one datagram
+    assert res.writes[0].segments == len(dgs) - 1
+    assert frame_of(res.writes[0]) == frame_of(receive(*read_of(dgs[:-1])).writes[0])
+    assert all(w.vnet == ZERO24 for w in res.writes[1:])
+    assert sum(w.segments for w in res.writes) + sum(c for _, c in res.drops) == len(dgs)
 
 
 @pytest.mark.parametrize("mode", ["plain", "fold"])
@@ -548,7 +572,8 @@ def test_junk_dropped_with_reason(name):
 
 
 def test_junk_among_good_rows():
-    """One bad row in a GRO read: dropped with its reason, the other rows written one by one."""
+    """One bad row in a GRO read: dropped with its reason; the row before it written alone, the rows after it
+    one super-packet (the read is split at the bad row, rxpipe.split_plan)."""
     case = Case(nest="vx4", payload_len=4001)
     prefix, _, segs = cut(case, "fold", 1000)
     dgs = segs.datagrams()
@@ -557,9 +582,9 @@ def test_junk_among_good_rows():
     dgs[1] = bytes(bad)
     res = receive(*read_of(dgs))
     assert res.drops == [(Reason.BAD_FOLD_VERSION, 1)]
-    assert len(res.writes) == len(dgs) - 1
-    want = [expected_single(case, "fold", prefix, d, case.frame()) for i, d in enumerate(dgs) if i != 1]
-    assert [frame_of(w) for w in res.writes] == want
+    assert [w.segments for w in res.writes] == [1, len(dgs) - 2]
+    assert frame_of(res.writes[0]) == expected_single(case, "fold", prefix, dgs[0], case.frame())
+    assert frame_of(res.writes[1]) == frame_of(receive(*read_of(dgs[2:])).writes[0])
 
 
 # --- rows_of ---------------------------------------------------------------------------------------------
@@ -673,4 +698,5 @@ def test_bad_ipv4_header_checksum_not_coalesced(mode, level):
     b[ip + 10] ^= 0x11
     dgs[2] = bytes(b)
     res = receive(*read_of(dgs))
-    assert len(res.writes) == len(dgs) and all(w.vnet == ZERO24 for w in res.writes)  # actual: 1 GSO write
+    # split around the bad row (rxpipe.split_plan), which goes alone with a zero vnet header
+    assert [w.segments for w in res.writes] == [2, 1, len(dgs) - 3] and res.writes[1].vnet == ZERO24

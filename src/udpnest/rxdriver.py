@@ -38,6 +38,7 @@ READS_HIST_MAX = 3
 _SINGLE = rxpipe.Outcome.SINGLE
 _OUTCOME_KEYS = {o: f"coalesce_{o.value}" for o in rxpipe.Outcome}
 _SINGLE_MERGED = _OUTCOME_KEYS[rxpipe.Outcome.SINGLE_MERGED]
+_SPLIT = _OUTCOME_KEYS[rxpipe.Outcome.SPLIT]
 
 
 class RxOut(NamedTuple):
@@ -127,6 +128,9 @@ class RxDriver:
             res = self._receive(buf, n, gso)
             if res.outcome is not _SINGLE:  # one datagram: reads minus the other outcomes
                 c[_OUTCOME_KEYS[res.outcome]] += 1
+            if res.pieces:
+                self._pieces(res, key, out)
+                return out
             run = res.run
             # the payload views point into buf: copy them out before the next read reuses it
             if run is not None and any(p.__class__ is not bytes for p in run.payloads):  # native: bytes already
@@ -165,6 +169,42 @@ class RxDriver:
             for pkt, dg in res.control:
                 out.control.append((pkt, key, len(dg)))
         return out
+
+    def _pieces(self, res: rxpipe.RxResult, key: str, out: RxOut) -> None:
+        """A split read (rxpipe.split_plan): its pieces in order.  Only the first may continue the held run;
+        a later run is not merged with the piece before it (they are of one read: something broke between
+        them); only the last may be held for the next read.  Counted ``coalesce_split`` once."""
+        c = self.counts
+        c[_SPLIT] += 1
+        last = len(res.pieces) - 1
+        for i, piece in enumerate(res.pieces):
+            p = self.pending
+            if piece.__class__ is not rxpipe.Run:
+                if p is not None:
+                    self._finish(*p, out.writes)
+                    self.pending = None
+                out.writes.append((piece, key))
+                continue
+            run, reads = piece, 1
+            if any(q.__class__ is not bytes for q in run.payloads):  # views into buf: copy them out
+                run = run._replace(payloads=tuple(bytes(q) for q in run.payloads))
+            if p is not None:
+                joined = self._merge(p[0], run) if i == 0 and p[1] == key else None
+                if joined is not None:
+                    c["merged_reads"] += 1
+                    c[_SINGLE_MERGED] += p[3] is not None
+                    run, reads = joined, p[2] + 1
+                else:
+                    self._finish(*p, out.writes)
+                self.pending = None
+            if i == last and run.extendable:
+                self.pending = (run, key, reads, None)
+            else:
+                self._finish(run, key, reads, None, out.writes)
+        for reason, cnt in res.drops:
+            self.drops[reason.value] += cnt
+        for pkt, dg in res.control:
+            out.control.append((pkt, key, len(dg)))
 
     def flush(self) -> list[tuple[rxpipe.TapWrite, str]]:
         """Nothing more is waiting: the held run (if any) as its TAP write."""

@@ -29,6 +29,7 @@ from . import _native
 from .fold import DEFAULT_PORTS, F_CSUM_ZEROED, F_V6, FOLD_META_LEN, Encap, _Carried
 from .gso import Layout, aligned_mss
 from .rxpipe import (
+    SPLIT_OUTCOMES,
     Kind,
     Outcome,
     Run,
@@ -39,6 +40,8 @@ from .rxpipe import (
     _masks,
     _single,
     rows_of,
+    split_pieces,
+    split_plan,
     too_short,
 )
 from .rxpipe import merge as _merge
@@ -164,6 +167,10 @@ class Receiver:
             run = self._coalesce(mv, count, row_len, last_len)
             if run.__class__ is Run:
                 return RxResult([], [], [], run, _COALESCED)
+            if run in SPLIT_OUTCOMES:
+                res = self._split(mv, count, row_len, last_len, run)
+                if res is not None:
+                    return res
             return self._rows(mv, count, row_len, last_len, run)
         res = RxResult([], [], [])
         outcome = Outcome.SINGLE
@@ -174,6 +181,27 @@ class Receiver:
                 return res._replace(outcome=Outcome.WHOLE)
             outcome = w
         return self._rows(mv, count, row_len, last_len, outcome, res)
+
+    def _split(self, mv: memoryview, count: int, row_len: int, last_len: int, outcome: Outcome) -> RxResult | None:
+        """rxpipe.receive's split of a read that did not coalesce whole (rxpipe.split_plan), or None."""
+
+        def co(start: int, rows: int, ll: int) -> Run | Outcome:
+            s = start * row_len
+            return self._coalesce(mv[s : s + (rows - 1) * row_len + ll], rows, row_len, ll)
+
+        plan = split_plan(count, row_len, last_len, co)
+        if plan is None:
+            return None
+        res = RxResult([], [], [])
+
+        def singles(start: int, rows: int) -> list[TapWrite]:
+            s = start * row_len
+            end = start + rows
+            ll = last_len if end == count else row_len
+            tmp = RxResult([], res.drops, res.control)
+            return self._rows(mv[s : s + (rows - 1) * row_len + ll], rows, row_len, ll, outcome, tmp).writes
+
+        return res._replace(pieces=tuple(split_pieces(plan, singles, None)), outcome=outcome, split=True)
 
     def _rows(self, mv: memoryview, count: int, row_len: int, last_len: int, outcome: Outcome,
               res: RxResult | None = None) -> RxResult:

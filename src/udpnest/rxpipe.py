@@ -24,6 +24,8 @@ the configured VNI (``vni``), known critical options of the configured option cl
 Ethernet protocol (0x6558, or FOLD options whose innermost level says what follows); each refusal is a
 drop reason.  Why a read was not coalesced is an :class:`Outcome` (one counter each, ``coalesce_*``).
 
+A read that does not coalesce whole because some row breaks the run is split (:func:`split_plan`): each
+maximal run of 2+ rows becomes its own super-packet, the other rows take the one-datagram path, in order.
 Anything else goes through the one-datagram-at-a-time path, written with a zero vnet header so the
 workload's kernel verifies every checksum itself.  Pure: no I/O; the endpoint does the reads/writes.
 """
@@ -103,6 +105,7 @@ class Outcome(enum.Enum):
     FOLD_CSUM = "fold_csum"  # a FOLD level whose checksums were not zeroed by the sender
     TOO_LARGE = "too_large"  # the super-packet would exceed 64 KB
     SINGLE_MERGED = "single_merged"  # one TCP segment (a one-datagram read) merged with the read before/after it
+    SPLIT = "split"  # a read that did not coalesce whole, split into runs (counted besides its first break's outcome)
 
 
 class RxResult(NamedTuple):
@@ -111,6 +114,10 @@ class RxResult(NamedTuple):
     control: list[tuple[GenevePacket, memoryview]]  # echo request/reply packets for the endpoint
     run: Run | None = None  # with hold=True: the coalesced super-packet, not yet in ``writes``
     outcome: Outcome = Outcome.SINGLE
+    # a split read (:func:`split_plan`): with hold=True its pieces in order, each a Run (not finished) or a
+    # TapWrite (``writes`` and ``run`` empty); without hold, ``writes`` holds them all in order
+    pieces: tuple = ()
+    split: bool = False
 
 
 class Run(NamedTuple):
@@ -186,10 +193,104 @@ def receive(buf, n: int, gso_size: int, *, opt_class: int | None = DEFAULT_OPT_C
                 return res._replace(outcome=Outcome.COALESCED)
             run = Outcome.TOO_LARGE
         outcome = run
+        if outcome in SPLIT_OUTCOMES:
+
+            def co(start: int, rows: int, ll: int) -> Run | Outcome:
+                s = start * row_len
+                try:
+                    return _coalesce(mv[s : s + (rows - 1) * row_len + ll], rows, row_len, ll, opt_class, ports,
+                                     verify_csum, vni)
+                except ParseError:
+                    return Outcome.PARSE
+
+            plan = split_plan(count, row_len, last_len, co)
+            if plan is not None:
+
+                def singles(start: int, rows: int) -> list[TapWrite]:
+                    tmp = RxResult([], res.drops, res.control)
+                    for i in range(start, start + rows):
+                        s = i * row_len
+                        _single(mv[s : s + (last_len if i == count - 1 else row_len)], opt_class, tmp, vni)
+                    return tmp.writes
+
+                pieces = split_pieces(plan, singles, None if hold else finish)
+                if hold:
+                    return res._replace(pieces=tuple(pieces), outcome=outcome, split=True)
+                res.writes.extend(pieces)
+                return res._replace(outcome=outcome, split=True)
     for i in range(count):
         start = i * row_len
         _single(mv[start : start + (last_len if i == count - 1 else row_len)], opt_class, res, vni)
     return res._replace(outcome=outcome)
+
+
+#: whole-read outcomes after which a read is split (:func:`split_plan`): a row breaks the run; the others
+#: (ineligible, parse, fold_csum: the first row's frame; too_large) leave the read to the one-datagram way
+SPLIT_OUTCOMES = frozenset({Outcome.LENGTHS, Outcome.SHORT, Outcome.HDR_MISMATCH, Outcome.FLAGS, Outcome.SEQ,
+                            Outcome.IDS, Outcome.CSUM})
+
+
+def split_plan(count: int, row_len: int, last_len: int, coalesce) -> list[tuple[int, int, Run | None]] | None:
+    """A read that did not coalesce whole, cut into pieces at each row that breaks the run: in order,
+    ``(first row, rows, Run)`` for each maximal run of 2+ rows and ``(first row, rows, None)`` for rows
+    that go the one-datagram way; None when no run of 2+ rows results (the read goes as before).
+
+    ``coalesce(first row, rows, last_len)`` is the engine's coalesce of those rows as one read (a Run or
+    the Outcome why not).  Whether rows ``i .. i+m-1`` coalesce is monotone in ``m`` (each rule compares a
+    row with the first or its predecessor; the last row may carry PSH/FIN), so from row ``i`` the longest
+    run is found by trying 2, 4, 8, ... rows and bisecting after the first failure: O(k log k) row checks
+    for a run of k rows (whole-read failures at row 0 leave ``count`` rows known not to coalesce).  A row
+    that does not start a run of 2 (bad checksum, not TCP, ...) goes the one-datagram way; the scan goes on
+    with the next row.  Both engines use this with their own ``coalesce`` (which agree), so they cut alike.
+    """
+    plan: list[tuple[int, int, Run | None]] = []
+    runs = 0
+    i = 0
+    while i < count:
+        n = count - i
+        lo, hi, best = 1, (n if i == 0 else n + 1), None  # lo rows do coalesce (1: trivially), hi do not
+        m = 2
+        while m < hi:
+            r = coalesce(i, m, last_len if i + m == count else row_len)
+            if r.__class__ is not Run:
+                hi = m
+                break
+            lo, best = m, r
+            m = min(2 * m, hi - 1) if m < hi - 1 else hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            r = coalesce(i, mid, last_len if i + mid == count else row_len)
+            if r.__class__ is Run:
+                lo, best = mid, r
+            else:
+                hi = mid
+        if best is None:
+            if plan and plan[-1][2] is None:
+                plan[-1] = (plan[-1][0], plan[-1][1] + 1, None)
+            else:
+                plan.append((i, 1, None))
+            i += 1
+        else:
+            plan.append((i, lo, best))
+            runs += 1
+            i += lo
+    return plan if runs else None
+
+
+def split_pieces(plan, singles, finish_run) -> list:
+    """The pieces of a split read in order: each Run as it is (``finish_run`` None: held by the caller) or
+    as its TapWrite (``finish_run``; a run that cannot be one super-packet goes the one-datagram way), the
+    other rows as ``singles(first row, rows)`` returns them (the engine's one-datagram path)."""
+    out: list = []
+    for start, rows, run in plan:
+        if run is None:
+            out.extend(singles(start, rows))
+        elif finish_run is None:
+            out.append(run)
+        else:
+            w = finish_run(run)
+            out.extend(singles(start, rows) if w is None else (w,))
+    return out
 
 
 def _hdr_csums_ok(mv: memoryview, count: int, row_len: int, last_len: int, G: int, lay: Layout) -> bool:
