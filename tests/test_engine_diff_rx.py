@@ -564,6 +564,15 @@ def _fuzz_core(n_target: int, seed: int) -> int:
                 except ValueError as e:
                     assert "layout does not fit" in str(e), e
                     refused += 1
+                # the first row alone as a one-datagram segment (count 0, rxpipe.single_run) and as a whole
+                # super-packet (count 1, rxpipe._whole), with a length that may cut into the headers
+                one = min(row, m) if rng.random() < 0.9 else min(m, rng.randrange(G + H + 1, row + 1))
+                for c in (0, 1):
+                    if one > G + H:
+                        try:
+                            _native.rx_coalesce(mv[:one], c, one, one, G, H, *lay[2:], True)
+                        except ValueError as e:
+                            assert "layout does not fit" in str(e), e
         if i % 64 == 0:
             res = rcv.receive(b, m, gg)
             for r in [p for p in res.pieces if p.__class__ is Run] + ([res.run] if res.run is not None else []):
