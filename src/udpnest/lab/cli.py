@@ -175,7 +175,8 @@ How to read it (table above; the PNG named by "plot:" shows the same numbers as 
     so the underlay sees one UDP level and GSO/GRO work.  udpnest-fold against udpnest-plain is what folding
     gains; against kernel-vxlan-in-vxlan, how far this userspace endpoint is from the kernel's double tunnel.
   - right panel / "CPU s/GB": CPU seconds spent per GB moved (docs/performance.md says what is counted):
-    lower is better.
+    lower is better.  "endpoint user/kernel s/GB": the udpnest endpoints' part of it, split into their own
+    work (user: Python and the C core) and the kernel's in their syscalls.
   - "offload" vs "wire" underlay: veth with GSO/GRO on, or off as on a NIC without tunnel offloads.
   - RTT p50/p99: request/response latency of small messages (a userspace hop adds to it).
 Where the numbers come from and how they were measured: docs/performance.md."""
