@@ -200,7 +200,9 @@ print(json.dumps({"bytes": total, "sha256": h.hexdigest(), "seconds": secs}), fl
 
 _TCP_SENDER = r"""
 import hashlib, json, random, socket, sys, time
+import select
 addr, port, total, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+# total 0: send until standard input closes (TcpTransfer.stop), however fast the path is
 rng = random.Random(seed)
 CH = 1 << 20
 POOL = 8 << 20
@@ -218,8 +220,8 @@ while True:
 s.settimeout(120)
 sent = 0
 t0 = time.monotonic()
-while sent < total:
-    n = min(CH, total - sent)
+while sent < total if total else not select.select([sys.stdin], [], [], 0)[0]:
+    n = min(CH, total - sent) if total else CH
     off = rng.randrange(POOL)
     chunk = pool[off:off + n]
     h.update(chunk)
@@ -240,9 +242,14 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
 
 
 class TcpTransfer:
-    """``total`` bytes from workload A to workload B over the nested VXLAN, sha256 on both ends."""
+    """``total`` bytes from workload A to workload B over the nested VXLAN, sha256 on both ends.
 
-    def __init__(self, spec: LabSpec, total: int, port: int = 5301, seed: int = 4242, timeout: float = 120.0):
+    ``total=None`` sends until :meth:`stop` (or :meth:`wait`, which stops first): a test that must do something
+    *during* a transfer then does not depend on how fast the path is (CI once finished 1 GiB before a
+    4-second junk flood did)."""
+
+    def __init__(self, spec: LabSpec, total: int | None, port: int = 5301, seed: int = 4242,
+                 timeout: float = 120.0):
         self.spec, self.total, self.port, self.seed, self.timeout = spec, total, port, seed, timeout
         self.receiver: subprocess.Popen | None = None
         self.sender: subprocess.Popen | None = None
@@ -258,16 +265,24 @@ class TcpTransfer:
             raise RuntimeError(f"receiver: {line!r} {self.receiver.stderr.read() if self.receiver.poll() else ''}")
         self.sender = subprocess.Popen(
             bench.ns_argv(self.spec.ns("wa"), [sys.executable, "-c", _TCP_SENDER, addr, str(self.port),
-                                               str(self.total), str(self.seed)]),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                                               str(self.total or 0), str(self.seed)]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL if self.total else subprocess.PIPE, text=True)
         self.t0 = time.monotonic()
         return self
 
     def running(self) -> bool:
         return self.sender is not None and self.sender.poll() is None
 
+    def stop(self) -> None:
+        """End an open-ended transfer: the sender finishes its chunk, shuts down and reports."""
+        if self.sender is not None and self.sender.stdin is not None and not self.sender.stdin.closed:
+            self.sender.stdin.close()
+            self.sender.stdin = None  # communicate() would flush the closed pipe
+
     def wait(self) -> tuple[dict, dict]:
         """(sender result, receiver result); raises with both processes' stderr on failure."""
+        self.stop()
         try:
             s_out, s_err = self.sender.communicate(timeout=self.timeout)
             r_out, r_err = self.receiver.communicate(timeout=15)

@@ -230,7 +230,7 @@ def test_ready_reload_under_traffic_and_clean_stop(lab_v4, endpoints):
         st = a.status()  # dropped by the kernel source filter (io/bpf.py), or without one counted as no_peer
         assert st["underlay"].get("source_filter") or st["drops"].get("no_peer", 0) >= 1, st
 
-        with nestlab.TcpTransfer(spec, 512 * nestlab.MIB, port=5332) as t:
+        with nestlab.TcpTransfer(spec, None, port=5332) as t:
             time.sleep(0.5)
             assert t.running()
             # 1. a new peer
@@ -248,9 +248,9 @@ def test_ready_reload_under_traffic_and_clean_stop(lab_v4, endpoints):
             _reload(a, notify, 3)
             after = new_peer_echo(lab, 1.5)
             sent, got = t.wait()
-        assert during, "the transfer had finished before the reloads: make it longer"
+        assert during, "the transfer had finished before the reloads"
         assert hint_during > hint_before == 0, (hint_before, hint_during)  # A sent in hint mode after reload 2
-        assert got["sha256"] == sent["sha256"] and got["bytes"] == sent["bytes"] == 512 * nestlab.MIB
+        assert got["sha256"] == sent["sha256"] and got["bytes"] == sent["bytes"] > 0
         assert after["reply"], after  # the new peer is reachable: the RX process and the prober know it
         assert after["requests"] >= 1, after  # and A probes it
         assert _ifindex(a.plan.netns, a.plan.tap_ifname) == tap_index  # the TAP was not re-created

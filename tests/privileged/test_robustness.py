@@ -222,7 +222,7 @@ def test_junk_flood_from_the_peer_during_a_transfer(lab_v4, endpoints):
     count = 100_000
     before = b.settled_status()
     rss0 = rss_kb(before["pid"])
-    with nestlab.TcpTransfer(spec, 1 * nestlab.GIB, port=5410, timeout=240) as t:
+    with nestlab.TcpTransfer(spec, None, port=5410, timeout=240) as t:
         time.sleep(0.3)
         flood = Flood(spec.ns("ha"), b.plan.underlay_remote, b.plan.underlay_local, topology.GENEVE_PORT, pkts,
                       lab.tmp, pps=25_000, count=count)
@@ -231,7 +231,7 @@ def test_junk_flood_from_the_peer_during_a_transfer(lab_v4, endpoints):
         sent, got = t.wait()
     assert got["sha256"] == sent["sha256"] and got["bytes"] == sent["bytes"]
     assert res["sent"] == count
-    assert still_running, "the transfer ended before the flood did: make it longer"
+    assert still_running, "the transfer ended before the flood did"
     assert a.running() and b.running(), b.log_text()[-3000:]
     after = b.settled_status(ignore_drops=())
     n = counted(after) - counted(before)
@@ -371,7 +371,7 @@ def test_kill9_and_restart_mid_transfer(lab_v4, endpoints, restart_as):
     a, b = eps.pair("fold", extra=PROBE)
     nestlab.wait_modes([a, b], "fold", timeout=5)
     mac_b = _tap_mac(b.plan.netns, b.plan.tap_ifname)
-    with nestlab.TcpTransfer(spec, nestlab.GIB, port=5430 + (restart_as == "off"), timeout=240) as t:
+    with nestlab.TcpTransfer(spec, None, port=5430 + (restart_as == "off"), timeout=240) as t:
         deadline = time.monotonic() + 60
         while a.status()["tx"].get("mode_fold", 0) < 2000:
             assert t.running() and time.monotonic() < deadline, "transfer not progressing"
@@ -392,7 +392,7 @@ def test_kill9_and_restart_mid_transfer(lab_v4, endpoints, restart_as):
             nestlab.wait_modes([a, b2], "fold", timeout=10)
         assert t.running(), "transfer ended during the outage"
         sent, got = t.wait()
-    assert got["sha256"] == sent["sha256"] and got["bytes"] == sent["bytes"] == nestlab.GIB
+    assert got["sha256"] == sent["sha256"] and got["bytes"] == sent["bytes"] > 0
     # the restart itself (interpreter, native core, TAP, lab routes) takes seconds on a busy machine; a new TAP
     # MAC cost 72-75 s on top until the far workload's neighbour entry failed
     assert outage < 15, f"B was away for {outage:.1f}s"
