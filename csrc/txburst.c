@@ -381,14 +381,18 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
             PyErr_Clear();
             break;
         }
-        PyObject *mv = PyMemoryView_FromMemory((char *)buf, n, PyBUF_READ);
-        if (mv == NULL)
-            goto fail;
-        PyObject *vh = call(f_vnet_check, PyTuple_Pack(1, mv)); /* the reference's validation and reasons */
-        Py_DECREF(mv);
-        if (vh == NULL)
-            break;
-        Py_DECREF(vh);
+        if (buf[1] != 0) {
+            /* a GSO header: the reference's validation (VnetHdr.check); gso_type 0 passes it whatever the
+             * other fields (finish_csum checks csum_start/offset against the frame) */
+            PyObject *mv = PyMemoryView_FromMemory((char *)buf, n, PyBUF_READ);
+            if (mv == NULL)
+                goto fail;
+            PyObject *vh = call(f_vnet_check, PyTuple_Pack(1, mv));
+            Py_DECREF(mv);
+            if (vh == NULL)
+                break;
+            Py_DECREF(vh);
+        }
         /* the vnet fields (little-endian; wire/vnet.py): validated by vnet_check above */
         unsigned flags = buf[0], gt = buf[1], gso_size = buf[4] | buf[5] << 8;
         unsigned cs = buf[6] | buf[7] << 8, co = buf[8] | buf[9] << 8, outer_th = buf[20] | buf[21] << 8;
