@@ -423,3 +423,33 @@ def test_snapshot_rebuilds_on_versions_and_never_outlives_fold_validity(monkeypa
         assert MAC_A not in b.snapshot(100.0 + AGEING)[0][0]  # expired
     finally:
         h.close()
+
+
+def test_a_malformed_snapshot_hands_back_never_crashes(monkeypatch):
+    """The C entry trusts nothing in the snapshot: a bad peer index, mode or address hands the frame back."""
+    h = Harness(True, monkeypatch)
+    try:
+        ep = h.ep
+        ep._batch = {}
+        buf = bytearray(24 + 65536 + 64)
+        conf = txburst.TxBurst(ep).rebuild(100.0)[1]
+        addr = ep.peers[h.keys[0]].sockaddr
+        for peers_, idx in [(((addr, 2),), 5), (((addr, 2),), -1), (((addr, 7),), 0), ((("x",),), 0),
+                            (((addr, 2),), "0")]:
+            h.b.send(ack(MAC_A, 1))
+            h.b.send(sp(MAC_A, 3000))
+            snap = ({MAC_A: idx}, peers_, 0.0, 16)
+            for _ in range(2):
+                rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, snap, conf)
+                assert rc == engine._native.TXB_HANDBACK and counts[0] == 0, (peers_, idx)
+            while True:  # empty the TAP
+                rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, ({}, (), 0.0, 16), conf)
+                if rc == engine._native.TXB_EMPTY:
+                    break
+        ep._batch = {}
+        with pytest.raises(TypeError):
+            engine._native.tx_burst(ep.tap.fd, buf, ep, [], conf)
+        with pytest.raises(ValueError):
+            engine._native.tx_burst(ep.tap.fd, buf, ep, ({}, (), 0.0, 16), conf[:-1] + ((),))
+    finally:
+        h.close()
