@@ -113,6 +113,7 @@ class Endpoint:
         # which engine does the per-packet work (udpnest.engine); an unusable choice fails here, loudly
         self.engine = check_engine(getattr(cfg, "engine", None))
         self._batch: dict | None = None  # socket -> [(datagram, addr)] while _tx_loop batches (native)
+        self._tx_burst = None  # txburst.TxBurst: the native TX burst's snapshot (the TX thread's)
         self._kh: tuple | None = None  # _send_kernel: (cfg, addr, ktx, per-peer arguments, per-config arguments)
         self.planner = TxPlanner(vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
                                  max_levels=cfg.max_levels, max_datagram=cfg.max_datagram,
@@ -459,7 +460,9 @@ class Endpoint:
 
     def _tx_loop(self) -> None:
         if txburst.wanted(self):  # the native TX burst: one C call per wakeup (udpnest.txburst)
-            return self._tx_loop_burst(txburst.TxBurst(self))
+            if self._tx_burst is None:
+                self._tx_burst = txburst.TxBurst(self)
+            return self._tx_loop_burst(self._tx_burst)
         # native engine: single datagrams (ACKs) of one read burst leave in one sendmmsg per socket
         self._batch = {} if self.engine == "native" else None
         buf = bytearray(TAP_BUF)

@@ -64,12 +64,15 @@ class TxBurst:
         return (ep.fdb.version, MODE_VERSION[0], ep.cfg, ep.peers, ep.prober, ep.planner, ep.tx, ep.fdb)
 
     def snapshot(self, now: float) -> tuple[tuple, tuple]:
-        """(snap, conf) for ``tx_burst``: the last one while nothing changed, else a new one."""
-        key = self._key
-        if key is not None and now < self._deadline:
-            cur = self._identity()
-            if cur[0] == key[0] and cur[1] == key[1] and all(a is b for a, b in zip(cur[2:], key[2:], strict=True)):
-                return self._snap, self._conf
+        """(snap, conf) for ``tx_burst``: the last one while nothing changed, else a new one (per TAP wakeup:
+        a few attribute reads, no call)."""
+        k = self._key
+        ep = self.ep
+        fdb = ep.fdb
+        if (k is not None and now < self._deadline and fdb.version == k[0] and MODE_VERSION[0] == k[1]
+                and ep.cfg is k[2] and ep.peers is k[3] and ep.prober is k[4] and ep.planner is k[5]
+                and ep.tx is k[6] and fdb is k[7]):
+            return self._snap, self._conf
         return self.rebuild(now)
 
     def rebuild(self, now: float) -> tuple[tuple, tuple]:
