@@ -7,8 +7,9 @@
  * from the FDB and the prober) does the steady state of Endpoint._tx_frame + _send:
  *   vnet_check -> finish_csum (non-GSO NEEDS_CSUM) -> the build for the peer's mode (fold_one, the plain
  *   or hint prefix + frame, fold_gso, plain_gso: the same C functions the planner calls, so the same bytes)
- *   -> single datagrams appended to ep._batch (flushed by ep._flush_batch: the same sendmmsg batching and
- *   order as the Python loop), super-packets sent with sendmsg(UDP_SEGMENT) (GIL released).
+ *   -> single datagrams appended to ep._batch and flushed as Endpoint._flush_batch does (in C: sendmmsg per
+ *   socket, at 64, before a super-packet, at the end of the wakeup: the same batches, order and counters as
+ *   the Python loop), super-packets sent with sendmsg(UDP_SEGMENT) (GIL released around every syscall).
  *
  * It stops at the first frame it does not fully handle (a vnet or build rejection, a deferred build, a
  * group/unknown destination, an expired snapshot, USO, UFO, ...) and hands it back: rc 1, the frame is
@@ -20,7 +21,7 @@
  *   conf = (vni, opt_class, ports, max_levels, max_datagram, plain prefix, tx sockets (UdpSocket, ...))
  *   rc:   0 the queue is empty, 1 hand back buf[:n], 2 TAP read error (n = errno), 3 EINTR, 4 max_frames done
  *   counts: (frames, bytes, datagrams, super_packets, sendmsg_calls, mode_plain, mode_hint, mode_fold,
- *            native_fast, send_errors, hist0..hist6)
+ *            native_fast, send_errors, sendmmsg_calls, hist0..hist6)
  */
 #include "udpnest.h"
 
@@ -44,11 +45,12 @@
 #define UDP_MAX_SEGS 64 /* io/udp.py UDP_MAX_SEGMENTS */
 #define NHIST 7
 
-enum { C_FRAMES, C_BYTES, C_DGRAMS, C_SUPER, C_SENDMSG, C_PLAIN, C_HINT, C_FOLD, C_FAST, C_SENDERR, C_HIST, C_N = C_HIST + NHIST };
+enum { C_FRAMES, C_BYTES, C_DGRAMS, C_SUPER, C_SENDMSG, C_PLAIN, C_HINT, C_FOLD, C_FAST, C_SENDERR, C_SENDMMSG,
+       C_HIST, C_N = C_HIST + NHIST };
 enum { RC_EMPTY, RC_HANDBACK, RC_READ_ERROR, RC_EINTR, RC_LIMIT };
 
-static PyObject *f_vnet_check, *f_finish_csum, *f_fold_one, *f_fold_gso, *f_plain_gso, *f_hint_prefix;
-static PyObject *s_batch, *s_flush, *s_gso_disabled, *s_max_payload, *s_send_segments, *s_fileno;
+static PyObject *f_vnet_check, *f_finish_csum, *f_fold_one, *f_fold_gso, *f_plain_gso, *f_hint_prefix, *f_send_batch;
+static PyObject *s_batch, *s_gso_disabled, *s_max_payload, *s_send_segments, *s_fileno, *s_sock, *s_send_parts;
 
 /* ---- zlib.crc32 (IEEE 802.3, reflected 0xEDB88320): endpoint.flow_hash, tested equal to zlib's ---------- */
 
@@ -154,25 +156,96 @@ static PyObject *call(PyObject *f, PyObject *args)
     return r;
 }
 
-/* ep._flush_batch() if ep._batch is not empty (a dict).  -1: a Python error (propagated). */
-static int flush_if_pending(PyObject *ep)
+/* Endpoint._flush_batch in C, the same steps and counters: ep._batch is swapped for a new dict, then per
+ * socket (in insertion order) one send_batch (sendmmsg, at most 64) at a time; a full buffer (0 sent): that
+ * datagram with sock.send_parts (it waits), counted as a sendmsg; an OSError: a send_error drop, that
+ * datagram skipped.  -1: a Python error (propagated). */
+static int flush_batch(PyObject *ep, long long *cnt)
 {
     PyObject *batch = PyObject_GetAttr(ep, s_batch);
     if (batch == NULL)
         return -1;
-    int pending = PyObject_IsTrue(batch);
-    Py_DECREF(batch);
-    if (pending <= 0)
-        return pending;
-    PyObject *r = PyObject_CallMethodNoArgs(ep, s_flush);
-    if (r == NULL)
+    if (!PyDict_Check(batch) || PyDict_GET_SIZE(batch) == 0) {
+        Py_DECREF(batch);
+        return 0;
+    }
+    PyObject *fresh = PyDict_New();
+    if (fresh == NULL || PyObject_SetAttr(ep, s_batch, fresh) < 0) {
+        Py_XDECREF(fresh);
+        Py_DECREF(batch);
         return -1;
-    Py_DECREF(r);
-    return 0;
+    }
+    Py_DECREF(fresh);
+    int rc = 0;
+    Py_ssize_t pos = 0;
+    PyObject *sock, *items;
+    while (rc == 0 && PyDict_Next(batch, &pos, &sock, &items)) {
+        if (!PyList_Check(items))
+            continue;
+        PyObject *sk = PyObject_GetAttr(sock, s_sock);
+        PyObject *fo = sk == NULL ? NULL : PyObject_CallMethodNoArgs(sk, s_fileno);
+        Py_XDECREF(sk);
+        if (fo == NULL) {
+            rc = -1;
+            break;
+        }
+        Py_ssize_t len = PyList_GET_SIZE(items), done = 0;
+        while (done < len) {
+            PyObject *chunk = done || len > 64 ? PyList_GetSlice(items, done, done + 64) : (Py_INCREF(items), items);
+            PyObject *r = chunk == NULL ? NULL : PyObject_CallFunctionObjArgs(f_send_batch, fo, chunk, NULL);
+            Py_XDECREF(chunk);
+            if (r == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_OSError)) {
+                    rc = -1;
+                    break;
+                }
+                PyErr_Clear();
+                cnt[C_SENDERR]++;
+                done++;
+                continue;
+            }
+            long sent = PyLong_AsLong(r);
+            Py_DECREF(r);
+            cnt[C_SENDMMSG]++;
+            if (sent == 0) {
+                PyObject *item = PyList_GET_ITEM(items, done); /* (datagram, addr) */
+                PyObject *parts = PyList_New(1);
+                if (parts == NULL) {
+                    rc = -1;
+                    break;
+                }
+                PyObject *dg = PyTuple_GET_ITEM(item, 0);
+                Py_INCREF(dg);
+                PyList_SET_ITEM(parts, 0, dg);
+                PyObject *r2 = PyObject_CallMethodObjArgs(sock, s_send_parts, parts, PyTuple_GET_ITEM(item, 1), NULL);
+                Py_DECREF(parts);
+                if (r2 == NULL) {
+                    if (!PyErr_ExceptionMatches(PyExc_OSError)) {
+                        rc = -1;
+                        break;
+                    }
+                    PyErr_Clear();
+                    cnt[C_SENDERR]++;
+                    done++;
+                    continue;
+                }
+                Py_DECREF(r2);
+                sent = 1;
+                cnt[C_SENDMSG]++;
+            } else if (sent < 0) {
+                PyErr_Clear();
+                sent = 1;
+            }
+            done += sent;
+        }
+        Py_DECREF(fo);
+    }
+    Py_DECREF(batch);
+    return rc;
 }
 
 /* endpoint._send's "one" branch: (datagram, addr) appended to ep._batch[sock]; 64 in a list: flush all. */
-static int batch_append(PyObject *ep, PyObject *sock, PyObject *dgram, PyObject *addr)
+static int batch_append(PyObject *ep, PyObject *sock, PyObject *dgram, PyObject *addr, long long *cnt)
 {
     PyObject *batch = PyObject_GetAttr(ep, s_batch);
     if (batch == NULL)
@@ -198,12 +271,8 @@ static int batch_append(PyObject *ep, PyObject *sock, PyObject *dgram, PyObject 
     Py_DECREF(batch);
     if (rc < 0)
         return -1;
-    if (len >= BATCH_FLUSH) {
-        PyObject *r = PyObject_CallMethodNoArgs(ep, s_flush);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-    }
+    if (len >= BATCH_FLUSH)
+        return flush_batch(ep, cnt);
     return 0;
 }
 
@@ -461,7 +530,7 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
             cnt[C_FRAMES]++;
             cnt[C_BYTES] += (long long)flen;
             cnt[C_FAST] += fast;
-            int arc = batch_append(ep, sock, dg, paddr);
+            int arc = batch_append(ep, sock, dg, paddr, cnt);
             Py_DECREF(dg);
             if (arc < 0)
                 goto fail;
@@ -511,7 +580,7 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         cnt[C_FRAMES]++;
         cnt[C_BYTES] += (long long)flen;
         cnt[C_FAST]++;
-        if (flush_if_pending(ep) < 0) { /* a flow's small frames leave before its super-packet */
+        if (flush_batch(ep, cnt) < 0) { /* a flow's small frames leave before its super-packet */
             Py_DECREF(r);
             goto fail;
         }
@@ -530,6 +599,10 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         cnt[C_HIST + bucket(count)]++;
         cnt[C_PLAIN + mode]++;
     }
+    /* the end of the wakeup (the queue is empty, or the read failed): the batch leaves now, as
+     * Endpoint._tx_loop's flush after its read loop; a hand-back keeps it (_tx_frame may add to it) */
+    if ((rc == RC_EMPTY || rc == RC_READ_ERROR) && flush_batch(ep, cnt) < 0)
+        goto fail;
     PyBuffer_Release(&b);
     PyObject *ct = PyTuple_New(C_N);
     if (ct == NULL)
@@ -564,12 +637,14 @@ int udpnest_txburst_init(PyObject *module)
         PyObject **dst;
         const char *name;
     } fns[] = {{&f_vnet_check, "vnet_check"}, {&f_finish_csum, "finish_csum"}, {&f_fold_one, "fold_one"},
-               {&f_fold_gso, "fold_gso"},     {&f_plain_gso, "plain_gso"},     {&f_hint_prefix, "hint_prefix"}};
+               {&f_fold_gso, "fold_gso"},     {&f_plain_gso, "plain_gso"},     {&f_hint_prefix, "hint_prefix"},
+               {&f_send_batch, "send_batch"}};
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++)
         if ((*fns[i].dst = PyObject_GetAttrString(module, fns[i].name)) == NULL)
             return -1;
     if ((s_batch = PyUnicode_InternFromString("_batch")) == NULL ||
-        (s_flush = PyUnicode_InternFromString("_flush_batch")) == NULL ||
+        (s_sock = PyUnicode_InternFromString("sock")) == NULL ||
+        (s_send_parts = PyUnicode_InternFromString("send_parts")) == NULL ||
         (s_gso_disabled = PyUnicode_InternFromString("gso_disabled")) == NULL ||
         (s_max_payload = PyUnicode_InternFromString("max_payload")) == NULL ||
         (s_send_segments = PyUnicode_InternFromString("send_segments")) == NULL ||

@@ -453,3 +453,25 @@ def test_a_malformed_snapshot_hands_back_never_crashes(monkeypatch):
             engine._native.tx_burst(ep.tap.fd, buf, ep, ({}, (), 0.0, 16), conf[:-1] + ((),))
     finally:
         h.close()
+
+
+def test_send_errors_count_the_same(monkeypatch):
+    """Closed TX sockets: every sendmmsg and sendmsg fails (EBADF); the same send_error drops and counters."""
+
+    def script_run(burst):
+        h = Harness(burst, monkeypatch)
+        try:
+            h.learn(MAC_A, 0)
+            h.learn(MAC_B2, 1)
+            h.set_mode(0, "fold")
+            for s in h.ep.tx:
+                s.sock.close()
+            reads = [ack(MAC_A, i, 40000 + i) for i in range(70)] + [sp(MAC_A, 1448 * 3), ack(MAC_B2, 1), sp(MAC_B2)]
+            h.burst(reads)
+            return h.counters()
+        finally:
+            h.close()
+
+    ref, got = script_run(False), script_run(True)
+    assert got == ref
+    assert ref["drops"]["send_error"] == 70 + 2 + 1 and ref["c"]["frames"] == 73

@@ -119,8 +119,14 @@ class TxBurst:
         st = ep.tx_stats
         c = st.c
         c["tx_burst_calls"] += 1
+        if counts[10]:
+            c["sendmmsg_calls"] += counts[10]
+        if counts[9]:
+            st.drop(Reason.SEND_ERROR, counts[9])
         frames = counts[0]
         if not frames:
+            if counts[4]:
+                c["sendmsg_calls"] += counts[4]
             return
         for k, v in zip(COUNT_KEYS, counts, strict=False):
             if v:
@@ -128,9 +134,7 @@ class TxBurst:
         c["tx_burst_fast"] += frames
         if counts[8]:
             ep.planner.counters["native_fast"] += counts[8]
-        if counts[9]:
-            st.drop(Reason.SEND_ERROR, counts[9])
         hist = st.hist
-        for i, v in enumerate(counts[10:]):
+        for i, v in enumerate(counts[11:]):
             if v:
                 hist[i] += v
