@@ -276,10 +276,36 @@ static int batch_append(PyObject *ep, PyObject *sock, PyObject *dgram, PyObject 
     return 0;
 }
 
-/* io/udp.py UdpSocket.send_segments for one super-packet: the common case (GSO on, one sendmsg carries it)
- * here with the GIL released and MSG_DONTWAIT; a full buffer (EAGAIN), EIO (GSO off), several sendmsg or
- * GSO disabled: the Python method itself (it waits, switches GSO off, cuts).  Returns the sendmsg count,
- * 0 for a send error (counted by the caller as send_error), -1 for a Python error. */
+/* sock.send_segments(data[off:], row_len, addr) (Python: it waits for buffer space, switches GSO off after
+ * an EIO, cuts): the sendmsg count, 0 with *send_error for an OSError, -1 for another Python error. */
+static long send_rest_py(PyObject *sock, PyObject *data, Py_ssize_t off, long row_len, PyObject *addr, int *send_error)
+{
+    PyObject *mv = PyMemoryView_FromObject(data);
+    PyObject *rest = mv == NULL ? NULL : PySequence_GetSlice(mv, off, PY_SSIZE_T_MAX);
+    PyObject *rl = rest == NULL ? NULL : PyLong_FromLong(row_len);
+    PyObject *r = rl == NULL ? NULL : PyObject_CallMethodObjArgs(sock, s_send_segments, rest, rl, addr, NULL);
+    Py_XDECREF(mv);
+    Py_XDECREF(rest);
+    Py_XDECREF(rl);
+    if (r == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError))
+            return -1;
+        PyErr_Clear(); /* endpoint._send: an OSError is a send_error drop */
+        *send_error = 1;
+        return 0;
+    }
+    long calls = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return calls;
+}
+
+/* io/udp.py UdpSocket.send_segments for one super-packet: its chunks (up to UDP_MAX_SEGMENTS datagrams and
+ * max_payload bytes per sendmsg(UDP_SEGMENT), a lone last datagram without it) sent here, GIL released,
+ * MSG_DONTWAIT.  A full buffer (EAGAIN), EIO (the device cannot checksum: GSO goes off) or EINTR: the Python
+ * method sends the rest (the same chunks from there on; it waits, switches GSO off).  GSO already off or
+ * arguments it would refuse: the Python method for all of it.  Returns the sendmsg count; 0 with
+ * *send_error set for an OSError (the count is then not added, as endpoint._send's exception skips it);
+ * -1 for a Python error. */
 static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *addr, int *send_error)
 {
     *send_error = 0;
@@ -293,10 +319,6 @@ static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *a
     if (disabled < 0 || max_payload < 0 || PyErr_Occurred())
         PyErr_Clear();
     int fast = disabled == 0 && max_payload > 0 && row_len > 0 && row_len <= max_payload && n > 0;
-    if (fast) {
-        long per_call = UDP_MAX_SEGS < max_payload / row_len ? UDP_MAX_SEGS : max_payload / row_len;
-        fast = n <= per_call * row_len;
-    }
     struct sockaddr_storage ss;
     socklen_t sl;
     int fd = -1;
@@ -307,8 +329,15 @@ static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *a
         if (fd < 0)
             PyErr_Clear();
     }
-    if (fd >= 0) {
-        struct iovec iov = {PyByteArray_AS_STRING(data), (size_t)n};
+    if (fd < 0)
+        return send_rest_py(sock, data, 0, row_len, addr, send_error);
+    long rows = UDP_MAX_SEGS < max_payload / row_len ? UDP_MAX_SEGS : max_payload / row_len;
+    Py_ssize_t per_call = (Py_ssize_t)(rows * row_len), off = 0;
+    const char *base = PyByteArray_AS_STRING(data);
+    long calls = 0;
+    while (off < n) {
+        Py_ssize_t end = n - off <= row_len ? n : (off + per_call < n ? off + per_call : n);
+        struct iovec iov = {(void *)(base + off), (size_t)(end - off)};
         union {
             char buf[CMSG_SPACE(sizeof(uint16_t))];
             struct cmsghdr align;
@@ -318,7 +347,7 @@ static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *a
         m.msg_namelen = sl;
         m.msg_iov = &iov;
         m.msg_iovlen = 1;
-        if (n > row_len) { /* more than one datagram: UDP_SEGMENT (send_segments: one plain sendmsg else) */
+        if (end - off > row_len) { /* more than one datagram: UDP_SEGMENT */
             memset(&ctl, 0, sizeof ctl);
             m.msg_control = ctl.buf;
             m.msg_controllen = sizeof ctl.buf;
@@ -335,28 +364,19 @@ static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *a
         r = sendmsg(fd, &m, MSG_DONTWAIT);
         err = errno;
         Py_END_ALLOW_THREADS
-        if (r >= 0)
-            return 1;
+        if (r >= 0) {
+            calls++;
+            off = end;
+            continue;
+        }
         if (err != EAGAIN && err != EWOULDBLOCK && err != EIO && err != EINTR) {
             *send_error = 1;
             return 0;
         }
-        /* nothing was sent: the Python method does the same chunk again (waiting, or with GSO off) */
+        /* nothing of this chunk was sent: the Python method sends the rest, from this chunk on */
+        long more = send_rest_py(sock, data, off, row_len, addr, send_error);
+        return more <= 0 ? more : calls + more;
     }
-    PyObject *mv = PyMemoryView_FromObject(data);
-    PyObject *rl = mv == NULL ? NULL : PyLong_FromLong(row_len);
-    PyObject *r = rl == NULL ? NULL : PyObject_CallMethodObjArgs(sock, s_send_segments, mv, rl, addr, NULL);
-    Py_XDECREF(mv);
-    Py_XDECREF(rl);
-    if (r == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_OSError))
-            return -1;
-        PyErr_Clear(); /* endpoint._send: an OSError is a send_error drop */
-        *send_error = 1;
-        return 0;
-    }
-    long calls = PyLong_AsLong(r);
-    Py_DECREF(r);
     return calls;
 }
 

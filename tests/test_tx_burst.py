@@ -246,6 +246,7 @@ def test_steady_state_acks_and_super_packets_in_every_mode(monkeypatch):
         mixed += [ack(MAC_A, i, 40000 + i % 5), ack_csum(MAC_B2, i, 41000 + i % 3)]
         if i % 9 == 0:
             mixed += [sp(MAC_A, 1448 * (i % 30 + 1), 40000), sp(MAC_B2, 1448 * 5, 41001), plain_gso_frame(MAC_B2)]
+    mixed += [sp(MAC_A, 64000, 40000), ack(MAC_A, 99, 40000), sp(MAC_B2, 64000, 41001)]  # > 44 rows: 2 sendmsg
     script += [("burst", mixed), ("set_mode", 0, "plain"), ("set_mode", 1, "fold"), ("burst", mixed),
                ("set_mode", 1, "hint"), ("set_mode", 0, "hint"), ("burst", mixed[:50])]
     ref, raw = both(script, monkeypatch)
@@ -255,6 +256,7 @@ def test_steady_state_acks_and_super_packets_in_every_mode(monkeypatch):
     n_bad = 2 * mixed.count(bad) + mixed[:50].count(bad)
     assert raw["frames"] == len(mixed) * 2 + 50 and raw["tx_burst_fast"] == raw["frames"] - n_bad
     assert raw["mode_fold"] and raw["mode_plain"] and raw["mode_hint"]
+    assert raw["sendmsg_calls"] > raw["super_packets"]  # some super-packets took two sendmsg(UDP_SEGMENT)
 
 
 def test_more_than_a_batch_of_acks_and_two_sockets(monkeypatch):
