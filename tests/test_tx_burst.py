@@ -477,3 +477,29 @@ def test_send_errors_count_the_same(monkeypatch):
     ref, got = script_run(False), script_run(True)
     assert got == ref
     assert ref["drops"]["send_error"] == 70 + 2 + 1 and ref["c"]["frames"] == 73
+
+
+def test_the_native_side_hands_back_once_the_snapshot_deadline_passed(monkeypatch):
+    """With the endpoint on the monotonic clock the C side checks the deadline itself before each frame."""
+    import time
+
+    h = Harness(True, monkeypatch)
+    try:
+        ep = h.ep
+        ep.clock = time.monotonic
+        h.learn(MAC_A, 0)
+        ep.fdb.learn(MAC_A, h.keys[0], time.monotonic())
+        b = txburst.TxBurst(ep)
+        snap, conf = b.rebuild(time.monotonic())
+        assert time.monotonic() < snap[2] <= time.monotonic() + txburst.MAX_AGE  # the C side gets the deadline
+        ep._batch = {}
+        buf = bytearray(24 + 65536 + 64)
+        h.b.send(ack(MAC_A, 1))
+        rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, snap, conf)
+        assert rc == engine._native.TXB_EMPTY and counts[0] == 1
+        h.b.send(ack(MAC_A, 2))
+        past = (snap[0], snap[1], time.monotonic() - 0.001, snap[3])
+        rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, past, conf)
+        assert rc == engine._native.TXB_HANDBACK and counts[0] == 0 and bytes(buf[:n]) == ack(MAC_A, 2)
+    finally:
+        h.close()
