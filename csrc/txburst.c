@@ -397,6 +397,8 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         PyBuffer_Release(&b);
         return NULL;
     }
+    if (max_frames < 1)
+        max_frames = 1; /* every call makes progress */
     Py_ssize_t nsocks = PyTuple_GET_SIZE(socks);
     uint8_t *buf = b.buf;
     size_t cap = (size_t)b.len;
