@@ -6,6 +6,8 @@ Not a test: prints timings.  Goal (issue 2): <= 20 us each on the development ma
     python3 bench/micro_fold.py --json
     python3 bench/micro_fold.py --tx        # + the whole TX of one super-packet / one ACK, per engine,
                                             #   with the Python calls each costs (cProfile)
+    python3 bench/micro_fold.py --loop      # + the endpoint's TX loop (native engine) per TAP wakeup:
+                                            #   64 ACKs / one fold super-packet, TX burst on vs off
 
 Cases: fold (gso=True), unfold with the nested UDP checksum left partial (what the dataplane does for a
 super-packet: the kernel regenerates per-segment checksums), unfold computing it (numpy sum over 64 KB),
@@ -114,21 +116,146 @@ def run_tx(number: int = 2000) -> dict:
     return out
 
 
+class _OneWakeup:
+    """stop_event for exactly one TX loop round (the frames are queued before: poll returns at once)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def is_set(self) -> bool:
+        self.n += 1
+        return self.n > 1
+
+
+def _wakeup_calls(ep, tap_peer, sink, reads) -> int:
+    """Function calls (cProfile: Python functions and the C functions Python calls) of one loop wakeup."""
+    import cProfile
+    import pstats
+
+    for r in reads:
+        tap_peer.send(r)
+    ep.stop_event = _OneWakeup()
+    pr = cProfile.Profile()
+    pr.enable()
+    ep._tx_loop()
+    pr.disable()
+    while True:
+        try:
+            sink.recv(65535)
+        except BlockingIOError:
+            break
+    return pstats.Stats(pr).total_calls - 1
+
+
+def run_loop(rounds: int = 300) -> dict:
+    """Endpoint._tx_loop (native engine, socket TX path) for exactly one TAP wakeup, called in this thread
+    (no GIL hand-offs in the measurement), the TAP a SEQPACKET socketpair and the peer a loopback UDP
+    socket: 64 fold ACKs, 1 fold ACK, one fold super-packet (64 KB), with the native TX burst
+    (csrc/txburst.c) on and off.  Microseconds per frame from entering the loop to its return (TAP reads,
+    builds, sends, counters; the loop's per-call setup, a 64 KB buffer and a poll object, is in both),
+    best of 3.  The frames are queued and the peer's datagrams drained outside the timing."""
+    import os
+    import socket
+    import time
+
+    from udpnest import engine, txburst
+    from udpnest.config import build_config
+    from udpnest.endpoint import Endpoint
+    from udpnest.io.tap import Tap
+    from udpnest.io.udp import UdpSocket
+    from udpnest.peers import Event, PeerState
+
+    if not engine.native_available():
+        return {}
+    cases = {"64 ACKs (fold)": [ack_read()] * 64, "1 ACK (fold)": [ack_read()],
+             "super-packet 64 KB (fold)": [tx_read()]}
+    out: dict = {}
+    old = os.environ.get(txburst.ENV)
+    try:
+        for what, reads in cases.items():
+            per = {}
+            for on in (False, True):
+                os.environ[txburst.ENV] = "1" if on else "0"
+                sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sink.bind(("127.0.0.1", 0))
+                sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
+                sink.setblocking(False)
+                cfg = build_config({"id": 7, "local": "127.0.0.1", "remote": [f"127.0.0.1:{sink.getsockname()[1]}"],
+                                    "nested": "fold", "engine": "native"})
+                ep = Endpoint(cfg)
+                key = next(iter(ep.peers))
+                p = ep.prober.peers[key]
+                p.valid_until = time.monotonic() + 3600
+                if p.state is PeerState.UNKNOWN:
+                    p._go(Event.START)
+                p._go(Event.REPLY)
+                ep.fdb.learn(reads[0][24:30], key, time.monotonic())
+                ep.tx = [UdpSocket("127.0.0.1", 0, gro=False, gso=True, bufsize=1 << 22)]
+                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                a.setblocking(False)
+                b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 23)
+                tap = Tap.__new__(Tap)
+                tap.fd = os.dup(a.fileno())
+                ep.tap = tap
+                best = float("inf")
+                try:
+                    for _ in range(3):
+                        total = 0
+                        for _ in range(rounds):
+                            for r in reads:
+                                b.send(r)
+                            ep.stop_event = _OneWakeup()
+                            t0 = time.perf_counter_ns()
+                            ep._tx_loop()
+                            total += time.perf_counter_ns() - t0
+                            while True:
+                                try:
+                                    sink.recv(65535)
+                                except BlockingIOError:
+                                    break
+                        best = min(best, total / (rounds * len(reads)) / 1000)
+                    c = ep.tx_stats.c
+                    assert c["frames"] == 3 * rounds * len(reads) and not ep.tx_stats.drops
+                    assert not on or c["tx_burst_fast"] == c["frames"]
+                    calls = _wakeup_calls(ep, b, sink, reads)
+                finally:
+                    tap.close()
+                    for s_ in (a, b, sink, ep.tx[0]):
+                        s_.close()
+                per["burst" if on else "per-frame"] = round(best, 2)
+                out[f"loop {what} [{'TX burst' if on else 'per-frame Python'}]"] = {"us": round(best, 2),
+                                                                                     "calls": calls}
+            out[f"loop {what} ratio per-frame / burst"] = round(per["per-frame"] / per["burst"], 2)
+    finally:
+        if old is None:
+            os.environ.pop(txburst.ENV, None)
+        else:
+            os.environ[txburst.ENV] = old
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--number", type=int, default=20000)
     ap.add_argument("--tx", action="store_true", help="also time TX planning per engine")
+    ap.add_argument("--loop", action="store_true", help="also time the TX loop per wakeup, TX burst on/off")
     a = ap.parse_args()
     res = run(a.number)
     if a.tx:
         res.update(run_tx(max(100, a.number // 10)))
+    if a.loop:
+        res.update(run_loop())
     if a.json:
         print(json.dumps(res, indent=2))
         return
     print(f"frame: {res.pop('frame_bytes')} bytes (best of 5 repeats, microseconds per call)")
     for k, v in res.items():
-        if isinstance(v, dict):
+        if "ratio" in k:
+            print(f"  {k:<60} {v:8.2f}x")
+        elif k.startswith("loop "):
+            print(f"  {k:<60} {v['us']:8.2f} us per frame  {v['calls']:5d} calls per wakeup")
+        elif isinstance(v, dict):
             print(f"  {k:<48} {v['us']:8.2f} us  {v['calls']:5d} Python calls")
         else:
             print(f"  {k:<48} {v:8.2f} us")

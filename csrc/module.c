@@ -33,5 +33,9 @@ PyMODINIT_FUNC PyInit__native(void)
         Py_DECREF(m);
         return NULL;
     }
+    if (udpnest_txburst_init(m) < 0) { /* after tx: the burst calls the TX functions registered there */
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

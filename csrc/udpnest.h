@@ -19,6 +19,7 @@
 /* Each half registers its functions on the module (module.c calls both). */
 int udpnest_tx_init(PyObject *module);
 int udpnest_rx_init(PyObject *module);
+int udpnest_txburst_init(PyObject *module); /* csrc/txburst.c: the TX burst (after udpnest_tx_init) */
 
 static inline uint16_t un_get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t un_get32(const uint8_t *p)

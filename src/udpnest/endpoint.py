@@ -35,6 +35,7 @@ import zlib
 from collections import Counter
 
 from . import engine as _engine
+from . import txburst
 from .announce import announcements
 from .config import EndpointConfig
 from .engine import check as check_engine
@@ -112,6 +113,7 @@ class Endpoint:
         # which engine does the per-packet work (udpnest.engine); an unusable choice fails here, loudly
         self.engine = check_engine(getattr(cfg, "engine", None))
         self._batch: dict | None = None  # socket -> [(datagram, addr)] while _tx_loop batches (native)
+        self._tx_burst = None  # txburst.TxBurst: the native TX burst's snapshot (the TX thread's)
         self._kh: tuple | None = None  # _send_kernel: (cfg, addr, ktx, per-peer arguments, per-config arguments)
         self.planner = TxPlanner(vni=cfg.id, opt_class=cfg.opt_class, ports=cfg.nested_ports,
                                  max_levels=cfg.max_levels, max_datagram=cfg.max_datagram,
@@ -457,6 +459,10 @@ class Endpoint:
     # -- TX: TAP -> peers ------------------------------------------------------------------------------------
 
     def _tx_loop(self) -> None:
+        if txburst.wanted(self):  # the native TX burst: one C call per wakeup (udpnest.txburst)
+            if self._tx_burst is None:
+                self._tx_burst = txburst.TxBurst(self)
+            return self._tx_loop_burst(self._tx_burst)
         # native engine: single datagrams (ACKs) of one read burst leave in one sendmmsg per socket
         self._batch = {} if self.engine == "native" else None
         buf = bytearray(TAP_BUF)
@@ -482,6 +488,43 @@ class Endpoint:
                     break
                 tx_frame(mv[:n])
             if self._batch:  # the burst is over: its small frames go out now (no added latency)
+                self._flush_batch()
+            c["time_frame_ns"] += clock() - t0
+
+    def _tx_loop_burst(self, burst) -> None:
+        """_tx_loop with the native TX burst (csrc/txburst.c): one call reads and sends the steady state of a
+        wakeup; a frame it hands back (flooding, a drop, a deferred build, ...) runs _tx_frame here, in order,
+        then the burst goes on.  Counters arrive as deltas per call (TxBurst.account)."""
+        native = _engine._native
+        run, handback, empty, read_error = native.tx_burst, native.TXB_HANDBACK, native.TXB_EMPTY, native.TXB_READ_ERROR
+        self._batch = {}
+        buf = bytearray(TAP_BUF)
+        mv = memoryview(buf)
+        poll = select.poll()
+        fd = self.tap.fd
+        poll.register(fd, select.POLLIN)
+        clock, now, tx_frame = time.perf_counter_ns, self.clock, self._tx_frame
+        snapshot, account = burst.snapshot, burst.account
+        c = self.tx_stats.c
+        stop = self.stop_event
+        while not stop.is_set():
+            if not poll.poll(250):
+                continue
+            t0 = clock()
+            while True:
+                snap, conf = snapshot(now())
+                rc, n, counts = run(fd, buf, self, snap, conf)
+                account(counts)
+                if rc == handback:
+                    tx_frame(mv[:n])
+                elif rc == empty:
+                    break
+                elif rc == read_error:
+                    c["tap_read_errors"] += 1
+                    log.warning("TAP read: %s", os.strerror(n))
+                    break
+                # EINTR, or MAX_FRAMES done: look at the snapshot again, go on
+            if self._batch:
                 self._flush_batch()
             c["time_frame_ns"] += clock() - t0
 

@@ -28,6 +28,9 @@ class Fdb:
         self.moved = 0
         self.evicted = 0
         self.expired = 0
+        #: bumped when an entry appears, moves to another peer or goes (the TX burst's snapshot, txburst.py);
+        #: a refresh of an entry that stays does not bump it (its expiry only gets later)
+        self.version = 0
         self._lock = threading.Lock()
 
     def learn(self, mac: bytes, peer: Hashable, now: float) -> None:
@@ -42,9 +45,11 @@ class Fdb:
         if old is not None:
             if old[0] != peer:
                 self.moved += 1
+                self.version += 1
             self._t.move_to_end(mac)
         else:
             self.learned += 1
+            self.version += 1
             if len(self._t) >= self.max_entries:
                 self._t.popitem(last=False)
                 self.evicted += 1
@@ -61,6 +66,7 @@ class Fdb:
             if now - e[1] > self.ageing:
                 del self._t[mac]
                 self.expired += 1
+                self.version += 1
                 return None
             return e[0]
 
@@ -68,6 +74,7 @@ class Fdb:
         with self._lock:
             for mac in [m for m, (p, _) in self._t.items() if p == peer]:
                 del self._t[mac]
+                self.version += 1
 
     def __len__(self) -> int:
         return len(self._t)
@@ -76,3 +83,8 @@ class Fdb:
         with self._lock:
             return {"entries": len(self._t), "learned": self.learned, "moved": self.moved, "evicted": self.evicted,
                     "expired": self.expired}
+
+    def entries(self) -> list[tuple[bytes, Hashable, float]]:
+        """(mac, peer, last learned) of every entry, expired ones included (the TX burst's snapshot)."""
+        with self._lock:
+            return [(m, p, t) for m, (p, t) in self._t.items()]

@@ -103,6 +103,9 @@ RTT_K = 4.0
 #: consecutive missed probes after which a FALLBACK peer is probed with exponential backoff
 BACKOFF_AFTER = 3
 BACKOFF_MAX = 60.0
+#: bumped by every peer state change (each reply, expiry, fallback: every change of a peer's mode or of its
+#: ``valid_until`` goes through ``Peer._go``); the TX burst rebuilds its snapshot when it moved (txburst.py)
+MODE_VERSION = [0]
 
 
 @dataclass
@@ -134,6 +137,7 @@ class Peer:
         if nxt is PeerState.FALLBACK and self.state is not PeerState.FALLBACK:
             self.counters["fallbacks"] += 1
         self.state = nxt
+        MODE_VERSION[0] += 1  # the TX burst's snapshot (udpnest.txburst) is rebuilt
 
     def mode(self, now: float) -> str:
         """'fold' while the peer is known to understand it, else the configured fallback."""

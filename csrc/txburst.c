@@ -1,0 +1,681 @@
+/* The native TX burst (docs/architecture.md, "The TX burst"): ONE call per TAP wakeup.
+ *
+ *   tx_burst(fd, buf, ep, snap, conf) -> (rc, n, counts)
+ *
+ * reads frames from the non-blocking TAP fd into buf until the queue is empty, and for each frame whose
+ * destination MAC is in the snapshot Python passes in (policy stays in Python: udpnest.txburst builds it
+ * from the FDB and the prober) does the steady state of Endpoint._tx_frame + _send:
+ *   vnet_check -> finish_csum (non-GSO NEEDS_CSUM) -> the build for the peer's mode (fold_one, the plain
+ *   or hint prefix + frame, fold_gso, plain_gso: the same C functions the planner calls, so the same bytes)
+ *   -> single datagrams appended to ep._batch and flushed as Endpoint._flush_batch does (in C: sendmmsg per
+ *   socket, at 64, before a super-packet, at the end of the wakeup: the same batches, order and counters as
+ *   the Python loop), super-packets sent with sendmsg(UDP_SEGMENT) (GIL released around every syscall).
+ *
+ * It stops at the first frame it does not fully handle (a vnet or build rejection, a deferred build, a
+ * group/unknown destination, an expired snapshot, USO, UFO, ...) and hands it back: rc 1, the frame is
+ * buf[:n]; Python runs _tx_frame on it (the reference decides: drop reason, flooding, Python fold) and calls
+ * again.  Nothing is counted or sent for a handed-back frame, so the counters equal the Python loop's.
+ *
+ *   snap = (macs {6-byte dst MAC: peer index}, peers ((sockaddr, mode 0 plain|1 hint|2 fold), ...),
+ *           deadline (CLOCK_MONOTONIC seconds; 0: none), max_frames)
+ *   conf = (vni, opt_class, ports, max_levels, max_datagram, plain prefix, tx sockets (UdpSocket, ...))
+ *   rc:   0 the queue is empty, 1 hand back buf[:n], 2 TAP read error (n = errno), 3 EINTR, 4 max_frames done
+ *   counts: (frames, bytes, datagrams, super_packets, sendmsg_calls, mode_plain, mode_hint, mode_fold,
+ *            native_fast, send_errors, sendmmsg_calls, hist0..hist6)
+ */
+#include "udpnest.h"
+
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+#define VNET 24
+#define BATCH_FLUSH 64 /* endpoint._send: a socket's list is flushed at 64 datagrams */
+#define UDP_MAX_SEGS 64 /* io/udp.py UDP_MAX_SEGMENTS */
+#define NHIST 7
+
+enum { C_FRAMES, C_BYTES, C_DGRAMS, C_SUPER, C_SENDMSG, C_PLAIN, C_HINT, C_FOLD, C_FAST, C_SENDERR, C_SENDMMSG,
+       C_HIST, C_N = C_HIST + NHIST };
+enum { RC_EMPTY, RC_HANDBACK, RC_READ_ERROR, RC_EINTR, RC_LIMIT };
+
+static PyObject *f_vnet_check, *f_finish_csum, *f_fold_one, *f_fold_gso, *f_plain_gso, *f_hint_prefix, *f_send_batch;
+static PyObject *s_batch, *s_gso_disabled, *s_max_payload, *s_send_segments, *s_fileno, *s_sock, *s_send_parts;
+
+/* ---- zlib.crc32 (IEEE 802.3, reflected 0xEDB88320): endpoint.flow_hash, tested equal to zlib's ---------- */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t un_crc32(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--)
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* endpoint.flow_hash on an Ethernet frame of n bytes */
+static uint32_t flow_hash(const uint8_t *f, size_t n)
+{
+    unsigned et = un_get16(f + 12);
+    if (et == 0x0800 && n >= 38)
+        return un_crc32(f + 26, 12);
+    if (et == 0x86DD && n >= 58)
+        return un_crc32(f + 22, 36);
+    return 0;
+}
+
+static PyObject *tb_crc32(PyObject *self, PyObject *args)
+{
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "y*", &b))
+        return NULL;
+    uint32_t c = un_crc32(b.buf, (size_t)b.len);
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(c);
+}
+
+static PyObject *tb_flow_hash(PyObject *self, PyObject *args)
+{
+    Py_buffer b;
+    if (!PyArg_ParseTuple(args, "y*", &b))
+        return NULL;
+    uint32_t c = b.len >= 14 ? flow_hash(b.buf, (size_t)b.len) : 0;
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(c);
+}
+
+static int bucket(long n)
+{
+    static const long edges[NHIST] = {1, 2, 4, 8, 16, 32, 64};
+    for (int i = NHIST - 1; i >= 0; i--)
+        if (n >= edges[i])
+            return i;
+    return 0;
+}
+
+static int addr_of(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
+{
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2)
+        return -1;
+    const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(addr, 0));
+    long port = PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
+    if (host == NULL || port < 0 || port > 65535) {
+        PyErr_Clear();
+        return -1;
+    }
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        *len = sizeof *s4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *s6;
+        return 0;
+    }
+    return -1;
+}
+
+/* Call f(args...) and return the result; NULL with the error CLEARED (any failure means: hand back). */
+static PyObject *call(PyObject *f, PyObject *args)
+{
+    if (args == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *r = PyObject_Call(f, args, NULL);
+    Py_DECREF(args);
+    if (r == NULL)
+        PyErr_Clear();
+    return r;
+}
+
+/* Endpoint._flush_batch in C, the same steps and counters: ep._batch is swapped for a new dict, then per
+ * socket (in insertion order) one send_batch (sendmmsg, at most 64) at a time; a full buffer (0 sent): that
+ * datagram with sock.send_parts (it waits), counted as a sendmsg; an OSError: a send_error drop, that
+ * datagram skipped.  -1: a Python error (propagated). */
+static int flush_batch(PyObject *ep, long long *cnt)
+{
+    PyObject *batch = PyObject_GetAttr(ep, s_batch);
+    if (batch == NULL)
+        return -1;
+    if (!PyDict_Check(batch) || PyDict_GET_SIZE(batch) == 0) {
+        Py_DECREF(batch);
+        return 0;
+    }
+    PyObject *fresh = PyDict_New();
+    if (fresh == NULL || PyObject_SetAttr(ep, s_batch, fresh) < 0) {
+        Py_XDECREF(fresh);
+        Py_DECREF(batch);
+        return -1;
+    }
+    Py_DECREF(fresh);
+    int rc = 0;
+    Py_ssize_t pos = 0;
+    PyObject *sock, *items;
+    while (rc == 0 && PyDict_Next(batch, &pos, &sock, &items)) {
+        if (!PyList_Check(items))
+            continue;
+        PyObject *sk = PyObject_GetAttr(sock, s_sock);
+        PyObject *fo = sk == NULL ? NULL : PyObject_CallMethodNoArgs(sk, s_fileno);
+        Py_XDECREF(sk);
+        if (fo == NULL) {
+            rc = -1;
+            break;
+        }
+        Py_ssize_t len = PyList_GET_SIZE(items), done = 0;
+        while (done < len) {
+            PyObject *chunk = done || len > 64 ? PyList_GetSlice(items, done, done + 64) : (Py_INCREF(items), items);
+            PyObject *r = chunk == NULL ? NULL : PyObject_CallFunctionObjArgs(f_send_batch, fo, chunk, NULL);
+            Py_XDECREF(chunk);
+            if (r == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_OSError)) {
+                    rc = -1;
+                    break;
+                }
+                PyErr_Clear();
+                cnt[C_SENDERR]++;
+                done++;
+                continue;
+            }
+            long sent = PyLong_AsLong(r);
+            Py_DECREF(r);
+            cnt[C_SENDMMSG]++;
+            if (sent == 0) {
+                PyObject *item = PyList_GET_ITEM(items, done); /* (datagram, addr) */
+                PyObject *parts = PyList_New(1);
+                if (parts == NULL) {
+                    rc = -1;
+                    break;
+                }
+                PyObject *dg = PyTuple_GET_ITEM(item, 0);
+                Py_INCREF(dg);
+                PyList_SET_ITEM(parts, 0, dg);
+                PyObject *r2 = PyObject_CallMethodObjArgs(sock, s_send_parts, parts, PyTuple_GET_ITEM(item, 1), NULL);
+                Py_DECREF(parts);
+                if (r2 == NULL) {
+                    if (!PyErr_ExceptionMatches(PyExc_OSError)) {
+                        rc = -1;
+                        break;
+                    }
+                    PyErr_Clear();
+                    cnt[C_SENDERR]++;
+                    done++;
+                    continue;
+                }
+                Py_DECREF(r2);
+                sent = 1;
+                cnt[C_SENDMSG]++;
+            } else if (sent < 0) {
+                PyErr_Clear();
+                sent = 1;
+            }
+            done += sent;
+        }
+        Py_DECREF(fo);
+    }
+    Py_DECREF(batch);
+    return rc;
+}
+
+/* endpoint._send's "one" branch: (datagram, addr) appended to ep._batch[sock]; 64 in a list: flush all. */
+static int batch_append(PyObject *ep, PyObject *sock, PyObject *dgram, PyObject *addr, long long *cnt)
+{
+    PyObject *batch = PyObject_GetAttr(ep, s_batch);
+    if (batch == NULL)
+        return -1;
+    if (!PyDict_Check(batch)) {
+        Py_DECREF(batch);
+        PyErr_SetString(PyExc_TypeError, "tx_burst: ep._batch is not a dict");
+        return -1;
+    }
+    PyObject *items = PyDict_GetItemWithError(batch, sock);
+    if (items == NULL) {
+        if (PyErr_Occurred() || (items = PyList_New(0)) == NULL || PyDict_SetItem(batch, sock, items) < 0) {
+            Py_XDECREF(items);
+            Py_DECREF(batch);
+            return -1;
+        }
+        Py_DECREF(items); /* the dict holds it */
+    }
+    PyObject *t = PyTuple_Pack(2, dgram, addr);
+    int rc = t == NULL ? -1 : PyList_Append(items, t);
+    Py_XDECREF(t);
+    Py_ssize_t len = rc == 0 ? PyList_GET_SIZE(items) : 0;
+    Py_DECREF(batch);
+    if (rc < 0)
+        return -1;
+    if (len >= BATCH_FLUSH)
+        return flush_batch(ep, cnt);
+    return 0;
+}
+
+/* sock.send_segments(data[off:], row_len, addr) (Python: it waits for buffer space, switches GSO off after
+ * an EIO, cuts): the sendmsg count, 0 with *send_error for an OSError, -1 for another Python error. */
+static long send_rest_py(PyObject *sock, PyObject *data, Py_ssize_t off, long row_len, PyObject *addr, int *send_error)
+{
+    PyObject *mv = PyMemoryView_FromObject(data);
+    PyObject *rest = mv == NULL ? NULL : PySequence_GetSlice(mv, off, PY_SSIZE_T_MAX);
+    PyObject *rl = rest == NULL ? NULL : PyLong_FromLong(row_len);
+    PyObject *r = rl == NULL ? NULL : PyObject_CallMethodObjArgs(sock, s_send_segments, rest, rl, addr, NULL);
+    Py_XDECREF(mv);
+    Py_XDECREF(rest);
+    Py_XDECREF(rl);
+    if (r == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError))
+            return -1;
+        PyErr_Clear(); /* endpoint._send: an OSError is a send_error drop */
+        *send_error = 1;
+        return 0;
+    }
+    long calls = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return calls;
+}
+
+/* io/udp.py UdpSocket.send_segments for one super-packet: its chunks (up to UDP_MAX_SEGMENTS datagrams and
+ * max_payload bytes per sendmsg(UDP_SEGMENT), a lone last datagram without it) sent here, GIL released,
+ * MSG_DONTWAIT.  A full buffer (EAGAIN), EIO (the device cannot checksum: GSO goes off) or EINTR: the Python
+ * method sends the rest (the same chunks from there on; it waits, switches GSO off).  GSO already off or
+ * arguments it would refuse: the Python method for all of it.  Returns the sendmsg count; 0 with
+ * *send_error set for an OSError (the count is then not added, as endpoint._send's exception skips it);
+ * -1 for a Python error. */
+static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *addr, int *send_error)
+{
+    *send_error = 0;
+    Py_ssize_t n = PyByteArray_GET_SIZE(data);
+    PyObject *a = PyObject_GetAttr(sock, s_gso_disabled);
+    PyObject *mp = a == NULL ? NULL : PyObject_GetAttr(sock, s_max_payload);
+    int disabled = a == NULL ? -1 : PyObject_IsTrue(a);
+    long max_payload = mp == NULL ? -1 : PyLong_AsLong(mp);
+    Py_XDECREF(a);
+    Py_XDECREF(mp);
+    if (disabled < 0 || max_payload < 0 || PyErr_Occurred())
+        PyErr_Clear();
+    int fast = disabled == 0 && max_payload > 0 && row_len > 0 && row_len <= max_payload && n > 0;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int fd = -1;
+    if (fast && addr_of(addr, &ss, &sl) == 0) {
+        PyObject *fo = PyObject_CallMethodNoArgs(sock, s_fileno);
+        fd = fo == NULL ? -1 : (int)PyLong_AsLong(fo);
+        Py_XDECREF(fo);
+        if (fd < 0)
+            PyErr_Clear();
+    }
+    if (fd < 0)
+        return send_rest_py(sock, data, 0, row_len, addr, send_error);
+    long rows = UDP_MAX_SEGS < max_payload / row_len ? UDP_MAX_SEGS : max_payload / row_len;
+    Py_ssize_t per_call = (Py_ssize_t)(rows * row_len), off = 0;
+    const char *base = PyByteArray_AS_STRING(data);
+    long calls = 0;
+    while (off < n) {
+        Py_ssize_t end = n - off <= row_len ? n : (off + per_call < n ? off + per_call : n);
+        struct iovec iov = {(void *)(base + off), (size_t)(end - off)};
+        union {
+            char buf[CMSG_SPACE(sizeof(uint16_t))];
+            struct cmsghdr align;
+        } ctl;
+        struct msghdr m = {0};
+        m.msg_name = &ss;
+        m.msg_namelen = sl;
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        if (end - off > row_len) { /* more than one datagram: UDP_SEGMENT */
+            memset(&ctl, 0, sizeof ctl);
+            m.msg_control = ctl.buf;
+            m.msg_controllen = sizeof ctl.buf;
+            struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t s16 = (uint16_t)row_len;
+            memcpy(CMSG_DATA(c), &s16, sizeof s16);
+        }
+        ssize_t r;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        r = sendmsg(fd, &m, MSG_DONTWAIT);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (r >= 0) {
+            calls++;
+            off = end;
+            continue;
+        }
+        if (err != EAGAIN && err != EWOULDBLOCK && err != EIO && err != EINTR) {
+            *send_error = 1;
+            return 0;
+        }
+        /* nothing of this chunk was sent: the Python method sends the rest, from this chunk on */
+        long more = send_rest_py(sock, data, off, row_len, addr, send_error);
+        return more <= 0 ? more : calls + more;
+    }
+    return calls;
+}
+
+static PyObject *tx_burst(PyObject *self, PyObject *args)
+{
+    int fd;
+    Py_buffer b;
+    PyObject *ep, *snap, *conf;
+    if (!PyArg_ParseTuple(args, "iw*OO!O!", &fd, &b, &ep, &PyTuple_Type, &snap, &PyTuple_Type, &conf))
+        return NULL;
+    PyObject *macs, *peers, *ports, *plain, *socks;
+    double deadline;
+    long max_frames;
+    unsigned vni, opt_class, max_levels, max_dg;
+    if (!PyArg_ParseTuple(snap, "O!O!dl", &PyDict_Type, &macs, &PyTuple_Type, &peers, &deadline, &max_frames) ||
+        !PyArg_ParseTuple(conf, "IIOIIO!O!", &vni, &opt_class, &ports, &max_levels, &max_dg, &PyBytes_Type, &plain,
+                          &PyTuple_Type, &socks)) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    if (max_frames < 1)
+        max_frames = 1; /* every call makes progress */
+    Py_ssize_t nsocks = PyTuple_GET_SIZE(socks);
+    uint8_t *buf = b.buf;
+    size_t cap = (size_t)b.len;
+    long long cnt[C_N] = {0};
+    int rc = RC_EMPTY;
+    long rn = 0, done = 0;
+    if (nsocks == 0) {
+        PyErr_SetString(PyExc_ValueError, "tx_burst: no TX sockets");
+        goto fail;
+    }
+    for (;;) {
+        if (done >= max_frames) {
+            rc = RC_LIMIT;
+            break;
+        }
+        ssize_t n;
+        int e;
+        Py_BEGIN_ALLOW_THREADS
+        n = read(fd, buf, cap);
+        e = errno;
+        Py_END_ALLOW_THREADS
+        if (n < 0) {
+            if (e == EAGAIN || e == EWOULDBLOCK)
+                rc = RC_EMPTY;
+            else if (e == EINTR)
+                rc = RC_EINTR;
+            else {
+                rc = RC_READ_ERROR;
+                rn = e;
+            }
+            break;
+        }
+        if (n == 0) {
+            rc = RC_EMPTY;
+            break;
+        }
+        done++;
+        rc = RC_HANDBACK;
+        rn = (long)n;
+        /* -- the decisions: any doubt hands the frame back, nothing counted yet -- */
+        if ((size_t)n < VNET + 14)
+            break;
+        const uint8_t *f = buf + VNET;
+        size_t flen = (size_t)n - VNET;
+        if (f[0] & 1) /* broadcast / multicast: flooding is Python's */
+            break;
+        if (deadline > 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            if ((double)ts.tv_sec + ts.tv_nsec * 1e-9 >= deadline)
+                break; /* the snapshot may be stale: Python decides, then rebuilds it */
+        }
+        PyObject *mac = PyBytes_FromStringAndSize((const char *)f, 6);
+        if (mac == NULL)
+            goto fail;
+        PyObject *idx = PyDict_GetItemWithError(macs, mac);
+        Py_DECREF(mac);
+        if (idx == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            break; /* unknown destination */
+        }
+        Py_ssize_t pi = PyLong_AsSsize_t(idx);
+        if (pi < 0 || pi >= PyTuple_GET_SIZE(peers)) {
+            PyErr_Clear();
+            break;
+        }
+        PyObject *peer = PyTuple_GET_ITEM(peers, pi), *paddr;
+        int mode;
+        if (!PyArg_ParseTuple(peer, "Oi", &paddr, &mode) || mode < 0 || mode > 2) {
+            PyErr_Clear();
+            break;
+        }
+        if (buf[1] != 0) {
+            /* a GSO header: the reference's validation (VnetHdr.check); gso_type 0 passes it whatever the
+             * other fields (finish_csum checks csum_start/offset against the frame) */
+            PyObject *mv = PyMemoryView_FromMemory((char *)buf, n, PyBUF_READ);
+            if (mv == NULL)
+                goto fail;
+            PyObject *vh = call(f_vnet_check, PyTuple_Pack(1, mv));
+            Py_DECREF(mv);
+            if (vh == NULL)
+                break;
+            Py_DECREF(vh);
+        }
+        /* the vnet fields (little-endian; wire/vnet.py): validated by vnet_check above */
+        unsigned flags = buf[0], gt = buf[1], gso_size = buf[4] | buf[5] << 8;
+        unsigned cs = buf[6] | buf[7] << 8, co = buf[8] | buf[9] << 8, outer_th = buf[20] | buf[21] << 8;
+        PyObject *fr = PyMemoryView_FromMemory((char *)f, (Py_ssize_t)flen, PyBUF_READ);
+        if (fr == NULL)
+            goto fail;
+        uint32_t fh = flow_hash(f, flen);
+        PyObject *sock = PyTuple_GET_ITEM(socks, (Py_ssize_t)(fh % (uint32_t)nsocks));
+        if (gt == 0) {
+            /* a single datagram (ACKs): txplan.build's non-GSO branch */
+            if (flags & 1) {
+                PyObject *fin = call(f_finish_csum, Py_BuildValue("(OII)", fr, cs, co));
+                Py_DECREF(fr);
+                if (fin == NULL)
+                    break;
+                fr = fin; /* a bytearray: the frame with its checksum finished */
+            }
+            Py_buffer fb;
+            if (PyObject_GetBuffer(fr, &fb, PyBUF_SIMPLE) < 0) {
+                Py_DECREF(fr);
+                goto fail;
+            }
+            PyObject *hdr = NULL;
+            Py_ssize_t off = 0;
+            int fast = 0;
+            if (mode == 2) {
+                PyObject *r = call(f_fold_one, Py_BuildValue("(OIIOI)", fr, vni, opt_class, ports, max_levels));
+                if (r != NULL && PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2 && PyBytes_Check(PyTuple_GET_ITEM(r, 0))) {
+                    hdr = PyTuple_GET_ITEM(r, 0);
+                    Py_INCREF(hdr);
+                    off = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 1));
+                    if (off < 0 || off > fb.len) {
+                        PyErr_Clear();
+                        Py_CLEAR(hdr);
+                    }
+                    fast = 1;
+                }
+                Py_XDECREF(r);
+            } else if (mode == 1) {
+                PyObject *r = call(f_hint_prefix, Py_BuildValue("(OIOO)", fr, vni, ports, Py_False));
+                if (r != NULL && PyBytes_Check(r))
+                    hdr = r;
+                else
+                    Py_XDECREF(r);
+            } else {
+                hdr = plain;
+                Py_INCREF(hdr);
+            }
+            if (hdr == NULL) {
+                PyBuffer_Release(&fb);
+                Py_DECREF(fr);
+                break; /* deferred to the reference */
+            }
+            Py_ssize_t hl = PyBytes_GET_SIZE(hdr);
+            PyObject *dg = PyBytes_FromStringAndSize(NULL, hl + fb.len - off);
+            if (dg != NULL) {
+                memcpy(PyBytes_AS_STRING(dg), PyBytes_AS_STRING(hdr), (size_t)hl);
+                memcpy(PyBytes_AS_STRING(dg) + hl, (const char *)fb.buf + off, (size_t)(fb.len - off));
+            }
+            Py_DECREF(hdr);
+            PyBuffer_Release(&fb);
+            Py_DECREF(fr);
+            if (dg == NULL)
+                goto fail;
+            /* committed: the frame is ours from here on */
+            cnt[C_FRAMES]++;
+            cnt[C_BYTES] += (long long)flen;
+            cnt[C_FAST] += fast;
+            int arc = batch_append(ep, sock, dg, paddr, cnt);
+            Py_DECREF(dg);
+            if (arc < 0)
+                goto fail;
+            cnt[C_DGRAMS]++;
+            cnt[C_HIST]++;
+            cnt[C_PLAIN + mode]++;
+            continue;
+        }
+        /* a super-packet: txplan._build_gso on the socket path, TCP only (USO, UFO: the reference) */
+        unsigned base = gt & ~(0x80u | 0x60u) & 0xFF, tunnel = gt & 0x60;
+        if (base != 0x01 && base != 0x04) {
+            Py_DECREF(fr);
+            break;
+        }
+        PyObject *r;
+        if (mode == 2 && tunnel) {
+            r = call(f_fold_gso, Py_BuildValue("(OIIOIII)", fr, vni, opt_class, ports, max_levels, max_dg, gso_size));
+        } else {
+            PyObject *prefix = plain;
+            Py_INCREF(prefix);
+            if (mode == 1) {
+                Py_DECREF(prefix);
+                prefix = call(f_hint_prefix, Py_BuildValue("(OIOO)", fr, vni, ports, Py_True));
+                if (prefix != NULL && !PyBytes_Check(prefix))
+                    Py_CLEAR(prefix);
+            }
+            r = NULL;
+            if (prefix != NULL) {
+                unsigned segfl = 1u | (mode == 1 ? 2u : 0u); /* SEG_FIX_IP_IDS | SEG_FIXED_NESTED_IDS (hint) */
+                r = call(f_plain_gso, Py_BuildValue("(OOIIII)", prefix, fr, tunnel ? outer_th : 0u, max_dg, gso_size,
+                                                    segfl));
+                Py_DECREF(prefix);
+            }
+        }
+        Py_DECREF(fr);
+        if (r == NULL || !PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 5 || !PyByteArray_Check(PyTuple_GET_ITEM(r, 0))) {
+            Py_XDECREF(r);
+            break; /* deferred (None) or rejected: the reference decides */
+        }
+        PyObject *data = PyTuple_GET_ITEM(r, 0);
+        long row_len = PyLong_AsLong(PyTuple_GET_ITEM(r, 1)), count = PyLong_AsLong(PyTuple_GET_ITEM(r, 2));
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_DECREF(r);
+            break;
+        }
+        cnt[C_FRAMES]++;
+        cnt[C_BYTES] += (long long)flen;
+        cnt[C_FAST]++;
+        if (flush_batch(ep, cnt) < 0) { /* a flow's small frames leave before its super-packet */
+            Py_DECREF(r);
+            goto fail;
+        }
+        int serr;
+        long calls = send_super(sock, data, row_len, paddr, &serr);
+        Py_DECREF(r);
+        if (calls < 0)
+            goto fail;
+        if (serr) {
+            cnt[C_SENDERR]++;
+            continue;
+        }
+        cnt[C_SENDMSG] += calls;
+        cnt[C_DGRAMS] += count;
+        cnt[C_SUPER]++;
+        cnt[C_HIST + bucket(count)]++;
+        cnt[C_PLAIN + mode]++;
+    }
+    /* the end of the wakeup (the queue is empty, or the read failed): the batch leaves now, as
+     * Endpoint._tx_loop's flush after its read loop; a hand-back keeps it (_tx_frame may add to it) */
+    if ((rc == RC_EMPTY || rc == RC_READ_ERROR) && flush_batch(ep, cnt) < 0)
+        goto fail;
+    PyBuffer_Release(&b);
+    PyObject *ct = PyTuple_New(C_N);
+    if (ct == NULL)
+        return NULL;
+    for (int i = 0; i < C_N; i++) {
+        PyObject *v = PyLong_FromLongLong(cnt[i]);
+        if (v == NULL) {
+            Py_DECREF(ct);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(ct, i, v);
+    }
+    return Py_BuildValue("(ilN)", rc, rn, ct);
+fail:
+    PyBuffer_Release(&b);
+    return NULL;
+}
+
+static PyMethodDef txburst_methods[] = {
+    {"tx_burst", tx_burst, METH_VARARGS,
+     "tx_burst(fd, buf, ep, snap, conf) -> (rc, n, counts): the TX steady state for one TAP wakeup "
+     "(csrc/txburst.c)"},
+    {"crc32", tb_crc32, METH_VARARGS, "crc32(buf) -> int: zlib.crc32 (the TX burst's flow hash)"},
+    {"flow_hash", tb_flow_hash, METH_VARARGS, "flow_hash(frame) -> int: endpoint.flow_hash in C"},
+    {NULL, NULL, 0, NULL},
+};
+
+int udpnest_txburst_init(PyObject *module)
+{
+    crc_init();
+    struct {
+        PyObject **dst;
+        const char *name;
+    } fns[] = {{&f_vnet_check, "vnet_check"}, {&f_finish_csum, "finish_csum"}, {&f_fold_one, "fold_one"},
+               {&f_fold_gso, "fold_gso"},     {&f_plain_gso, "plain_gso"},     {&f_hint_prefix, "hint_prefix"},
+               {&f_send_batch, "send_batch"}};
+    for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++)
+        if ((*fns[i].dst = PyObject_GetAttrString(module, fns[i].name)) == NULL)
+            return -1;
+    if ((s_batch = PyUnicode_InternFromString("_batch")) == NULL ||
+        (s_sock = PyUnicode_InternFromString("sock")) == NULL ||
+        (s_send_parts = PyUnicode_InternFromString("send_parts")) == NULL ||
+        (s_gso_disabled = PyUnicode_InternFromString("gso_disabled")) == NULL ||
+        (s_max_payload = PyUnicode_InternFromString("max_payload")) == NULL ||
+        (s_send_segments = PyUnicode_InternFromString("send_segments")) == NULL ||
+        (s_fileno = PyUnicode_InternFromString("fileno")) == NULL)
+        return -1;
+    PyModule_AddIntConstant(module, "TXB_EMPTY", RC_EMPTY);
+    PyModule_AddIntConstant(module, "TXB_HANDBACK", RC_HANDBACK);
+    PyModule_AddIntConstant(module, "TXB_READ_ERROR", RC_READ_ERROR);
+    PyModule_AddIntConstant(module, "TXB_EINTR", RC_EINTR);
+    PyModule_AddIntConstant(module, "TXB_LIMIT", RC_LIMIT);
+    return PyModule_AddFunctions(module, txburst_methods);
+}
