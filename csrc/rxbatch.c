@@ -17,8 +17,8 @@
  *  while the `stop` flag byte is set) and hands that datagram back: it stays in buf and `item` is
  *  (nbytes, gso_size, sockaddr bytes), exactly what UdpSocket.recv_into would have returned, so the Python
  *  path processes it unchanged and in order.  Nothing later has been received.  item None: the socket was
- *  empty, max_count datagrams were handled, or a syscall failed (err: its errno; EINTR included, the caller
- *  returns to its loop so signals and the stop flag are seen).
+ *  empty (EAGAIN, also on the first call), max_count datagrams were handled, or a syscall failed (err: its
+ *  errno; EINTR included, the caller returns to its loop so signals and the stop flag are seen).
  *
  *  counts: (reads, bytes, plain, hint, fold, tap_bytes, tap_errors, last_tap_errno, truncated, socket_drops
  *  (SO_RXQ_OVFL, -1 when no cmsg came), handled); drops: ((reason code, n), ...) as rx_rows' codes
@@ -252,7 +252,7 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
         msg.msg_controllen = sizeof(ctl.b);
         ssize_t n = recvmsg(fd, &msg, i ? MSG_DONTWAIT : 0);
         if (n < 0) {
-            if (!(i && (errno == EAGAIN || errno == EWOULDBLOCK)))
+            if (errno != EAGAIN && errno != EWOULDBLOCK) /* empty: None, as recv_into's BlockingIOError */
                 err = errno;
             break;
         }

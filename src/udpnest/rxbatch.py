@@ -13,8 +13,9 @@ the FOLD templates the reference validated (``Receiver.folds``), what the counte
 source-MAC learning (the C call hands back one ``(peer, MAC)`` pair per MAC and call; the endpoint's
 ``_learn_mac`` applies them).  Counters come back once per call: ``reads``, ``bytes``, ``datagrams``,
 ``tap_writes``, ``tap_bytes``, ``kind_*``, the 1-segment histogram bucket, drop reasons and ``Reason.TAP_WRITE``,
-the socket's ``socket_drops`` / ``truncated``, and the fast path's own ``rx_batch_calls`` and ``rx_batch_fast``
-(datagrams handled entirely in C).
+the socket's ``socket_drops`` / ``truncated``, and the fast path's own ``rx_batch_calls`` (calls that handled
+at least one datagram: ``udpnest status`` wakes the RX process with a datagram, which must not change counters)
+and ``rx_batch_fast`` (datagrams handled entirely in C).
 
 ``UDPNEST_RX_BATCH=0`` in the environment switches it off (the differential tests compare both).
 """
@@ -114,8 +115,8 @@ class FastRx:
         reads, nbytes, plain, hint, fold, tap_bytes, tap_errors, tap_errno, truncated, sdrops, handled = cnt
         st = ep.rx_stats
         c = st.c
-        c["rx_batch_calls"] += 1
         if reads:
+            c["rx_batch_calls"] += 1  # (only calls that took datagrams: a wake-up or an echo probe alone is no news)
             writes = plain + hint + fold
             c["reads"] += reads
             c["bytes"] += nbytes
