@@ -406,3 +406,60 @@ def test_wake_ups_change_no_counter(sent, monkeypatch):
     on = run([(b"", 0, 0, "wake")] * 3, sent, fast=True, child=True, monkeypatch=monkeypatch)
     assert on["calls"] == 0 and on["fast"] == 0 and on["reads"] == 0
     assert on["nstats"] == 4  # three wake-ups and the stop
+
+
+def test_ipv6_underlay(monkeypatch):
+    """An IPv6 underlay (::1 is the only loopback address: the peer is our own address, another port): ACKs on
+    the fast path, handed-back reads (a GRO read, junk, an echo packet) keyed as the Python path keys them."""
+    from udpnest.rxbatch import _packed, sockaddr_tuple
+
+    rng = random.Random(6)
+    reads = acks(rng, 3, 10, (PEER,))
+    reads += [r for r in reads_for(rng, corrupt_p=0.0) if r[3] == PEER] + acks(rng, 2, 5, (PEER,))
+    results = []
+    for fast in (True, False):
+        monkeypatch.setenv("UDPNEST_RX_BATCH", "1" if fast else "0")
+        peer = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        peer.bind(("::1", 0))
+        rx = UdpSocket("::1", 0, gro=True, blocking=True, bufsize=1 << 24)
+        port = rx.local_address[1]
+        cfg = build_config({"id": VNI, "local": "::1", "dstport": port, "nested": "fold", "engine": "native",
+                            "remote": [f"[::1]:{peer.getsockname()[1]}"]})
+        ep = Endpoint(cfg, clock=lambda: 100.0)
+        ep.rx = rx
+        ep.tap = Tap.__new__(Tap)
+        ep.tap.fd = os.open("/dev/null", os.O_WRONLY)  # counters and learning are compared here, not frames
+        n = 0
+        for buf, m, g, _ in reads:
+            try:
+                if g and m > g:
+                    peer.sendmsg([buf[:m]], [segment_cmsg(g)], 0, ("::1", port))
+                else:
+                    peer.sendto(buf[:m], ("::1", port))
+                n += 1
+            except OSError:
+                pass
+        t = threading.Thread(target=ep._rx_loop, daemon=True)
+        t.start()
+        c = ep.rx_stats.c
+        deadline = time.monotonic() + 20
+        while c["reads"] < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ep.stop_event.set()
+        rx.sock.sendto(b"", ("::1", port))
+        t.join(10)
+        assert not t.is_alive()
+        results.append((Counter({k: v for k, v in c.items() if not k.startswith(VOLATILE)}),
+                        Counter(ep.rx_stats.drops), c["rx_batch_fast"], list(ep.fdb._t.items())))
+        ep.tap.close()
+        rx.close()
+        peer.close()
+    on, off = results
+    assert on[0] == off[0] and on[1] == off[1] and on[3] == off[3]
+    assert on[2] > 20 and off[2] == 0
+    assert "no_peer" not in on[1]
+    assert _packed(["::1", "2001:db8::1", "2001:DB8::2", "192.0.2.1", "bogus"]) == {
+        16: [(socket.inet_pton(socket.AF_INET6, "::1"), "::1"), (socket.inet_pton(socket.AF_INET6, "2001:db8::1"),
+                                                                  "2001:db8::1")],
+        4: [(socket.inet_aton("192.0.2.1"), "192.0.2.1")]}
+    assert sockaddr_tuple(b"") is None
