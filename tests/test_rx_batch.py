@@ -76,7 +76,8 @@ class Sent:
             s.close()
 
 
-def run(reads, sent: Sent, *, fast: bool, eng: str = "native", child: bool = False, monkeypatch=None):
+def run(reads, sent: Sent, *, fast: bool, eng: str = "native", child: bool = False, monkeypatch=None,
+        bad_tap: bool = False):
     """The RX loop over ``reads`` ((buf, n, gso, source name)); returns (frames, counters, drops, hist, control
     counters, FDB / learned entries, socket counters, parent messages)."""
     monkeypatch.setenv("UDPNEST_RX_BATCH", "1" if fast else "0")
@@ -94,6 +95,9 @@ def run(reads, sent: Sent, *, fast: bool, eng: str = "native", child: bool = Fal
         except OSError:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
     ep.tap = _fake_tap(a)
+    if bad_tap:  # every TAP write fails (EBADF): the tap_write drop
+        os.close(ep.tap.fd)
+        ep.tap.fd = os.open("/dev/null", os.O_RDONLY)
     parent = None
     if child:
         parent, ch = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -463,3 +467,13 @@ def test_ipv6_underlay(monkeypatch):
                                                                   "2001:db8::1")],
         4: [(socket.inet_aton("192.0.2.1"), "192.0.2.1")]}
     assert sockaddr_tuple(b"") is None
+
+
+def test_tap_write_errors(sent, monkeypatch):
+    """A TAP that refuses every write: the same tap_write drops (and nothing learned) on both paths."""
+    reads = mixed(random.Random(2), 0.0)
+    on = run(reads, sent, fast=True, monkeypatch=monkeypatch, bad_tap=True)
+    off = run(reads, sent, fast=False, monkeypatch=monkeypatch, bad_tap=True)
+    compare(on, off)
+    assert on["frames"] == [] and on["drops"]["tap_write"] > 0 and on["fast"] > 0
+    assert on["learned"] == []
