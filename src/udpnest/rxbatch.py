@@ -90,28 +90,28 @@ class FastRx:
         self.rx_batch = _native.rx_batch
         self.reasons = REASONS
         self._drv = None
+        self._buf = None
         self._args: tuple = ()
         self._keys: list[str] = []
 
-    def _bind(self, drv) -> None:
-        rx = drv.native_receiver
-        fam_v6 = self.ep.rx.sock.family == socket.AF_INET6
-        width = 16 if fam_v6 else 4
+    def _bind(self, drv, buf) -> None:
+        """The call's arguments for this driver (its peers, settings, FOLD template list) and buffer."""
+        ep, rx = self.ep, drv.native_receiver
+        width = 16 if ep.rx.sock.family == socket.AF_INET6 else 4
         pk = _packed(drv.peers)[width]
         self._keys = [k for _, k in pk]
-        self._args = (b"".join(p for p, _ in pk), width, rx.n_vni, rx.n_class, rx.folds, drv.single_min)
-        self._drv = drv
+        self._args = (ep.rx.sock.fileno(), ep.tap.fd, buf, b"".join(p for p, _ in pk), width, rx.n_vni, rx.n_class,
+                      rx.folds, drv.single_min, BATCH_MAX, ZERO_VNET_HDR, ep._stop_flag)
+        self._drv, self._buf = drv, buf
 
     def receive(self, drv, buf):
         """One wakeup: small datagrams from peers go to the TAP in C; returns the first datagram left for the
         Python path as ``(nbytes, gso_size, addr)`` (in ``buf``) or None (nothing more / a syscall returned
         early: the caller loops).  A socket error other than EINTR is raised as OSError, as recv_into does."""
-        if drv is not self._drv:
-            self._bind(drv)
+        if drv is not self._drv or buf is not self._buf:
+            self._bind(drv, buf)
         ep = self.ep
-        a = self._args
-        item, cnt, drops, learned, err = self.rx_batch(ep.rx.sock.fileno(), ep.tap.fd, buf, a[0], a[1], a[2], a[3],
-                                                       a[4], a[5], BATCH_MAX, ZERO_VNET_HDR, ep._stop_flag)
+        item, cnt, drops, learned, err = self.rx_batch(*self._args)
         reads, nbytes, plain, hint, fold, tap_bytes, tap_errors, tap_errno, truncated, sdrops, handled = cnt
         st = ep.rx_stats
         c = st.c
@@ -147,7 +147,7 @@ class FastRx:
         if sdrops >= 0:
             sock.socket_drops = sdrops
         if err and item is None:
-            if err == errno.EINTR:  #: back to the loop (signal handlers, the stop flag)
+            if err == errno.EINTR:  # back to the loop (signal handlers, the stop flag)
                 return None
             raise OSError(err, os.strerror(err))
         if item is None:
