@@ -38,8 +38,7 @@ ext_modules = []
 if not os.environ.get("UDPNEST_PUREPYTHON"):
     ext_modules.append(Extension(
         "udpnest._native",
-        sources=["csrc/module.c", "csrc/tx.c", "csrc/rx.c",
-                 "csrc/txburst.c"],
+        sources=["csrc/module.c", "csrc/tx.c", "csrc/rx.c", "csrc/txburst.c", "csrc/rxbatch.c"],
         depends=["csrc/udpnest.h"],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                             "-Wno-missing-field-initializers", "-fno-strict-aliasing"],

@@ -9,13 +9,22 @@ Cases, each in fold and plain mode (one nested IPv4 VXLAN level with a UDP check
 1500): coalescing a 45-datagram UDP_GRO read into one held run (+ finish: the TAP write's headers), one
 ACK datagram, two reads of one super-packet merged (read, read, finish), and a 45-datagram read that does
 not coalesce (a sequence gap: 45 one-datagram writes), and one datagram holding a whole super-packet.
+
+The "ACK loop" cases run the endpoint's real RX loop (``Endpoint._rx_loop``) over a loopback UDP socket with
+20000 queued ACK datagrams and /dev/null as the TAP: microseconds per datagram from recvmsg to TAP write,
+native engine with the RX fast path (udpnest.rxbatch: one C call per batch) and without it
+(``UDPNEST_RX_BATCH=0``: one Python round trip per datagram), and the Python engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
+import threading
+import time
 import timeit
 from pathlib import Path
 
@@ -110,13 +119,75 @@ def run(engines: list[str], number: int = 2000) -> dict:
     return out
 
 
+def ack_loop(engine: str, fast: bool, mode: str, count: int = 20000, per_call: int | None = None) -> float:
+    """Microseconds per ACK datagram through Endpoint._rx_loop (recvmsg .. TAP write), ``count`` queued first;
+    ``per_call``: the fast path's batch limit (1: as when ACKs arrive one per wakeup, the lab's common case)."""
+    from udpnest import rxbatch
+    from udpnest.config import build_config
+    from udpnest.endpoint import Endpoint
+    from udpnest.io.tap import Tap
+    from udpnest.io.udp import UdpSocket
+
+    os.environ["UDPNEST_RX_BATCH"] = "1" if fast else "0"
+    batch_max = rxbatch.BATCH_MAX
+    rxbatch.BATCH_MAX = per_call or batch_max
+    ack, _ = reads(mode, 0)
+    rx = UdpSocket("127.0.0.1", 0, gro=True, blocking=True, bufsize=1 << 26)
+    port = rx.local_address[1]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.2", 0))
+    cfg = build_config({"id": VNI, "local": "127.0.0.1", "dstport": port, "remote": [f"127.0.0.2:{port}"],
+                        "nested": "fold" if mode == "fold" else "off", "engine": engine})
+    ep = Endpoint(cfg, clock=time.monotonic)
+    ep.rx = rx
+    tap = Tap.__new__(Tap)
+    tap.fd = os.open("/dev/null", os.O_WRONLY)
+    ep.tap = tap
+    try:
+        for _ in range(count):
+            tx.sendto(ack, ("127.0.0.1", port))
+        c = ep.rx_stats.c
+        t = threading.Thread(target=ep._rx_loop, daemon=True)
+        t0 = time.perf_counter()
+        t.start()
+        while c["reads"] < count and t.is_alive():
+            time.sleep(0.0005)
+        dt = time.perf_counter() - t0
+        ep.stop_event.set()
+        rx.sock.sendto(b"", ("127.0.0.1", port))
+        t.join(5)
+        assert c["tap_writes"] == count, dict(c)
+        return round(dt / count * 1e6, 3)
+    finally:
+        os.environ.pop("UDPNEST_RX_BATCH", None)
+        rxbatch.BATCH_MAX = batch_max
+        tap.close()
+        rx.close()
+        tx.close()
+
+
+def ack_loops(engines: list[str], repeat: int = 3) -> dict:
+    out: dict = {}
+    for mode in ("fold", "plain"):
+        variants = [(e, e == "native") for e in engines] + ([("native", False)] if "native" in engines else [])
+        for engine, fast in variants:
+            best = min(ack_loop(engine, fast, mode) for _ in range(repeat))
+            out[f"{mode} {engine}{' +fast path' if fast else ''}: ACK loop, per datagram"] = best
+            if fast:
+                best = min(ack_loop(engine, fast, mode, per_call=1) for _ in range(repeat))
+                out[f"{mode} {engine} +fast path, 1 datagram per call: ACK loop, per datagram"] = best
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--number", type=int, default=2000)
+    ap.add_argument("--only-ack-loop", action="store_true", help="only the RX loop ACK cases")
     a = ap.parse_args()
     engines = ["python"] + (["native"] if native_available() else [])
-    res = run(engines, a.number)
+    res = {} if a.only_ack_loop else run(engines, a.number)
+    res.update(ack_loops(engines))
     if a.json:
         print(json.dumps(res, indent=2))
         return

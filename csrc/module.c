@@ -29,7 +29,7 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL)
         return NULL;
-    if (udpnest_tx_init(m) < 0 || udpnest_rx_init(m) < 0) {
+    if (udpnest_tx_init(m) < 0 || udpnest_rx_init(m) < 0 || udpnest_rxbatch_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

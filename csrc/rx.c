@@ -45,6 +45,7 @@ enum {
     R_BAD_IPV4_VERSION, R_BAD_IPV4_IHL, R_BAD_IPV4_LENGTH, R_TRUNCATED_IPV6, R_BAD_IPV6_VERSION,
     R_BAD_IPV6_LENGTH, R_BAD_IPV6_EXTENSION, R_FOLD_TOO_LARGE, R_COUNT
 };
+_Static_assert(R_FOLD_TOO_LARGE == UN_R_FOLD_TOO_LARGE, "udpnest.h mirrors rx.c");
 #define DROP(r) (-2 - (r))
 #define DEFER (-1)
 
@@ -133,7 +134,7 @@ static int rx_ipv6(const uint8_t *f, size_t n, size_t off)
     return -1;
 }
 
-static int rx_one(const uint8_t *p, size_t n, long vni, long opt_class)
+int rx_one(const uint8_t *p, size_t n, long vni, long opt_class)
 {
     if (n < 8)
         return DROP(R_TRUNCATED_GENEVE);
@@ -197,7 +198,7 @@ static uint32_t rx_pseudo(const uint8_t *ip, int v6, unsigned proto, uint64_t le
 #define F_UDP_CSUM 0x40
 #define F_LEN_ZEROED 0x20
 #define F_CSUM_ZEROED 0x10
-#define MAX_FOLD_HDRS 512 /* 3 levels of at most 124 bytes each, with room to spare */
+#define MAX_FOLD_HDRS UN_MAX_FOLD_HDRS /* 512: 3 levels of at most 124 bytes each, with room to spare */
 
 static uint32_t rx_ones(const uint8_t *p, size_t n) /* csum.ones_sum's value modulo 0xFFFF */
 {
@@ -210,7 +211,7 @@ static uint32_t rx_ones(const uint8_t *p, size_t n) /* csum.ones_sum's value mod
  *   the Geneve header (16 bits).  The mask leaves out each carried IPv4 header's ID: nothing in the
  *   validation reads it, and every packet of a flow has its own.
  * rx_match: does Geneve header p (G bytes) match?  Returns the level table or NULL. */
-static const uint8_t *rx_match(const uint8_t *tpl, size_t tlen, const uint8_t *p, size_t G)
+const uint8_t *rx_match(const uint8_t *tpl, size_t tlen, const uint8_t *p, size_t G)
 {
     if (tlen < 2 || un_get16(tpl) != G || tlen < 2 + 2 * G + 1)
         return NULL;
@@ -224,7 +225,7 @@ static const uint8_t *rx_match(const uint8_t *tpl, size_t tlen, const uint8_t *p
 /* Restore the nested headers for the packet whose Geneve header is p (G bytes) from the level table lv
  * (lvlen bytes).  Writes them to out (capacity MAX_FOLD_HDRS); returns their length, -1 when a restored
  * length would exceed 65535 (fold_too_large), -2 when the table is malformed (never, for ours). */
-static long rx_restore(const uint8_t *lv0, size_t lvlen, const uint8_t *p, size_t G, const uint8_t *inner,
+long rx_restore(const uint8_t *lv0, size_t lvlen, const uint8_t *p, size_t G, const uint8_t *inner,
                        size_t inner_len, uint8_t *out)
 {
     const uint8_t *lv[4];
@@ -282,7 +283,7 @@ static long rx_restore(const uint8_t *lv0, size_t lvlen, const uint8_t *p, size_
 }
 
 /* The frame check after unfold (rxpipe._check_l3): -1 or a reason code. */
-static int rx_check_l3(const uint8_t *f, size_t fl)
+int rx_check_l3(const uint8_t *f, size_t fl)
 {
     if (fl < 14)
         return R_TRUNCATED_ETH;

@@ -20,6 +20,16 @@
 int udpnest_tx_init(PyObject *module);
 int udpnest_rx_init(PyObject *module);
 int udpnest_txburst_init(PyObject *module); /* csrc/txburst.c: the TX burst (after udpnest_tx_init) */
+int udpnest_rxbatch_init(PyObject *module);
+
+/* The one-datagram path of csrc/rx.c, shared with csrc/rxbatch.c (pure, no Python objects). */
+int rx_one(const uint8_t *p, size_t n, long vni, long opt_class);
+const uint8_t *rx_match(const uint8_t *tpl, size_t tlen, const uint8_t *p, size_t G);
+long rx_restore(const uint8_t *lv0, size_t lvlen, const uint8_t *p, size_t G, const uint8_t *inner,
+                size_t inner_len, uint8_t *out);
+int rx_check_l3(const uint8_t *f, size_t fl);
+#define UN_MAX_FOLD_HDRS 512 /* rx_restore's output capacity (rx.c MAX_FOLD_HDRS) */
+#define UN_R_FOLD_TOO_LARGE 17 /* rx.c's reason code of fold_too_large (RX_REASONS[17]) */
 
 static inline uint16_t un_get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t un_get32(const uint8_t *p)

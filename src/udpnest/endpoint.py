@@ -35,7 +35,7 @@ import zlib
 from collections import Counter
 
 from . import engine as _engine
-from . import txburst
+from . import rxbatch, txburst
 from .announce import announcements
 from .config import EndpointConfig
 from .engine import check as check_engine
@@ -697,9 +697,15 @@ class Endpoint:
         clock = time.perf_counter_ns
         child = self.rx_child
         wake = (self.cfg.local, self.cfg.dstport)
+        fast = None  # the native fast path for small one-datagram reads (udpnest.rxbatch) while nothing is held
+        if rxbatch.enabled(self.engine):
+            fast = rxbatch.FastRx(self)
         while True:
             try:
-                r = self.rx.recv_into(buf, nowait=drv.holding)
+                if fast is not None and drv.pending is None and drv.peers is self.peers and drv_cfg is self.cfg:
+                    r = fast.receive(drv, buf)  # None: returned between datagrams (no stop check in C)
+                else:
+                    r = self.rx.recv_into(buf, nowait=drv.holding)
             except OSError as e:
                 if self.stop_event.is_set() or self._stop_flag[0]:
                     return
@@ -709,6 +715,10 @@ class Endpoint:
             if r is None:  # nothing more waiting: the held super-packet goes out now
                 for w, key in drv.flush():
                     self._tap_write(w, key)
+                if fast is not None and (self.stop_event.is_set() or self._stop_flag[0]):
+                    if child:
+                        self._push_stats()
+                    return
                 continue
             if self.stop_event.is_set() or self._stop_flag[0]:
                 if child:
@@ -762,27 +772,33 @@ class Endpoint:
             c["super_packets"] += 1
         first = parts[0]
         if len(first) >= 12:
-            now = self.clock()
-            last = self._last_learn
-            # the same source as the last write, reported less than `refresh` ago: nothing is news (every
-            # ACK of a flow comes from the same MAC; LearnedMacs.report would say the same, slower)
-            if last is not None and last[1] == key and now <= last[2] and first[6:12] == last[0]:
-                return
-            mac = bytes(first[6:12])
-            if not self.rx_child:
-                self.fdb.learn(mac, key, now)
-                return
-            # tell the main loop only what changed, and refresh well within the ageing time (bounded LRU)
-            learned = self._learned
-            evicted = learned.evicted
-            if learned.report(mac, key, now):
-                if learned.evicted != evicted:
-                    st.c["learned_evicted"] += learned.evicted - evicted
-                if self._to_parent(("learn", mac, key)):
-                    self._last_learn = (mac, key, now + learned.refresh)
-                else:
-                    learned.forget(mac)  # try again with the next frame
-                    self._last_learn = None
+            self._learn_mac(first[6:12], key)
+
+    def _learn_mac(self, src, key: str) -> None:
+        """Source MAC ``src`` (6 bytes) of a frame from peer ``key`` written to the TAP (also called once per
+        (peer, MAC) of a native fast-path batch, udpnest.rxbatch)."""
+        st = self.rx_stats
+        now = self.clock()
+        last = self._last_learn
+        # the same source as the last write, reported less than `refresh` ago: nothing is news (every
+        # ACK of a flow comes from the same MAC; LearnedMacs.report would say the same, slower)
+        if last is not None and last[1] == key and now <= last[2] and src == last[0]:
+            return
+        mac = bytes(src)
+        if not self.rx_child:
+            self.fdb.learn(mac, key, now)
+            return
+        # tell the main loop only what changed, and refresh well within the ageing time (bounded LRU)
+        learned = self._learned
+        evicted = learned.evicted
+        if learned.report(mac, key, now):
+            if learned.evicted != evicted:
+                st.c["learned_evicted"] += learned.evicted - evicted
+            if self._to_parent(("learn", mac, key)):
+                self._last_learn = (mac, key, now + learned.refresh)
+            else:
+                learned.forget(mac)  # try again with the next frame
+                self._last_learn = None
 
     def _on_echo(self, pkt, key: str, size: int | None = None) -> None:
         """An echo packet from configured peer ``key`` (``size``: the request datagram's length).

@@ -64,10 +64,11 @@ class RxDriver:
         # the one held run, its peer key, how many reads it is made of, and (a held one-datagram read not
         # merged yet) that datagram's bytes, replayed through the one-datagram path if nothing continues it
         self.pending: tuple[rxpipe.Run, str, int, bytes | None] | None = None
+        self.native_receiver = None  # the native engine's rxnative.Receiver (its FOLD templates: udpnest.rxbatch)
         if engine == "native":
             from . import rxnative
 
-            receiver = rxnative.Receiver(counts=self.counts, **self.kw)
+            receiver = self.native_receiver = rxnative.Receiver(counts=self.counts, **self.kw)
             self._receive = receiver.receive
             self._single_run = receiver.single_run
             self._finish_run = rxnative.finish

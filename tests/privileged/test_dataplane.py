@@ -65,6 +65,8 @@ def test_gib_transfer_sha256(lab, endpoints, nested, engine):
         assert rx.get(f"kind_{other}", 0) == 0, f"B received {other} frames in {nested} mode: {rx}"
     assert sa["tx"].get(f"mode_{kind}", 0) > 0, sa["tx"]
     assert rx["tap_bytes"] >= nestlab.GIB, json.dumps([sa["tx"], rx])
+    if engine == "native":  # the sender's RX process takes the returning ACKs in C (udpnest.rxbatch)
+        assert sa["rx"].get("rx_batch_fast", 0) > 0, sa["rx"]
 
     if nested == "fold":
         # Issue 3: super-packets reach the workload and the sender hands many datagrams to each send.
