@@ -119,7 +119,10 @@ class ScriptedRx:
         return len(data), gso, addr
 
 
-def test_endpoint_rx_loop_writes_what_the_driver_returns():
+def test_endpoint_rx_loop_writes_what_the_driver_returns(monkeypatch):
+    # the per-read path with scripted reads: the native fast path (udpnest.rxbatch) receives from the real
+    # socket itself, bypassing recv_into (tests/test_rx_batch.py compares the two on real sockets)
+    monkeypatch.setenv("UDPNEST_RX_BATCH", "0")
     ep = endpoint("fold", id=0, rx_process=False)
     first, second, row = reads(super_packet(), 30)
     other_first, _, _ = reads(super_packet(seq=900000), 30)
