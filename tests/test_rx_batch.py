@@ -592,3 +592,111 @@ def test_data_path_matches_the_python_engine(sent, monkeypatch):
     py = run(reads, sent, fast=True, eng="python", monkeypatch=monkeypatch)
     assert on["frames"] == py["frames"]
     assert on["drops"] == py["drops"]
+
+
+def test_fuzz_rx_batch_data_path(sent):
+    """Bulk-flow GRO reads, mutated (rows, lengths, GSO sizes, headers) and not, from peers and not, straight into
+    the C entry with the flows a Receiver built: no crash; every read is handled or handed back; every frame on
+    the stand-in TAP is one counted write (bytes included); a handed-back run is well formed."""
+    from udpnest import _native, rxbatch, rxnative
+    from udpnest.wire.vnet import ZERO_VNET_HDR
+
+    rng = random.Random(31)
+    rx = UdpSocket(LOCAL, 0, gro=True, blocking=True, bufsize=1 << 24)
+    rx.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        corpus = []
+        for mode in ("plain", "hint", "fold", "fold"):
+            corpus += [r for r in flow_reads(rng, mode, v6=rng.random() < 0.5, depth=rng.choice((0, 1, 2)), supers=4)
+                       if r[2] and r[1] <= 65000]
+        recv = rxnative.Receiver(vni=VNI)
+        flows_seen = []
+        for buf, n, g, _ in corpus:  # the flows as the reference's cache has them
+            recv.receive(bytearray(buf), n, g)
+            flows_seen.append(tuple(rxbatch.flow_args(e) for e in (recv.last, recv.prev)))
+        assert any(f[0] is not None for f in flows_seen)
+        peers = socket.inet_aton(ADDR[PEER]) + socket.inet_aton(ADDR[OTHER])
+        buf = bytearray(65600)
+        total = handled = back = frames = held_n = 0
+        for _round in range(60):
+            flows = rng.choice(flows_seen)
+            batch, got, empty = 0, 0, 0
+            for _ in range(rng.randrange(1, 12)):
+                dg, n, g, _ = rng.choice(corpus)
+                if rng.random() < 0.3:
+                    dg, n, g = corrupt(rng, dg, g)
+                name = rng.choices((PEER, OTHER, NOT_PEER), (70, 20, 10))[0]
+                if sent.send(name, dg, n, g, rx.local_address):
+                    batch += 1
+            total += batch
+            while got < batch:
+                item, cnt, drops, learned, err, data, held = _native.rx_batch(
+                    rx.fileno(), a.fileno(), buf, peers, 4, VNI, 0xFF4E, [], 736, rng.choice((1, 3, 64)),
+                    ZERO_VNET_HDR, None, flows)
+                assert err == 0
+                reads, _, plain, hint, fold, tap_bytes, tap_err, _, _, _, fast = cnt
+                coalesced, merged, r1, r2, r3, dbytes, ddrop, segs = data
+                assert reads == fast and coalesced <= fast and merged <= coalesced
+                for code, _ in drops:
+                    assert 0 <= code < len(rxnative.REASONS)
+                for peer, mac in learned:
+                    assert peer in (0, 1) and len(mac) == 6
+                if held is not None:
+                    payload, hdr, ref, plen, mss, segments, seq0, nseq, fids, lids, ext, nreads, peer, fi = held
+                    assert len(payload) == plen and (plen - 1) // mss + 1 == segments and ext and peer in (0, 1)
+                    assert flows[fi] is not None and len(ref) == flows[fi][4] + flows[fi][5] == len(ref)
+                    assert nseq == (seq0 + plen) & 0xFFFFFFFF and nreads >= 1
+                    held_n += 1
+                handled += fast
+                got += fast
+                if item is not None:
+                    back += 1
+                    got += 1
+                elif not fast and held is None:
+                    empty += 1
+                    assert empty < 2, (got, batch)
+                nbytes = nframes = 0
+                while True:
+                    try:
+                        nbytes += len(b.recv(1 << 17)) - 24
+                        nframes += 1
+                    except BlockingIOError:
+                        break
+                if not tap_err and not ddrop:  # (a full stand-in TAP refuses some: those are counted drops)
+                    assert nframes == plain + hint + fold + len(segs)
+                    assert nbytes == tap_bytes + dbytes
+                frames += nframes
+        assert handled + back == total
+        assert handled > 30 and back > 10 and frames > 10 and held_n > 0
+    finally:
+        rx.close()
+        a.close()
+        b.close()
+
+
+def test_data_path_tap_write_errors(sent, monkeypatch):
+    """A TAP that refuses every write: the super-packets' segments are the same tap_write drops on both paths."""
+    reads = data_mix(random.Random(5))
+    on = run(reads, sent, fast=True, monkeypatch=monkeypatch, bad_tap=True)
+    off = run(reads, sent, fast=False, monkeypatch=monkeypatch, bad_tap=True)
+    compare(on, off)
+    assert on["frames"] == [] and on["drops"]["tap_write"] > 0 and on["fast"] > 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_data_path_ipv6_flows_in_rx_child(seed, sent, monkeypatch):
+    """IPv6 inner flows, the RX child's learning messages and wake-ups: the same frames and counters on both paths,
+    and the same last report per MAC (the fast path reports one (peer, MAC) per MAC and call, as for ACKs)."""
+    rng = random.Random(100 + seed)
+    reads = data_mix(rng, v6=True) + [(b"", 0, 0, "wake")] + data_mix(rng, v6=True)
+    on = run(reads, sent, fast=True, child=True, monkeypatch=monkeypatch)
+    off = run(reads, sent, fast=False, child=True, monkeypatch=monkeypatch)
+    msgs = on.pop("msgs"), off.pop("msgs")
+    on["msgs"] = off["msgs"] = None
+    compare(on, off)
+    last = [{m[1]: m[2] for m in ms if m[0] == "learn"} for ms in msgs]
+    assert last[0] == last[1] and len(msgs[0]) <= len(msgs[1])
+    assert on["nstats"] == off["nstats"] == 2
