@@ -56,7 +56,7 @@ typedef struct {
     uint8_t learn_mac[RXB_MAX_WRITES][6];
     /* the data path (rxd_*): reads coalesced, merged, reads_per_super_packet_1..3, TAP bytes of the data
      * writes, the segments their failed writes dropped, and each written super-packet's segment count */
-    Py_ssize_t coalesced, merged, rps[4], dtap_bytes, dtap_drop;
+    Py_ssize_t coalesced, merged, rps[4], dtap_bytes, dtap_drop, single_merged;
     int ndseg;
     Py_ssize_t dseg[RXB_MAX_WRITES];
 } rxb_state;
@@ -204,6 +204,8 @@ typedef struct {
     int verify, kind; /* kind: 0 plain, 1 hint, 2 fold */
     uint8_t meta[4];  /* fold: (flags, l2, l3, tun) of the carried level, its headers at ref[coff:cend] */
     size_t coff, cend;
+    int same_layout;  /* the other entry's frame info has the same G and layout (rxpipe.merge may join them) */
+    size_t max_datagram; /* RxDriver.max_datagram */
 } rxd_flow;
 
 #define RXD_FLOWS 2 /* Receiver.last and Receiver.prev */
@@ -218,22 +220,23 @@ typedef struct {
 } rxd_run;
 
 /* flow: (row_len, ref, keep, csum_offs, G, H, ip4 ((off, innermost), ...), ip6, udp ((off, has, ip, v6),) or (),
- *        tcp_ip, tcp_ip_v6, tcp, keep_full, keep_last, verify, kind, fold meta (4 bytes) or b"", coff, cend)
+ *        tcp_ip, tcp_ip_v6, tcp, keep_full, keep_last, verify, kind, fold meta (4 bytes) or b"", coff, cend,
+ *        same_layout, max_datagram)
  * -- rxnative.Receiver.last as udpnest.rxbatch packs it; everything checked here, once per call (a flow that
  * does not fit is off: its reads go to Python). */
 static int rxd_parse(PyObject *t, rxd_flow *F)
 {
-    Py_ssize_t row_len, G, H, tcp_ip, tcp, reflen, keeplen, kflen, kllen, metalen, coff, cend;
+    Py_ssize_t row_len, G, H, tcp_ip, tcp, reflen, keeplen, kflen, kllen, metalen, coff, cend, maxdg;
     PyObject *offs, *ip4, *ip6, *udp;
     const char *ref, *keep, *kf, *kl, *meta;
-    int v6, verify, kind;
+    int v6, verify, kind, same_layout;
     memset(F, 0, sizeof(*F));
     if (t == Py_None)
         return 0;
-    if (!PyArg_ParseTuple(t, "ny#y#O!nnO!O!O!npny#y#piy#nn;rx_batch: flow", &row_len, &ref, &reflen, &keep,
+    if (!PyArg_ParseTuple(t, "ny#y#O!nnO!O!O!npny#y#piy#nnpn;rx_batch: flow", &row_len, &ref, &reflen, &keep,
                           &keeplen, &PyTuple_Type, &offs, &G, &H, &PyTuple_Type, &ip4, &PyTuple_Type, &ip6,
                           &PyTuple_Type, &udp, &tcp_ip, &v6, &tcp, &kf, &kflen, &kl, &kllen, &verify, &kind, &meta,
-                          &metalen, &coff, &cend))
+                          &metalen, &coff, &cend, &same_layout, &maxdg))
         return -1;
     rx_layout *L = &F->L;
     int ok = G >= 0 && H > 0 && H <= 1024 && G + H == reflen && reflen <= RXD_MAX_REF && keeplen >= reflen &&
@@ -305,6 +308,8 @@ static int rxd_parse(PyObject *t, rxd_flow *F)
     F->kl = (const uint8_t *)kl;
     F->verify = verify;
     F->kind = kind;
+    F->same_layout = same_layout;
+    F->max_datagram = maxdg > 0 ? (size_t)maxdg : 0;
     F->on = 1;
     return 0;
 bad: /* a layout the checks here do not cover: C leaves that flow's reads to Python */
@@ -473,6 +478,71 @@ static int rxd_read(rxb_state *S, const rxd_flow *flows, rxd_run *R, const uint8
     return 1;
 }
 
+/* A one-datagram read of n bytes from the held run's peer: 1 when it continues the held run in C (rxpipe.single_run
+ * on a hit of the cache entry of its length, then rxpipe.merge: a full segment continues the run, a shorter one
+ * ends it), 0 when the Python path must take it (nothing touched: a read that is no candidate, has no cache
+ * entry, does not single_run, or does not merge; Python then finishes the run and holds or writes the datagram). */
+static int rxd_tail(rxb_state *S, const rxd_flow *flows, rxd_run *R, const uint8_t *buf, size_t n, int peer,
+                    size_t single_min, int tap_fd)
+{
+    if (!R->held || R->peer != peer)
+        return 0;
+    const rxd_flow *FA = &flows[R->fi];
+    const rx_layout *L = &FA->L;
+    const size_t G = L->G, H = L->H, GH = G + H;
+    /* RxDriver._single_candidate with a held run of this peer */
+    if (n > FA->max_datagram || !(n >= single_min || (GH < n && n <= GH + R->mss)))
+        return 0;
+    int fi = 0; /* Receiver._info for a row of n bytes */
+    while (fi < RXD_FLOWS && !rxd_hit(&flows[fi], buf, n))
+        fi++;
+    if (fi == RXD_FLOWS || (fi != R->fi && (!flows[fi].same_layout || !FA->same_layout)))
+        return 0;
+    const rxd_flow *FB = &flows[fi];
+    if (n <= GH) /* single_run: no payload */
+        return 0;
+    for (int i = 0; i < L->n4; i++) /* rx_coalesce's bounds */
+        if (L->ip4[i] + (size_t)(buf[G + L->ip4[i]] & 0xF) * 4 > H)
+            return 0;
+    if (rx_check(buf, 1, n, n, &FB->L, FB->kf, FB->kl, FB->verify, 1) != UN_O_OK)
+        return 0;
+    const size_t t = G + L->tcp;
+    unsigned flags = buf[t + 13];
+    uint32_t seq0 = un_get32(buf + t + 4);
+    size_t mss = n - GH;
+    int short_ = mss != R->mss;
+    /* rxpipe.merge(held, the 1-segment run) */
+    if (seq0 != R->next_seq || (short_ && !(mss < R->mss)) || H + R->paylen + mss > RXD_MAX_SUPER ||
+        R->paylen + mss > R->paycap)
+        return 0;
+    const uint8_t *keep = short_ ? FA->kl : FA->kf;
+    for (size_t j = 0; j < GH; j++)
+        if (keep[j] && buf[j] != R->ref[j])
+            return 0;
+    unsigned ids[MAX_L];
+    for (int k = 0; k < L->n4; k++) {
+        size_t off = L->ip4[k];
+        ids[k] = un_get16(buf + G + off + 4);
+        int df = (R->ref[G + off + 6] & 0x40) != 0;
+        int fixed = (df || !L->inner4[k]) && R->last_ids[k] == ids[k];
+        if (!fixed && ids[k] != ((R->last_ids[k] + 1) & 0xFFFF))
+            return 0;
+    }
+    S->merged++;
+    S->single_merged++;
+    memcpy(R->pay + R->paylen, buf + GH, mss);
+    R->paylen += mss;
+    R->hdr[L->tcp + 13] = (uint8_t)flags;
+    R->segments += 1;
+    R->next_seq = seq0 + (uint32_t)mss;
+    memcpy(R->last_ids, ids, sizeof(ids));
+    R->extendable = !(flags & (0x08 | 0x01)) && !short_;
+    R->reads++;
+    if (!R->extendable)
+        rxd_finish(S, flows, R, tap_fd);
+    return 1;
+}
+
 static PyObject *native_rx_batch(PyObject *self, PyObject *args)
 {
     int fd, tap_fd, width;
@@ -596,11 +666,14 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
             S->truncated++;
         int peer = -1;
         int ok = n > 0 && !trunc && (size_t)n <= cap && !(stopb && stopb[0]);
-        int small = ok && (gso <= 0 || gso >= n) && n < single_min && !(R != NULL && R->held);
-        int data = ok && R != NULL && gso > 0 && gso < n;
-        if ((small || data) && (peer = rxb_peer(&sa, msg.msg_namelen, peers, npeers, width)) >= 0 &&
-            (small ? rxb_one(S, buf, (size_t)n, peer, vni, opt_class, tpl, ntpl, tap_fd, vb.buf, (size_t)vb.len)
-                   : rxd_read(S, F, R, buf, (size_t)n, (size_t)gso, peer, tap_fd))) {
+        int held = R != NULL && R->held, one = gso <= 0 || gso >= n;
+        int small = ok && one && n < single_min && !held;
+        int tail = ok && one && held; /* a one-datagram read while holding: it may continue or end the run */
+        int data = ok && R != NULL && !one;
+        if ((small || tail || data) && (peer = rxb_peer(&sa, msg.msg_namelen, peers, npeers, width)) >= 0 &&
+            (small  ? rxb_one(S, buf, (size_t)n, peer, vni, opt_class, tpl, ntpl, tap_fd, vb.buf, (size_t)vb.len)
+             : tail ? rxd_tail(S, F, R, buf, (size_t)n, peer, (size_t)single_min, tap_fd)
+                    : rxd_read(S, F, R, buf, (size_t)n, (size_t)gso, peer, tap_fd))) {
             S->reads++;
             S->bytes += n;
             S->handled++;
@@ -662,10 +735,10 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
                                S->tap_bytes, S->tap_errors, S->tap_errno, S->truncated, S->socket_drops,
                                S->handled, drops, learned, err);
     else if (item != NULL && drops != NULL && learned != NULL && dsegs != NULL && held != NULL && !PyErr_Occurred())
-        result = Py_BuildValue("(N(nnnnnnninLn)NNi(nnnnnnnN)N)", item, S->reads, S->bytes, S->plain, S->hint,
+        result = Py_BuildValue("(N(nnnnnnninLn)NNi(nnnnnnnNn)N)", item, S->reads, S->bytes, S->plain, S->hint,
                                S->fold, S->tap_bytes, S->tap_errors, S->tap_errno, S->truncated, S->socket_drops,
                                S->handled, drops, learned, err, S->coalesced, S->merged, S->rps[1], S->rps[2],
-                               S->rps[3], S->dtap_bytes, S->dtap_drop, dsegs, held);
+                               S->rps[3], S->dtap_bytes, S->dtap_drop, dsegs, S->single_merged, held);
     else {
         Py_XDECREF(item);
         Py_XDECREF(drops);

@@ -43,7 +43,7 @@ _TAP_WRITE = Reason.TAP_WRITE.value
 _RPS = tuple(f"{READS_HIST_PREFIX}{i}" for i in (1, 2, 3))
 
 
-def flow_args(last) -> tuple | None:
+def flow_args(last, other=None, max_datagram: int = 0) -> tuple | None:
     """The data path's flow (csrc/rxbatch.c, rxd_parse) for the cache entry ``rxnative.Receiver.last``, or None
     when C must not take that flow's reads (its reads then all go through the Python path): a FOLD level
     whose checksums were not zeroed (the reference's ``fold_csum`` outcome), more than one nested UDP header
@@ -64,8 +64,10 @@ def flow_args(last) -> tuple | None:
         meta, (coff, cend), kind = bytes((c.flags, c.l2, c.l3, c.tun)), carried, 2
     else:
         kind = 1 if info.pkt.gro_hint is not None else 0
+    # may a run of one entry's flow continue with a read of the other's (rxpipe.merge: the same G and layout)?
+    same = other is not None and other[4].G == info.G and other[4].layout == info.layout
     return (row_len, ref, keep, offs, G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, kf, kl, verify, kind, meta,
-            coff, cend)
+            coff, cend, same, max_datagram)
 
 
 def enabled(engine: str) -> bool:
@@ -152,7 +154,8 @@ class FastRx:
         key = tuple(None if e is None else e[1] for e in entries) + tuple(None if e is None else e[6] for e in entries)
         if key != self._flow_key:  # (compared by identity first: the same objects while the cache stays)
             self._flow_key = key
-            self._flow = tuple(flow_args(e) for e in entries)
+            md = drv.max_datagram
+            self._flow = (flow_args(entries[0], entries[1], md), flow_args(entries[1], entries[0], md))
         flows = self._flow
         item, cnt, drops, learned, err, data, held = self.rx_batch(*self._args, flows)
         reads, nbytes, plain, hint, fold, tap_bytes, tap_errors, tap_errno, truncated, sdrops, handled = cnt
@@ -180,9 +183,11 @@ class FastRx:
                 log.debug("TAP write: %s", os.strerror(tap_errno))
             for code, k in drops:
                 st.drops[self.reasons[code].value] += k
-            coalesced, merged, r1, r2, r3, dbytes, ddrop, segs = data
+            coalesced, merged, r1, r2, r3, dbytes, ddrop, segs, single_merged = data
             if coalesced:
                 self._data(c, st, coalesced, merged, (r1, r2, r3), dbytes, ddrop, segs)
+                if single_merged:
+                    c["coalesce_single_merged"] += single_merged
             if learned:
                 keys, learn = self._keys, ep._learn_mac
                 for i, mac in learned:
