@@ -1,4 +1,5 @@
-/* RX fast path of the native core: runs of small one-datagram reads (TCP ACKs) without a Python round trip.
+/* RX fast path of the native core: runs of small one-datagram reads (TCP ACKs), and the data reads of a flow
+ * whose shape Python has parsed, without a Python round trip.
  *
  *  rx_batch(fd, tap_fd, buf, peers, width, vni, opt_class, folds, single_min, max_count, vnet, stop)
  *      -> (item, counts, drops, learned, err)
@@ -25,8 +26,22 @@
  *  (RX_REASONS[code]); learned: ((peer index, source MAC), ...) of the written frames, one entry per MAC
  *  (its last peer), in the order they were last seen.
  *
- *  Bounds: every length is checked before a read (rx_one and rx_restore do their own); the GIL is released
- *  for the whole receive/write loop (the FOLD templates are copied out first, the buffers are pinned).
+ *  With a 13th argument `flows` (a tuple of up to two flows, udpnest.rxbatch.flow_args: rxnative.Receiver's
+ *  cache entries last and prev; or None) it also takes the DATA reads of those flows (rxd_read / rxd_tail below):
+ *  a multi-row UDP_GRO read from a peer whose first row hits an entry as Receiver._info tests it and that
+ *  coalesces whole (rx_check) is gathered into a C-owned buffer and held while the next read is waiting, merged
+ *  with it as rxpipe.merge does (a one-datagram read continuing or ending the run too, as single_run + merge),
+ *  and finished as rxnative.finish + Endpoint._tap_write (rx_super_build, one writev); when the socket is empty
+ *  the held run is finished (RxDriver.flush).  A read C does not take while it holds a run is handed back with
+ *  the run (`held`), which the caller makes RxDriver.pending.  Nothing is touched before C knows it takes a read.
+ *  The result is then (item, counts, drops, learned, err, data, held): data = (coalesced, merged,
+ *  reads_per_super_packet_1, _2, _3, TAP bytes of the data writes, segments dropped by failed data writes,
+ *  (segments * 4 + kind per super-packet written, ...), single_merged); held = None or (payload, hdr, ref,
+ *  payload_len, mss, segments, seq0, next_seq, first_ids, last_ids, extendable, reads, peer index, flow index).
+ *
+ *  Bounds: every length is checked before a read (rx_one and rx_restore do their own; a flow's offsets once
+ *  per call in rxd_parse, the rows' lengths per read); the GIL is released for the whole receive/write loop (the
+ *  FOLD templates and flows are parsed first, the buffers are pinned).
  */
 #include "udpnest.h"
 
@@ -603,7 +618,7 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
     if (F[0].on || F[1].on) {
         R = PyMem_Calloc(1, sizeof(*R));
         if (R != NULL) {
-            R->paycap = cap + 65536; /* a read's payload, or a merged run's (<= RXD_MAX_SUPER) */
+            R->paycap = cap > 65536 ? cap : 65536; /* a read's payload (< cap), or a merged run's (<= RXD_MAX_SUPER) */
             R->pay = PyMem_Malloc(R->paycap);
         }
         if (R == NULL || R->pay == NULL) {

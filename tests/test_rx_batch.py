@@ -735,3 +735,17 @@ def test_data_path_ipv6_flows_in_rx_child(seed, sent, monkeypatch):
     last = [{m[1]: m[2] for m in ms if m[0] == "learn"} for ms in msgs]
     assert last[0] == last[1] and len(msgs[0]) <= len(msgs[1])
     assert on["nstats"] == off["nstats"] == 2
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_data_path_batch_limit(limit, sent, monkeypatch):
+    """A call that reaches its datagram limit while holding a run hands the run back and the next read is polled
+    as the Python path polls it (never a flush while more is waiting): the same frames and counters."""
+    from udpnest import rxbatch
+
+    monkeypatch.setattr(rxbatch, "BATCH_MAX", limit)
+    reads = data_mix(random.Random(40 + limit))
+    on = run(reads, sent, fast=True, monkeypatch=monkeypatch)
+    off = run(reads, sent, fast=False, monkeypatch=monkeypatch)
+    compare(on, off)
+    assert on["fast"] > 0
