@@ -1003,7 +1003,9 @@ done:
 
 /* ---- syscalls -------------------------------------------------------------------------------------------- */
 
-static int sockaddr_of(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
+/* (host, port[, flowinfo, scope_id]) -> sockaddr; -1 with ValueError/TypeError set (the TX burst, txburst.c,
+ * clears it and hands the frame back) */
+int un_sockaddr(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
 {
     const char *host;
     int port;
@@ -1012,6 +1014,10 @@ static int sockaddr_of(PyObject *addr, struct sockaddr_storage *ss, socklen_t *l
         unsigned flow = 0, scope = 0;
         if (!PyArg_ParseTuple(addr, "si|II", &host, &port, &flow, &scope))
             return -1;
+    }
+    if (port < 0 || port > 65535) {
+        PyErr_Format(PyExc_ValueError, "port out of range: %d", port);
+        return -1;
     }
     memset(ss, 0, sizeof *ss);
     struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
@@ -1043,7 +1049,7 @@ static PyObject *tx_send_gso(PyObject *self, PyObject *args)
         return NULL;
     struct sockaddr_storage ss;
     socklen_t sl;
-    if (sockaddr_of(addr, &ss, &sl) < 0) {
+    if (un_sockaddr(addr, &ss, &sl) < 0) {
         PyBuffer_Release(&b);
         return NULL;
     }
@@ -1112,7 +1118,7 @@ static PyObject *tx_send_batch(PyObject *self, PyObject *args)
         nb++;
         addr = PyTuple_GET_ITEM(item, 1);
         socklen_t sl;
-        if (sockaddr_of(addr, &ss[i], &sl) < 0)
+        if (un_sockaddr(addr, &ss[i], &sl) < 0)
             goto done;
         iov[i].iov_base = bufs[i].buf;
         iov[i].iov_len = (size_t)bufs[i].len;

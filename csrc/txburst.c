@@ -116,30 +116,11 @@ static int bucket(long n)
 
 static int addr_of(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
 {
-    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2)
-        return -1;
-    const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(addr, 0));
-    long port = PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
-    if (host == NULL || port < 0 || port > 65535) {
-        PyErr_Clear();
+    if (un_sockaddr(addr, ss, len) < 0) {
+        PyErr_Clear(); /* a malformed snapshot entry: hand the frame back */
         return -1;
     }
-    memset(ss, 0, sizeof *ss);
-    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)port);
-        *len = sizeof *s4;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)port);
-        *len = sizeof *s6;
-        return 0;
-    }
-    return -1;
+    return 0;
 }
 
 /* Call f(args...) and return the result; NULL with the error CLEARED (any failure means: hand back). */

@@ -15,11 +15,14 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* Each half registers its functions on the module (module.c calls both). */
 int udpnest_tx_init(PyObject *module);
 int udpnest_rx_init(PyObject *module);
 int udpnest_txburst_init(PyObject *module); /* csrc/txburst.c: the TX burst (after udpnest_tx_init) */
+/* csrc/tx.c: (host, port[, flow, scope]) -> sockaddr, -1 with the error set (also used by txburst.c) */
+int un_sockaddr(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len);
 int udpnest_rxbatch_init(PyObject *module);
 
 /* The one-datagram path of csrc/rx.c, shared with csrc/rxbatch.c (pure, no Python objects). */
