@@ -14,6 +14,11 @@ The "ACK loop" cases run the endpoint's real RX loop (``Endpoint._rx_loop``) ove
 20000 queued ACK datagrams and /dev/null as the TAP: microseconds per datagram from recvmsg to TAP write,
 native engine with the RX fast path (udpnest.rxbatch: one C call per batch) and without it
 (``UDPNEST_RX_BATCH=0``: one Python round trip per datagram), and the Python engine.
+
+The "data loop" cases run the same real RX loop over a queued bulk flow: consecutive ~62 KB super-packets of one
+TCP flow (contiguous sequence numbers and IPv4 IDs), each arriving as two UDP_GRO reads (as a sender's 64 KB
+super-packet does: more than one GRO aggregate), /dev/null as the TAP: microseconds per read from recvmsg to TAP
+write, fast path on (the data path of udpnest.rxbatch: coalesce, hold, merge and write in C) and off.
 """
 
 from __future__ import annotations
@@ -166,6 +171,114 @@ def ack_loop(engine: str, fast: bool, mode: str, count: int = 20000, per_call: i
         tx.close()
 
 
+def _flow_frame(seq: int, ident: int, payload_len: int) -> bytes:
+    """micro_fold.super_packet's shape with a given TCP sequence number and IPv4 IDs (a flow's next packet)."""
+    import struct
+
+    from micro_fold import MAC_A, MAC_B
+
+    from udpnest.wire.eth import ETH_P_IPV4, build_eth
+    from udpnest.wire.ipv4 import IP_DF, PROTO_TCP, PROTO_UDP, build_ipv4
+    from udpnest.wire.tcp import ACK, build_tcp
+    from udpnest.wire.udp import build_udp
+    from udpnest.wire.vxlan import build_vxlan
+
+    tcp = build_tcp(40000, 5201, seq, 1, ACK, options=b"\x01\x01\x08\x0a" + struct.pack("!II", 1, 2))
+    inner_ip = build_ipv4(bytes([203, 0, 113, 1]), bytes([203, 0, 113, 2]), PROTO_TCP, len(tcp) + payload_len,
+                          ident=ident & 0xFFFF)
+    inner = build_eth(MAC_B, MAC_A, ETH_P_IPV4) + inner_ip + tcp + bytes(payload_len)
+    vx = build_vxlan(42)
+    udp = build_udp(49152, 4789, len(vx) + len(inner), 0x1234)
+    ip = build_ipv4(bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2]), PROTO_UDP, len(udp) + len(vx) + len(inner),
+                    frag=IP_DF, ident=ident & 0xFFFF)
+    return build_eth(MAC_A, MAC_B, ETH_P_IPV4) + ip + udp + vx + inner
+
+
+def flow_reads(mode: str, supers: int, payload_len: int = 45 * 1380) -> list[tuple[bytes, int]]:
+    """(read, gso size): ``supers`` consecutive super-packets of one flow, each as two GRO reads."""
+    out = []
+    seq = ident = 1
+    for _ in range(supers):
+        frame = _flow_frame(seq, ident, payload_len)
+        if mode == "fold":
+            f = fold(frame, vni=VNI, gso=True)
+            prefix, inner, lay = f.header, f.inner, tcp_layout(f.inner)
+        else:
+            prefix, inner = build_geneve(VNI, 0x6558), frame
+            lay = tcp_layout(frame, (14 + 20,))
+        mss = aligned_mss(1472, len(prefix) + lay.hdr_len)
+        segs = segment_tcp(prefix, inner, lay, mss)
+        buf, row = bytes(segs.buffer), segs.row_len
+        rows = -(-len(buf) // row)
+        half = (rows // 2) * row
+        out += [(buf[:half], row), (buf[half:], row)]
+        seq += payload_len
+        ident += rows
+    return out
+
+
+def data_loop(engine: str, fast: bool, mode: str, supers: int = 300) -> tuple[float, dict]:
+    """Microseconds per GRO read of a bulk flow through Endpoint._rx_loop (recvmsg .. TAP write), all queued
+    first; and the loop's counters that say what happened (super-packets, merged reads, reads handled in C)."""
+    from udpnest.config import build_config
+    from udpnest.endpoint import Endpoint
+    from udpnest.io.tap import Tap
+    from udpnest.io.udp import UdpSocket, segment_cmsg
+
+    os.environ["UDPNEST_RX_BATCH"] = "1" if fast else "0"
+    reads_ = flow_reads(mode, supers)
+    rx = UdpSocket("127.0.0.1", 0, gro=True, blocking=True, bufsize=1 << 26)
+    port = rx.local_address[1]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.2", 0))
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 24)
+    cfg = build_config({"id": VNI, "local": "127.0.0.1", "dstport": port, "remote": [f"127.0.0.2:{port}"],
+                        "nested": "fold" if mode == "fold" else "off", "engine": engine})
+    ep = Endpoint(cfg, clock=time.monotonic)
+    ep.rx = rx
+    tap = Tap.__new__(Tap)
+    tap.fd = os.open("/dev/null", os.O_WRONLY)
+    ep.tap = tap
+    try:
+        for buf, row in reads_:
+            tx.sendmsg([buf], [segment_cmsg(row)], 0, ("127.0.0.1", port))
+        c = ep.rx_stats.c
+        t = threading.Thread(target=ep._rx_loop, daemon=True)
+        t0 = time.perf_counter()
+        t.start()
+        while c["reads"] < len(reads_) and t.is_alive():
+            time.sleep(0.0005)
+        while c["tap_writes"] < supers and t.is_alive() and time.perf_counter() - t0 < 30:  # the last one's flush
+            time.sleep(0.0005)
+        dt = time.perf_counter() - t0
+        ep.stop_event.set()
+        rx.sock.sendto(b"", ("127.0.0.1", port))
+        t.join(5)
+        info = {k: c[k] for k in ("reads", "tap_writes", "super_packets", "merged_reads", "rx_batch_fast")}
+        assert c["reads"] == len(reads_) and c["datagrams"] > 40 * supers, dict(c)
+        return round(dt / len(reads_) * 1e6, 2), info
+    finally:
+        os.environ.pop("UDPNEST_RX_BATCH", None)
+        tap.close()
+        rx.close()
+        tx.close()
+
+
+def data_loops(repeat: int = 3) -> dict:
+    out: dict = {}
+    for mode in ("fold", "plain"):
+        for fast in (True, False):
+            runs = [data_loop("native", fast, mode) for _ in range(repeat)]
+            best = min(r[0] for r in runs)
+            name = f"{mode} native{' +fast path' if fast else ''}: data loop, per GRO read"
+            out[name] = best
+            out[name + " (counters)"] = runs[0][1]
+        on = out[f"{mode} native +fast path: data loop, per GRO read"]
+        off = out[f"{mode} native: data loop, per GRO read"]
+        out[f"{mode}: data loop, fast path off / on"] = round(off / on, 2)
+    return out
+
+
 def ack_loops(engines: list[str], repeat: int = 3) -> dict:
     out: dict = {}
     for mode in ("fold", "plain"):
@@ -184,15 +297,21 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--number", type=int, default=2000)
     ap.add_argument("--only-ack-loop", action="store_true", help="only the RX loop ACK cases")
+    ap.add_argument("--only-data-loop", action="store_true", help="only the RX loop bulk-flow cases")
     a = ap.parse_args()
     engines = ["python"] + (["native"] if native_available() else [])
-    res = {} if a.only_ack_loop else run(engines, a.number)
-    res.update(ack_loops(engines))
+    if a.only_data_loop:
+        res = data_loops() if native_available() else {}
+    else:
+        res = {} if a.only_ack_loop else run(engines, a.number)
+        res.update(ack_loops(engines))
+        if native_available() and not a.only_ack_loop:
+            res.update(data_loops())
     if a.json:
         print(json.dumps(res, indent=2))
         return
     for k, v in res.items():
-        print(f"{k:60s} {v:>10}")
+        print(f"{k:60s} {v!s:>10}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ _Static_assert(R_FOLD_TOO_LARGE == UN_R_FOLD_TOO_LARGE, "udpnest.h mirrors rx.c"
 /* rxpipe.Outcome values rx_coalesce can return; the order is the code (0: every row continues). */
 static const char *const rx_outcomes[] = {"coalesced", "lengths", "hdr_mismatch", "flags", "seq", "ids", "csum"};
 enum { O_OK, O_LENGTHS, O_HDR_MISMATCH, O_FLAGS, O_SEQ, O_IDS, O_CSUM };
+_Static_assert(O_OK == UN_O_OK, "udpnest.h mirrors rx.c");
 
 #define GRO_HINT_CLASS 0x0100
 #define GRO_HINT_TYPE 0x01
@@ -374,18 +375,7 @@ static PyObject *native_rx_rows(PyObject *self, PyObject *args)
 
 /* --- coalescing checks ------------------------------------------------------------------------------ */
 
-#define MAX_L 8 /* IPv4 / IPv6 / UDP headers per layout (1-3 levels need at most 4 / 4 / 3) */
-
-typedef struct {
-    size_t G, H, tcp_ip, tcp;
-    int tcp_ip_v6;
-    int n4, n6, nu;
-    size_t ip4[MAX_L];
-    int inner4[MAX_L];
-    size_t ip6[MAX_L];
-    size_t udp[MAX_L], udp_ip[MAX_L];
-    int udp_has[MAX_L], udp_v6[MAX_L];
-} rx_layout;
+/* MAX_L and rx_layout: udpnest.h (shared with csrc/rxbatch.c) */
 
 /* csum.ones_sum of a small buffer, exactly: 0 only when every word is zero, else 1..0xFFFF */
 static uint32_t rx_ones_small(const uint8_t *p, size_t n)
@@ -427,7 +417,7 @@ static int rx_lengths_fit(const uint8_t *row, const rx_layout *L, long length)
     return 1;
 }
 
-static int rx_check(const uint8_t *buf, size_t count, size_t row_len, size_t last_len, const rx_layout *L,
+int rx_check(const uint8_t *buf, size_t count, size_t row_len, size_t last_len, const rx_layout *L,
                     const uint8_t *keep_full, const uint8_t *keep_last, int verify, int single)
 {
     const size_t G = L->G, GH = L->G + L->H;
@@ -731,6 +721,115 @@ static PyObject *native_rx_same(PyObject *self, PyObject *args)
  * checksum; or, folded, the one carried level restored in front with its outermost UDP checksum partial)
  * and its virtio_net_hdr.  fold: None or bytes(flags, l2, l3, tun) + the carried headers.  None when a
  * length would exceed 65535 (the reference then drops the run as fold_too_large). */
+/* rx_super's byte work on a parsed layout (also csrc/rxbatch.c's data path): writes the headers to h
+ * (capacity 1024), the restored carried level to nested (capacity MAX_FOLD_HDRS, *shift its length) and the
+ * virtio_net_hdr to vnet.  fold: NULL or (flags, l2, l3, tun) + the carried headers (flen bytes).
+ * 1: done; 0: a length would exceed 65535 (None); -1: the layout or the fold level does not fit (*why). */
+int rx_super_build(const uint8_t *hdr, size_t H, size_t payload_len, size_t mss, const size_t *ip4, int n4,
+                   const size_t *ip6, int n6, int nu, size_t u, int has, size_t nip, int uv6, size_t tcp_ip,
+                   int tcp_ip_v6, size_t tcp, const uint8_t *f, size_t flen, uint8_t *h, uint8_t *nested,
+                   size_t *shift_out, uint8_t *vnet, const char **why)
+{
+    size_t shift = 0;
+    if (H > 1024 || mss > 0xFFFF || tcp + 20 > H || tcp_ip + (tcp_ip_v6 ? 40 : 20) > H || n4 > MAX_L || n6 > MAX_L ||
+        nu > 1) {
+        *why = "rx_super: layout does not fit the headers";
+        return -1;
+    }
+    memcpy(h, hdr, H);
+    size_t frame_len = H + payload_len;
+    for (int i = 0; i < n4; i++) {
+        size_t off = ip4[i];
+        if (off + 20 > H || off + (size_t)(h[off] & 0xF) * 4 > H) {
+            *why = "rx_super: ipv4 offset outside the headers";
+            return -1;
+        }
+        if (frame_len - off > 0xFFFF)
+            return 0;
+        un_put16(h + off + 2, (uint16_t)(frame_len - off));
+        un_put16(h + off + 10, 0);
+        un_put16(h + off + 10, un_csum(un_sum(h + off, (size_t)(h[off] & 0xF) * 4, 0)));
+    }
+    for (int i = 0; i < n6; i++) {
+        size_t off = ip6[i];
+        if (off + 40 > H) {
+            *why = "rx_super: ipv6 offset outside the headers";
+            return -1;
+        }
+        if (frame_len - off - 40 > 0xFFFF)
+            return 0;
+        un_put16(h + off + 4, (uint16_t)(frame_len - off - 40));
+    }
+    un_put16(h + tcp + 16, (uint16_t)rx_pseudo(h + tcp_ip, tcp_ip_v6, 6, frame_len - tcp));
+    unsigned gso_type = tcp_ip_v6 ? 4 : 1, flags = 1;
+    size_t outer_th = 0;
+    int tunnel = 0;
+    if (f != NULL) {
+        if (flen < 4) {
+            *why = "rx_super: fold level too short";
+            return -1;
+        }
+        unsigned cf = f[0];
+        size_t l2 = f[1], l3 = f[2], tun = f[3], n = flen - 4;
+        int v6 = (cf & F_V6) != 0;
+        if (n > MAX_FOLD_HDRS || l2 + l3 + 8 + tun != n || l3 < (v6 ? 40u : 20u)) {
+            *why = "rx_super: fold level malformed";
+            return -1;
+        }
+        if (l3 + 8 + tun + frame_len > 0xFFFF)
+            return 0;
+        memcpy(nested, f + 4, n);
+        size_t ip = l2, uo = l2 + l3, udp_len = 8 + tun + frame_len;
+        size_t ip_len = (v6 ? l3 - 40 : l3) + udp_len;
+        if (cf & F_LEN_ZEROED) {
+            un_put16(nested + ip + (v6 ? 4 : 2), (uint16_t)ip_len);
+            un_put16(nested + uo + 4, (uint16_t)udp_len);
+        }
+        if (cf & F_CSUM_ZEROED) {
+            if (!v6)
+                un_put16(nested + ip + 10, un_csum(un_sum(nested + ip, l3, 0)));
+            if (cf & F_UDP_CSUM) {
+                un_put16(nested + uo + 6, (uint16_t)rx_pseudo(nested + ip, v6, 17, udp_len));
+                flags |= 8;
+            }
+        }
+        outer_th = l2 + l3;
+        gso_type |= v6 ? 0x40 : 0x20;
+        shift = n;
+        tunnel = 1;
+    } else if (nu == 1) {
+        if (u + 8 > H || nip + (uv6 ? 40 : 20) > H) {
+            *why = "rx_super: udp offset outside the headers";
+            return -1;
+        }
+        un_put16(h + u + 4, (uint16_t)(frame_len - u));
+        if (has) {
+            un_put16(h + u + 6, (uint16_t)rx_pseudo(h + nip, uv6, 17, frame_len - u));
+            flags |= 8;
+        }
+        outer_th = u;
+        gso_type |= uv6 ? 0x40 : 0x20;
+        tunnel = 1;
+    }
+    memset(vnet, 0, 24);
+    vnet[0] = (uint8_t)flags;
+    vnet[1] = (uint8_t)gso_type;
+    uint16_t le[11] = {(uint16_t)(shift + H), (uint16_t)mss, (uint16_t)(shift + tcp), 16, 0, 0, 0, 0, 0,
+                       (uint16_t)outer_th, (uint16_t)(tunnel ? shift + tcp_ip : 0)};
+    for (int i = 0; i < 11; i++) {
+        vnet[2 + 2 * i] = (uint8_t)le[i];
+        vnet[3 + 2 * i] = (uint8_t)(le[i] >> 8);
+    }
+    *shift_out = shift;
+    return 1;
+}
+
+/* rx_super(hdr, payload_len, mss, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, fold) -> (vnet, nested, headers) | None
+ * rxpipe._super_write's byte work: the super-packet's headers (IPv4 total lengths and header checksums,
+ * IPv6 payload lengths, the TCP checksum as the pseudo-header sum, the nested UDP length and partial
+ * checksum; or, folded, the one carried level restored in front with its outermost UDP checksum partial)
+ * and its virtio_net_hdr.  fold: None or bytes(flags, l2, l3, tun) + the carried headers.  None when a
+ * length would exceed 65535 (the reference then drops the run as fold_too_large). */
 static PyObject *native_rx_super(PyObject *self, PyObject *args)
 {
     Py_buffer hb;
@@ -741,115 +840,54 @@ static PyObject *native_rx_super(PyObject *self, PyObject *args)
                           &PyTuple_Type, &udp, &tcp_ip, &tcp_ip_v6, &tcp, &fold))
         return NULL;
     PyObject *result = NULL;
-    uint8_t h[1024], nested[MAX_FOLD_HDRS];
-    size_t H = (size_t)hb.len, shift = 0;
-    if (H > sizeof(h) || payload_len < 0 || mss < 0 || mss > 0xFFFF || tcp_ip < 0 || tcp < 0 ||
-        (size_t)tcp + 20 > H || (size_t)tcp_ip + (tcp_ip_v6 ? 40 : 20) > H ||
-        PyTuple_GET_SIZE(ip4) > MAX_L || PyTuple_GET_SIZE(ip6) > MAX_L || PyTuple_GET_SIZE(udp) > 1 ||
-        (fold != Py_None && !PyBytes_Check(fold))) {
+    uint8_t h[1024], nested[MAX_FOLD_HDRS], vnet[24];
+    size_t o4[MAX_L], o6[MAX_L], u = 0, nip = 0, shift = 0;
+    int n4 = 0, n6 = 0, nu = (int)PyTuple_GET_SIZE(udp), has = 0, uv6 = 0;
+    if (payload_len < 0 || mss < 0 || tcp_ip < 0 || tcp < 0 || PyTuple_GET_SIZE(ip4) > MAX_L ||
+        PyTuple_GET_SIZE(ip6) > MAX_L || nu > 1 || (fold != Py_None && !PyBytes_Check(fold))) {
         PyErr_SetString(PyExc_ValueError, "rx_super: layout does not fit the headers");
         goto out;
     }
-    memcpy(h, hb.buf, H);
-    size_t frame_len = H + (size_t)payload_len;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ip4); i++) {
-        Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(ip4, i));
-        if (off < 0 || (size_t)off + 20 > H || (size_t)off + (size_t)(h[off] & 0xF) * 4 > H) {
+    n4 = (int)PyTuple_GET_SIZE(ip4);
+    n6 = (int)PyTuple_GET_SIZE(ip6);
+    for (int i = 0; i < n4 + n6; i++) {
+        Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(i < n4 ? ip4 : ip6, i < n4 ? i : i - n4));
+        if (off < 0) {
             if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "rx_super: ipv4 offset outside the headers");
+                PyErr_SetString(PyExc_ValueError, "rx_super: ip offset outside the headers");
             goto out;
         }
-        if (frame_len - (size_t)off > 0xFFFF) {
-            result = Py_NewRef(Py_None);
-            goto out;
-        }
-        un_put16(h + off + 2, (uint16_t)(frame_len - (size_t)off));
-        un_put16(h + off + 10, 0);
-        un_put16(h + off + 10, un_csum(un_sum(h + off, (size_t)(h[off] & 0xF) * 4, 0)));
+        if (i < n4)
+            o4[i] = (size_t)off;
+        else
+            o6[i - n4] = (size_t)off;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ip6); i++) {
-        Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(ip6, i));
-        if (off < 0 || (size_t)off + 40 > H) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "rx_super: ipv6 offset outside the headers");
+    if (nu == 1) {
+        Py_ssize_t uu, nn;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(udp, 0), "npnp", &uu, &has, &nn, &uv6))
             goto out;
-        }
-        if (frame_len - (size_t)off - 40 > 0xFFFF) {
-            result = Py_NewRef(Py_None);
-            goto out;
-        }
-        un_put16(h + off + 4, (uint16_t)(frame_len - (size_t)off - 40));
-    }
-    un_put16(h + tcp + 16, (uint16_t)rx_pseudo(h + tcp_ip, tcp_ip_v6, 6, frame_len - (size_t)tcp));
-    unsigned gso_type = tcp_ip_v6 ? 4 : 1, flags = 1;
-    size_t outer_th = 0;
-    int tunnel = 0;
-    if (fold != Py_None) {
-        const uint8_t *f = (const uint8_t *)PyBytes_AS_STRING(fold);
-        size_t flen = (size_t)PyBytes_GET_SIZE(fold);
-        if (flen < 4) {
-            PyErr_SetString(PyExc_ValueError, "rx_super: fold level too short");
-            goto out;
-        }
-        unsigned cf = f[0];
-        size_t l2 = f[1], l3 = f[2], tun = f[3], n = flen - 4;
-        int v6 = (cf & F_V6) != 0;
-        if (n > MAX_FOLD_HDRS || l2 + l3 + 8 + tun != n || l3 < (v6 ? 40u : 20u)) {
-            PyErr_SetString(PyExc_ValueError, "rx_super: fold level malformed");
-            goto out;
-        }
-        if (l3 + 8 + tun + frame_len > 0xFFFF) {
-            result = Py_NewRef(Py_None);
-            goto out;
-        }
-        memcpy(nested, f + 4, n);
-        size_t ip = l2, u = l2 + l3, udp_len = 8 + tun + frame_len;
-        size_t ip_len = (v6 ? l3 - 40 : l3) + udp_len;
-        if (cf & F_LEN_ZEROED) {
-            un_put16(nested + ip + (v6 ? 4 : 2), (uint16_t)ip_len);
-            un_put16(nested + u + 4, (uint16_t)udp_len);
-        }
-        if (cf & F_CSUM_ZEROED) {
-            if (!v6)
-                un_put16(nested + ip + 10, un_csum(un_sum(nested + ip, l3, 0)));
-            if (cf & F_UDP_CSUM) {
-                un_put16(nested + u + 6, (uint16_t)rx_pseudo(nested + ip, v6, 17, udp_len));
-                flags |= 8;
-            }
-        }
-        outer_th = l2 + l3;
-        gso_type |= v6 ? 0x40 : 0x20;
-        shift = n;
-        tunnel = 1;
-    } else if (PyTuple_GET_SIZE(udp) == 1) {
-        Py_ssize_t u, nip;
-        int has, v6;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(udp, 0), "npnp", &u, &has, &nip, &v6))
-            goto out;
-        if (u < 0 || nip < 0 || (size_t)u + 8 > H || (size_t)nip + (v6 ? 40 : 20) > H) {
+        if (uu < 0 || nn < 0) {
             PyErr_SetString(PyExc_ValueError, "rx_super: udp offset outside the headers");
             goto out;
         }
-        un_put16(h + u + 4, (uint16_t)(frame_len - (size_t)u));
-        if (has) {
-            un_put16(h + u + 6, (uint16_t)rx_pseudo(h + nip, v6, 17, frame_len - (size_t)u));
-            flags |= 8;
-        }
-        outer_th = (size_t)u;
-        gso_type |= v6 ? 0x40 : 0x20;
-        tunnel = 1;
+        u = (size_t)uu;
+        nip = (size_t)nn;
     }
-    uint8_t vnet[24] = {0};
-    vnet[0] = (uint8_t)flags;
-    vnet[1] = (uint8_t)gso_type;
-    uint16_t le[11] = {(uint16_t)(shift + H), (uint16_t)mss, (uint16_t)(shift + (size_t)tcp), 16, 0, 0, 0, 0, 0,
-                       (uint16_t)outer_th, (uint16_t)(tunnel ? shift + (size_t)tcp_ip : 0)};
-    for (int i = 0; i < 11; i++) {
-        vnet[2 + 2 * i] = (uint8_t)le[i];
-        vnet[3 + 2 * i] = (uint8_t)(le[i] >> 8);
+    const char *why = NULL;
+    int r = rx_super_build(hb.buf, (size_t)hb.len, (size_t)payload_len, (size_t)mss, o4, n4, o6, n6, nu, u, has, nip,
+                           uv6, (size_t)tcp_ip, tcp_ip_v6, (size_t)tcp,
+                           fold != Py_None ? (const uint8_t *)PyBytes_AS_STRING(fold) : NULL,
+                           fold != Py_None ? (size_t)PyBytes_GET_SIZE(fold) : 0, h, nested, &shift, vnet, &why);
+    if (r < 0) {
+        PyErr_SetString(PyExc_ValueError, why);
+        goto out;
+    }
+    if (r == 0) {
+        result = Py_NewRef(Py_None);
+        goto out;
     }
     result = Py_BuildValue("(y#y#y#)", (const char *)vnet, (Py_ssize_t)24, (const char *)nested, (Py_ssize_t)shift,
-                           (const char *)h, (Py_ssize_t)H);
+                           (const char *)h, (Py_ssize_t)hb.len);
 out:
     PyBuffer_Release(&hb);
     return result;

@@ -1,4 +1,5 @@
-/* RX fast path of the native core: runs of small one-datagram reads (TCP ACKs) without a Python round trip.
+/* RX fast path of the native core: runs of small one-datagram reads (TCP ACKs), and the data reads of a flow
+ * whose shape Python has parsed, without a Python round trip.
  *
  *  rx_batch(fd, tap_fd, buf, peers, width, vni, opt_class, folds, single_min, max_count, vnet, stop)
  *      -> (item, counts, drops, learned, err)
@@ -25,8 +26,22 @@
  *  (RX_REASONS[code]); learned: ((peer index, source MAC), ...) of the written frames, one entry per MAC
  *  (its last peer), in the order they were last seen.
  *
- *  Bounds: every length is checked before a read (rx_one and rx_restore do their own); the GIL is released
- *  for the whole receive/write loop (the FOLD templates are copied out first, the buffers are pinned).
+ *  With a 13th argument `flows` (a tuple of up to two flows, udpnest.rxbatch.flow_args: rxnative.Receiver's
+ *  cache entries last and prev; or None) it also takes the DATA reads of those flows (rxd_read / rxd_tail below):
+ *  a multi-row UDP_GRO read from a peer whose first row hits an entry as Receiver._info tests it and that
+ *  coalesces whole (rx_check) is gathered into a C-owned buffer and held while the next read is waiting, merged
+ *  with it as rxpipe.merge does (a one-datagram read continuing or ending the run too, as single_run + merge),
+ *  and finished as rxnative.finish + Endpoint._tap_write (rx_super_build, one writev); when the socket is empty
+ *  the held run is finished (RxDriver.flush).  A read C does not take while it holds a run is handed back with
+ *  the run (`held`), which the caller makes RxDriver.pending.  Nothing is touched before C knows it takes a read.
+ *  The result is then (item, counts, drops, learned, err, data, held): data = (coalesced, merged,
+ *  reads_per_super_packet_1, _2, _3, TAP bytes of the data writes, segments dropped by failed data writes,
+ *  (segments * 4 + kind per super-packet written, ...), single_merged); held = None or (payload, hdr, ref,
+ *  payload_len, mss, segments, seq0, next_seq, first_ids, last_ids, extendable, reads, peer index, flow index).
+ *
+ *  Bounds: every length is checked before a read (rx_one and rx_restore do their own; a flow's offsets once
+ *  per call in rxd_parse, the rows' lengths per read); the GIL is released for the whole receive/write loop (the
+ *  FOLD templates and flows are parsed first, the buffers are pinned).
  */
 #include "udpnest.h"
 
@@ -44,6 +59,7 @@
 #define RXB_MAX_TEMPLATES 64
 #define RXB_MAX_PEERS 4096
 #define RXB_REASONS 32
+#define RXB_MAX_WRITES (2 * RXB_MAX_COUNT + 2) /* a read finishes the held run and writes its own */
 
 typedef struct {
     Py_ssize_t reads, bytes, plain, hint, fold, tap_bytes, tap_errors, handled, truncated;
@@ -51,8 +67,13 @@ typedef struct {
     int tap_errno;
     Py_ssize_t drops[RXB_REASONS];
     int nlearn;
-    int learn_peer[RXB_MAX_COUNT];
-    uint8_t learn_mac[RXB_MAX_COUNT][6];
+    int learn_peer[RXB_MAX_WRITES];
+    uint8_t learn_mac[RXB_MAX_WRITES][6];
+    /* the data path (rxd_*): reads coalesced, merged, reads_per_super_packet_1..3, TAP bytes of the data
+     * writes, the segments their failed writes dropped, and each written super-packet's segment count */
+    Py_ssize_t coalesced, merged, rps[4], dtap_bytes, dtap_drop, single_merged;
+    int ndseg;
+    Py_ssize_t dseg[RXB_MAX_WRITES];
 } rxb_state;
 
 /* index of the sender in peers, or -1 */
@@ -87,8 +108,8 @@ static void rxb_learn(rxb_state *S, int peer, const uint8_t *mac)
         S->nlearn--;
         break;
     }
-    if (S->nlearn >= RXB_MAX_COUNT)
-        return; /* never: at most one entry per datagram */
+    if (S->nlearn >= RXB_MAX_WRITES)
+        return; /* never: at most one entry per write */
     memcpy(S->learn_mac[S->nlearn], mac, 6);
     S->learn_peer[S->nlearn] = peer;
     S->nlearn++;
@@ -183,18 +204,375 @@ static int rxb_one(rxb_state *S, const uint8_t *p, size_t n, int peer, long vni,
     return 1;
 }
 
+/* --- the data path: multi-row UDP_GRO reads of the flow the Python side has parsed (rxnative.Receiver.last) --- */
+
+#define RXD_MAX_REF 2048 /* Geneve header (<= 260) + frame headers (<= 1024) */
+#define RXD_MAX_SUPER (65535 - 64) /* rxpipe.merge: headers + payload within GSO_MAX_FRAME - 64 */
+
+typedef struct {
+    int on;
+    size_t row_len, reflen;
+    const uint8_t *ref, *keep, *kf, *kl;
+    size_t offs[MAX_L];
+    int noffs;
+    rx_layout L;
+    int verify, kind; /* kind: 0 plain, 1 hint, 2 fold */
+    uint8_t meta[4];  /* fold: (flags, l2, l3, tun) of the carried level, its headers at ref[coff:cend] */
+    size_t coff, cend;
+    int same_layout;  /* the other entry's frame info has the same G and layout (rxpipe.merge may join them) */
+    size_t max_datagram; /* RxDriver.max_datagram */
+} rxd_flow;
+
+#define RXD_FLOWS 2 /* Receiver.last and Receiver.prev */
+
+typedef struct {
+    int held, peer, extendable, reads, fi; /* fi: the flow (index into the flows) the run's reads matched */
+    uint8_t hdr[1024], ref[RXD_MAX_REF];
+    uint8_t *pay;
+    size_t paylen, paycap, mss, segments;
+    uint32_t seq0, next_seq;
+    unsigned first_ids[MAX_L], last_ids[MAX_L];
+} rxd_run;
+
+/* flow: (row_len, ref, keep, csum_offs, G, H, ip4 ((off, innermost), ...), ip6, udp ((off, has, ip, v6),) or (),
+ *        tcp_ip, tcp_ip_v6, tcp, keep_full, keep_last, verify, kind, fold meta (4 bytes) or b"", coff, cend,
+ *        same_layout, max_datagram)
+ * -- rxnative.Receiver.last as udpnest.rxbatch packs it; everything checked here, once per call (a flow that
+ * does not fit is off: its reads go to Python). */
+static int rxd_parse(PyObject *t, rxd_flow *F)
+{
+    Py_ssize_t row_len, G, H, tcp_ip, tcp, reflen, keeplen, kflen, kllen, metalen, coff, cend, maxdg;
+    PyObject *offs, *ip4, *ip6, *udp;
+    const char *ref, *keep, *kf, *kl, *meta;
+    int v6, verify, kind, same_layout;
+    memset(F, 0, sizeof(*F));
+    if (t == Py_None)
+        return 0;
+    if (!PyArg_ParseTuple(t, "ny#y#O!nnO!O!O!npny#y#piy#nnpn;rx_batch: flow", &row_len, &ref, &reflen, &keep,
+                          &keeplen, &PyTuple_Type, &offs, &G, &H, &PyTuple_Type, &ip4, &PyTuple_Type, &ip6,
+                          &PyTuple_Type, &udp, &tcp_ip, &v6, &tcp, &kf, &kflen, &kl, &kllen, &verify, &kind, &meta,
+                          &metalen, &coff, &cend, &same_layout, &maxdg))
+        return -1;
+    rx_layout *L = &F->L;
+    int ok = G >= 0 && H > 0 && H <= 1024 && G + H == reflen && reflen <= RXD_MAX_REF && keeplen >= reflen &&
+             kflen >= reflen && kllen >= reflen && row_len > reflen && kind >= 0 && kind <= 2 &&
+             PyTuple_GET_SIZE(offs) <= MAX_L && PyTuple_GET_SIZE(ip4) <= MAX_L && PyTuple_GET_SIZE(ip6) <= MAX_L &&
+             PyTuple_GET_SIZE(udp) <= 1 && tcp_ip >= 0 && tcp >= 0 && (size_t)tcp + 20 <= (size_t)H &&
+             (size_t)tcp_ip + (v6 ? 40 : 20) <= (size_t)H && tcp_ip < tcp && (metalen == 0 || metalen == 4);
+    if (!ok)
+        goto bad;
+    L->G = (size_t)G;
+    L->H = (size_t)H;
+    L->tcp_ip = (size_t)tcp_ip;
+    L->tcp_ip_v6 = v6;
+    L->tcp = (size_t)tcp;
+    F->noffs = (int)PyTuple_GET_SIZE(offs);
+    for (int i = 0; i < F->noffs; i++) {
+        Py_ssize_t o = PyLong_AsSsize_t(PyTuple_GET_ITEM(offs, i));
+        if (o < 0 || o + 2 > reflen)
+            goto bad;
+        F->offs[i] = (size_t)o;
+    }
+    L->n4 = (int)PyTuple_GET_SIZE(ip4);
+    for (int i = 0; i < L->n4; i++) {
+        Py_ssize_t off;
+        int inner;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(ip4, i), "np", &off, &inner))
+            return -1;
+        if (off < 0 || (size_t)off + 20 > (size_t)H)
+            goto bad;
+        L->ip4[i] = (size_t)off;
+        L->inner4[i] = inner;
+    }
+    L->n6 = (int)PyTuple_GET_SIZE(ip6);
+    for (int i = 0; i < L->n6; i++) {
+        Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(ip6, i));
+        if (off < 0 || (size_t)off + 40 > (size_t)H)
+            goto bad;
+        L->ip6[i] = (size_t)off;
+    }
+    L->nu = (int)PyTuple_GET_SIZE(udp);
+    for (int i = 0; i < L->nu; i++) {
+        Py_ssize_t off, ipo;
+        int has, uv6;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(udp, i), "npnp", &off, &has, &ipo, &uv6))
+            return -1;
+        if (off < 0 || ipo < 0 || (size_t)off + 8 > (size_t)H || off >= tcp || (size_t)ipo + (uv6 ? 40 : 20) > (size_t)H)
+            goto bad;
+        L->udp[i] = (size_t)off;
+        L->udp_has[i] = has;
+        L->udp_ip[i] = (size_t)ipo;
+        L->udp_v6[i] = uv6;
+    }
+    if (metalen == 4) { /* the carried level rx_super restores: as rx_super_build checks it */
+        const uint8_t *m = (const uint8_t *)meta;
+        size_t n = (size_t)(cend - coff);
+        if (coff < 0 || cend < coff || cend > G || n > UN_MAX_FOLD_HDRS || (size_t)m[1] + m[2] + 8 + m[3] != n ||
+            m[2] < (m[0] & 0x80 ? 40u : 20u))
+            goto bad;
+        memcpy(F->meta, m, 4);
+        F->coff = (size_t)coff;
+        F->cend = (size_t)cend;
+    } else if (kind == 2)
+        goto bad;
+    F->row_len = (size_t)row_len;
+    F->reflen = (size_t)reflen;
+    F->ref = (const uint8_t *)ref;
+    F->keep = (const uint8_t *)keep;
+    F->kf = (const uint8_t *)kf;
+    F->kl = (const uint8_t *)kl;
+    F->verify = verify;
+    F->kind = kind;
+    F->same_layout = same_layout;
+    F->max_datagram = maxdg > 0 ? (size_t)maxdg : 0;
+    F->on = 1;
+    return 0;
+bad: /* a layout the checks here do not cover: C leaves that flow's reads to Python */
+    memset(F, 0, sizeof(*F));
+    return 0;
+}
+
+/* rxnative.finish + Endpoint._tap_write for the held run (reads_per_super_packet counted first, as
+ * RxDriver._finish); the run is no longer held after it */
+static void rxd_finish(rxb_state *S, const rxd_flow *flows, rxd_run *R, int tap_fd)
+{
+    const rxd_flow *F = &flows[R->fi];
+    const rx_layout *L = &F->L;
+    R->held = 0;
+    S->rps[R->reads < 3 ? R->reads : 3]++;
+    uint8_t h[1024], nested[UN_MAX_FOLD_HDRS], vnet[24], fold[4 + UN_MAX_FOLD_HDRS];
+    size_t shift = 0, flen = 0;
+    if (F->kind == 2) {
+        memcpy(fold, F->meta, 4);
+        memcpy(fold + 4, R->ref + F->coff, F->cend - F->coff);
+        flen = 4 + F->cend - F->coff;
+    }
+    const char *why = NULL;
+    int r = rx_super_build(R->hdr, L->H, R->paylen, R->mss, L->ip4, L->n4, L->ip6, L->n6, L->nu, L->udp[0],
+                           L->udp_has[0], L->udp_ip[0], L->udp_v6[0], L->tcp_ip, L->tcp_ip_v6, L->tcp,
+                           F->kind == 2 ? fold : NULL, flen, h, nested, &shift, vnet, &why);
+    if (r <= 0) { /* 0: a length over 65535 (the reference's fold_too_large); < 0 never: rxd_parse / rxd_read checked */
+        S->drops[UN_R_FOLD_TOO_LARGE] += (Py_ssize_t)R->segments;
+        return;
+    }
+    struct iovec iov[4];
+    int niov = 0;
+    iov[niov].iov_base = vnet;
+    iov[niov++].iov_len = 24;
+    if (shift) {
+        iov[niov].iov_base = nested;
+        iov[niov++].iov_len = shift;
+    }
+    iov[niov].iov_base = h;
+    iov[niov++].iov_len = L->H;
+    iov[niov].iov_base = R->pay;
+    iov[niov++].iov_len = R->paylen;
+    ssize_t w = rxb_writev(tap_fd, iov, niov);
+    if (w < 0) {
+        S->dtap_drop += (Py_ssize_t)R->segments;
+        S->tap_errno = errno;
+        return;
+    }
+    S->dtap_bytes += w - 24;
+    if (S->ndseg < RXB_MAX_WRITES)
+        S->dseg[S->ndseg++] = (Py_ssize_t)R->segments * 4 + F->kind; /* segments and kind of each write */
+    const uint8_t *first = shift ? nested : h;
+    size_t first_len = shift ? shift : L->H;
+    if (first_len >= 12)
+        rxb_learn(S, R->peer, first + 6);
+}
+
+/* One read of n bytes (UDP_GRO size gso < n) from peer: 1 when handled in C (coalesced, then held, merged with
+ * the held run, or finished), 0 when the Python path must take it (nothing has been touched then: the held run
+ * is handed back with it).  Exactly rxnative.Receiver._coalesce (a hit on Receiver.last), RxDriver.read and
+ * rxpipe.merge for a read that coalesces whole. */
+/* Receiver._info's cache test (rx_same on the keep mask and the nested UDP checksum offsets) */
+static int rxd_hit(const rxd_flow *F, const uint8_t *buf, size_t gso)
+{
+    if (!F->on || gso != F->row_len)
+        return 0;
+    for (size_t j = 0; j < F->reflen; j++)
+        if (F->keep[j] && buf[j] != F->ref[j])
+            return 0;
+    for (int i = 0; i < F->noffs; i++) {
+        size_t o = F->offs[i];
+        if (((buf[o] | buf[o + 1]) != 0) != ((F->ref[o] | F->ref[o + 1]) != 0))
+            return 0;
+    }
+    return 1;
+}
+
+static int rxd_read(rxb_state *S, const rxd_flow *flows, rxd_run *R, const uint8_t *buf, size_t n, size_t gso,
+                    int peer, int tap_fd)
+{
+    if (gso == 0 || n <= gso)
+        return 0;
+    int fi = 0; /* Receiver._info tries last, then prev (swapping them: its cache, not its result) */
+    while (fi < RXD_FLOWS && !rxd_hit(&flows[fi], buf, gso))
+        fi++;
+    if (fi == RXD_FLOWS || (R->held && R->fi != fi)) /* (a run of the other entry's flow: Python decides) */
+        return 0;
+    const rxd_flow *F = &flows[fi];
+    const rx_layout *L = &F->L;
+    const size_t G = L->G, H = L->H, GH = G + H;
+    size_t count = (n + gso - 1) / gso, row_len = gso, last_len = n - (count - 1) * gso;
+    /* rxpipe.too_short; rx_coalesce's bounds (the first row's IPv4 header lengths) */
+    if (row_len <= GH || last_len < GH || (last_len == GH && count > 1))
+        return 0;
+    for (int i = 0; i < L->n4; i++)
+        if (L->ip4[i] + (size_t)(buf[G + L->ip4[i]] & 0xF) * 4 > H)
+            return 0;
+    if (rx_check(buf, count, row_len, last_len, L, F->kf, F->kl, F->verify, 0) != UN_O_OK)
+        return 0;
+    const uint8_t *last = buf + (count - 1) * row_len;
+    const size_t t = G + L->tcp;
+    unsigned last_flags = last[t + 13];
+    uint32_t seq0 = un_get32(buf + t + 4);
+    size_t mss = row_len - GH, lastp = last_len - GH, total = (count - 1) * mss + lastp;
+    int ext = lastp == mss && !(last_flags & (0x08 | 0x01));
+    unsigned fids[MAX_L], lids[MAX_L];
+    for (int k = 0; k < L->n4; k++) {
+        fids[k] = un_get16(buf + G + L->ip4[k] + 4);
+        lids[k] = un_get16(last + G + L->ip4[k] + 4);
+    }
+    S->coalesced++;
+    if (R->held) { /* rxpipe.merge(held, this read) */
+        int ok = R->peer == peer && R->extendable && seq0 == R->next_seq && mss == R->mss &&
+                 H + R->paylen + total <= RXD_MAX_SUPER;
+        for (size_t j = 0; ok && j < GH; j++)
+            if (F->kf[j] && buf[j] != R->ref[j])
+                ok = 0;
+        for (int k = 0; ok && k < L->n4; k++) {
+            size_t off = L->ip4[k];
+            int df = (R->ref[G + off + 6] & 0x40) != 0;
+            int fixed = (df || !L->inner4[k]) && R->last_ids[k] == fids[k];
+            if (!fixed && fids[k] != ((R->last_ids[k] + 1) & 0xFFFF))
+                ok = 0;
+        }
+        if (ok && R->paylen + total <= R->paycap) {
+            S->merged++;
+            uint8_t *dst = R->pay + R->paylen;
+            for (size_t i = 0; i + 1 < count; i++, dst += mss)
+                memcpy(dst, buf + i * row_len + GH, mss);
+            memcpy(dst, last + GH, lastp);
+            R->paylen += total;
+            R->hdr[L->tcp + 13] = (uint8_t)last_flags;
+            R->segments += count;
+            R->next_seq = seq0 + (uint32_t)total;
+            memcpy(R->last_ids, lids, sizeof(lids));
+            R->extendable = ext;
+            R->reads++;
+            if (!ext)
+                rxd_finish(S, flows, R, tap_fd);
+            return 1;
+        }
+        rxd_finish(S, flows, R, tap_fd);
+    }
+    /* a new run: Receiver._coalesce's Run, held when extendable (RxDriver.read) */
+    uint8_t *dst = R->pay;
+    for (size_t i = 0; i + 1 < count; i++, dst += mss)
+        memcpy(dst, buf + i * row_len + GH, mss);
+    memcpy(dst, last + GH, lastp);
+    memcpy(R->ref, buf, GH);
+    memcpy(R->hdr, buf + G, H);
+    R->hdr[L->tcp + 13] = (uint8_t)last_flags;
+    R->paylen = total;
+    R->mss = mss;
+    R->segments = count;
+    R->seq0 = seq0;
+    R->next_seq = seq0 + (uint32_t)total;
+    memcpy(R->first_ids, fids, sizeof(fids));
+    memcpy(R->last_ids, lids, sizeof(lids));
+    R->extendable = ext;
+    R->reads = 1;
+    R->peer = peer;
+    R->fi = fi;
+    R->held = 1;
+    if (!ext)
+        rxd_finish(S, flows, R, tap_fd);
+    return 1;
+}
+
+/* A one-datagram read of n bytes from the held run's peer: 1 when it continues the held run in C (rxpipe.single_run
+ * on a hit of the cache entry of its length, then rxpipe.merge: a full segment continues the run, a shorter one
+ * ends it), 0 when the Python path must take it (nothing touched: a read that is no candidate, has no cache
+ * entry, does not single_run, or does not merge; Python then finishes the run and holds or writes the datagram). */
+static int rxd_tail(rxb_state *S, const rxd_flow *flows, rxd_run *R, const uint8_t *buf, size_t n, int peer,
+                    size_t single_min, int tap_fd)
+{
+    if (!R->held || R->peer != peer)
+        return 0;
+    const rxd_flow *FA = &flows[R->fi];
+    const rx_layout *L = &FA->L;
+    const size_t G = L->G, H = L->H, GH = G + H;
+    /* RxDriver._single_candidate with a held run of this peer */
+    if (n > FA->max_datagram || !(n >= single_min || (GH < n && n <= GH + R->mss)))
+        return 0;
+    int fi = 0; /* Receiver._info for a row of n bytes */
+    while (fi < RXD_FLOWS && !rxd_hit(&flows[fi], buf, n))
+        fi++;
+    if (fi == RXD_FLOWS || (fi != R->fi && (!flows[fi].same_layout || !FA->same_layout)))
+        return 0;
+    const rxd_flow *FB = &flows[fi];
+    if (n <= GH) /* single_run: no payload */
+        return 0;
+    for (int i = 0; i < L->n4; i++) /* rx_coalesce's bounds */
+        if (L->ip4[i] + (size_t)(buf[G + L->ip4[i]] & 0xF) * 4 > H)
+            return 0;
+    if (rx_check(buf, 1, n, n, &FB->L, FB->kf, FB->kl, FB->verify, 1) != UN_O_OK)
+        return 0;
+    const size_t t = G + L->tcp;
+    unsigned flags = buf[t + 13];
+    uint32_t seq0 = un_get32(buf + t + 4);
+    size_t mss = n - GH;
+    int short_ = mss != R->mss;
+    /* rxpipe.merge(held, the 1-segment run) */
+    if (seq0 != R->next_seq || (short_ && !(mss < R->mss)) || H + R->paylen + mss > RXD_MAX_SUPER ||
+        R->paylen + mss > R->paycap)
+        return 0;
+    const uint8_t *keep = short_ ? FA->kl : FA->kf;
+    for (size_t j = 0; j < GH; j++)
+        if (keep[j] && buf[j] != R->ref[j])
+            return 0;
+    unsigned ids[MAX_L];
+    for (int k = 0; k < L->n4; k++) {
+        size_t off = L->ip4[k];
+        ids[k] = un_get16(buf + G + off + 4);
+        int df = (R->ref[G + off + 6] & 0x40) != 0;
+        int fixed = (df || !L->inner4[k]) && R->last_ids[k] == ids[k];
+        if (!fixed && ids[k] != ((R->last_ids[k] + 1) & 0xFFFF))
+            return 0;
+    }
+    S->merged++;
+    S->single_merged++;
+    memcpy(R->pay + R->paylen, buf + GH, mss);
+    R->paylen += mss;
+    R->hdr[L->tcp + 13] = (uint8_t)flags;
+    R->segments += 1;
+    R->next_seq = seq0 + (uint32_t)mss;
+    memcpy(R->last_ids, ids, sizeof(ids));
+    R->extendable = !(flags & (0x08 | 0x01)) && !short_;
+    R->reads++;
+    if (!R->extendable)
+        rxd_finish(S, flows, R, tap_fd);
+    return 1;
+}
+
 static PyObject *native_rx_batch(PyObject *self, PyObject *args)
 {
     int fd, tap_fd, width;
     Py_buffer b, pb, vb, sb = {0};
     long vni, opt_class;
-    PyObject *folds, *stop = Py_None;
+    PyObject *folds, *stop = Py_None, *flow = NULL;
     Py_ssize_t single_min, max_count;
-    if (!PyArg_ParseTuple(args, "iiw*y*illO!nny*|O", &fd, &tap_fd, &b, &pb, &width, &vni, &opt_class, &PyList_Type,
-                          &folds, &single_min, &max_count, &vb, &stop))
+    if (!PyArg_ParseTuple(args, "iiw*y*illO!nny*|OO", &fd, &tap_fd, &b, &pb, &width, &vni, &opt_class, &PyList_Type,
+                          &folds, &single_min, &max_count, &vb, &stop, &flow))
         return NULL;
     PyObject *result = NULL, *tpls = NULL;
     rxb_state *S = NULL;
+    rxd_run *R = NULL;
+    rxd_flow F[RXD_FLOWS];
+    memset(F, 0, sizeof(F));
     int have_stop = 0;
     if (stop != Py_None) {
         if (PyObject_GetBuffer(stop, &sb, PyBUF_SIMPLE) < 0)
@@ -228,6 +606,27 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
     S->socket_drops = -1;
     uint8_t *buf = b.buf;
     size_t cap = (size_t)b.len;
+    if (flow != NULL && flow != Py_None) { /* flows: (Receiver.last's, Receiver.prev's), each a flow or None */
+        if (!PyTuple_Check(flow) || PyTuple_GET_SIZE(flow) > RXD_FLOWS) {
+            PyErr_SetString(PyExc_ValueError, "rx_batch: flows must be a tuple of at most 2");
+            goto out;
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(flow); k++)
+            if (rxd_parse(PyTuple_GET_ITEM(flow, k), &F[k]) < 0)
+                goto out;
+    }
+    if (F[0].on || F[1].on) {
+        R = PyMem_Calloc(1, sizeof(*R));
+        if (R != NULL) {
+            R->paycap = cap > 65536 ? cap : 65536; /* a read's payload (< cap), or a merged run's (<= RXD_MAX_SUPER) */
+            R->pay = PyMem_Malloc(R->paycap);
+        }
+        if (R == NULL || R->pay == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+    }
+    int empty = 0;
     const uint8_t *peers = pb.buf, *stopb = have_stop ? sb.buf : NULL;
     size_t npeers = (size_t)pb.len / (size_t)width;
     int err = 0, back = 0;
@@ -254,6 +653,8 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) /* empty: None, as recv_into's BlockingIOError */
                 err = errno;
+            else
+                empty = 1;
             break;
         }
         long gso = 0;
@@ -279,10 +680,15 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
         if (trunc)
             S->truncated++;
         int peer = -1;
-        int ours = n > 0 && !trunc && (size_t)n <= cap && (gso <= 0 || gso >= n) && n < single_min &&
-                   !(stopb && stopb[0]) &&
-                   (peer = rxb_peer(&sa, msg.msg_namelen, peers, npeers, width)) >= 0;
-        if (ours && rxb_one(S, buf, (size_t)n, peer, vni, opt_class, tpl, ntpl, tap_fd, vb.buf, (size_t)vb.len)) {
+        int ok = n > 0 && !trunc && (size_t)n <= cap && !(stopb && stopb[0]);
+        int held = R != NULL && R->held, one = gso <= 0 || gso >= n;
+        int small = ok && one && n < single_min && !held;
+        int tail = ok && one && held; /* a one-datagram read while holding: it may continue or end the run */
+        int data = ok && R != NULL && !one;
+        if ((small || tail || data) && (peer = rxb_peer(&sa, msg.msg_namelen, peers, npeers, width)) >= 0 &&
+            (small  ? rxb_one(S, buf, (size_t)n, peer, vni, opt_class, tpl, ntpl, tap_fd, vb.buf, (size_t)vb.len)
+             : tail ? rxd_tail(S, F, R, buf, (size_t)n, peer, (size_t)single_min, tap_fd)
+                    : rxd_read(S, F, R, buf, (size_t)n, (size_t)gso, peer, tap_fd))) {
             S->reads++;
             S->bytes += n;
             S->handled++;
@@ -294,6 +700,8 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
         back_salen = msg.msg_namelen;
         break;
     }
+    if (empty && R != NULL && R->held) /* nothing more waiting: the held run goes out (RxDriver.flush) */
+        rxd_finish(S, F, R, tap_fd);
     Py_END_ALLOW_THREADS
     PyObject *item, *drops, *learned;
     if (back)
@@ -312,16 +720,51 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
     for (int k = 0; learned != NULL && k < S->nlearn; k++)
         PyTuple_SET_ITEM(learned, k, Py_BuildValue("(iy#)", S->learn_peer[k], (const char *)S->learn_mac[k],
                                                    (Py_ssize_t)6));
-    if (item != NULL && drops != NULL && learned != NULL && !PyErr_Occurred())
+    PyObject *dsegs = NULL, *held = NULL;
+    if (flow != NULL) {
+        dsegs = PyTuple_New(S->ndseg);
+        for (int k = 0; dsegs != NULL && k < S->ndseg; k++)
+            PyTuple_SET_ITEM(dsegs, k, PyLong_FromSsize_t(S->dseg[k]));
+        if (R != NULL && R->held) { /* handed back: RxDriver.pending's run, built by udpnest.rxbatch */
+            const rx_layout *L = &F[R->fi].L;
+            PyObject *fi = PyTuple_New(L->n4), *li = PyTuple_New(L->n4);
+            for (int k = 0; fi != NULL && li != NULL && k < L->n4; k++) {
+                PyTuple_SET_ITEM(fi, k, PyLong_FromLong((long)R->first_ids[k]));
+                PyTuple_SET_ITEM(li, k, PyLong_FromLong((long)R->last_ids[k]));
+            }
+            if (fi != NULL && li != NULL && !PyErr_Occurred())
+                held = Py_BuildValue("(y#y#y#nnnkkNNiiii)", (const char *)R->pay, (Py_ssize_t)R->paylen,
+                                     (const char *)R->hdr, (Py_ssize_t)L->H, (const char *)R->ref,
+                                     (Py_ssize_t)(L->G + L->H), (Py_ssize_t)R->paylen, (Py_ssize_t)R->mss,
+                                     (Py_ssize_t)R->segments, (unsigned long)R->seq0, (unsigned long)R->next_seq, fi,
+                                     li, R->extendable, R->reads, R->peer, R->fi);
+            else {
+                Py_XDECREF(fi);
+                Py_XDECREF(li);
+            }
+        } else
+            held = Py_NewRef(Py_None);
+    }
+    if (item != NULL && drops != NULL && learned != NULL && !PyErr_Occurred() && flow == NULL)
         result = Py_BuildValue("(N(nnnnnnninLn)NNi)", item, S->reads, S->bytes, S->plain, S->hint, S->fold,
                                S->tap_bytes, S->tap_errors, S->tap_errno, S->truncated, S->socket_drops,
                                S->handled, drops, learned, err);
+    else if (item != NULL && drops != NULL && learned != NULL && dsegs != NULL && held != NULL && !PyErr_Occurred())
+        result = Py_BuildValue("(N(nnnnnnninLn)NNi(nnnnnnnNn)N)", item, S->reads, S->bytes, S->plain, S->hint,
+                               S->fold, S->tap_bytes, S->tap_errors, S->tap_errno, S->truncated, S->socket_drops,
+                               S->handled, drops, learned, err, S->coalesced, S->merged, S->rps[1], S->rps[2],
+                               S->rps[3], S->dtap_bytes, S->dtap_drop, dsegs, S->single_merged, held);
     else {
         Py_XDECREF(item);
         Py_XDECREF(drops);
         Py_XDECREF(learned);
+        Py_XDECREF(dsegs);
+        Py_XDECREF(held);
     }
 out:
+    if (R != NULL)
+        PyMem_Free(R->pay);
+    PyMem_Free(R);
     PyMem_Free(S);
     Py_XDECREF(tpls);
     if (have_stop)

@@ -34,6 +34,26 @@ int rx_check_l3(const uint8_t *f, size_t fl);
 #define UN_MAX_FOLD_HDRS 512 /* rx_restore's output capacity (rx.c MAX_FOLD_HDRS) */
 #define UN_R_FOLD_TOO_LARGE 17 /* rx.c's reason code of fold_too_large (RX_REASONS[17]) */
 
+/* The coalescing checks of csrc/rx.c on a parsed layout, shared with csrc/rxbatch.c's data path. */
+#define MAX_L 8 /* IPv4 / IPv6 / UDP headers per layout (1-3 levels need at most 4 / 4 / 3) */
+typedef struct {
+    size_t G, H, tcp_ip, tcp;
+    int tcp_ip_v6;
+    int n4, n6, nu;
+    size_t ip4[MAX_L];
+    int inner4[MAX_L];
+    size_t ip6[MAX_L];
+    size_t udp[MAX_L], udp_ip[MAX_L];
+    int udp_has[MAX_L], udp_v6[MAX_L];
+} rx_layout;
+#define UN_O_OK 0
+int rx_check(const uint8_t *buf, size_t count, size_t row_len, size_t last_len, const rx_layout *L,
+             const uint8_t *keep_full, const uint8_t *keep_last, int verify, int single);
+int rx_super_build(const uint8_t *hdr, size_t H, size_t payload_len, size_t mss, const size_t *ip4, int n4,
+                   const size_t *ip6, int n6, int nu, size_t u, int has, size_t nip, int uv6, size_t tcp_ip,
+                   int tcp_ip_v6, size_t tcp, const uint8_t *f, size_t flen, uint8_t *h, uint8_t *nested,
+                   size_t *shift_out, uint8_t *vnet, const char **why);
+
 static inline uint16_t un_get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t un_get32(const uint8_t *p)
 {

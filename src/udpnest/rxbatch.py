@@ -29,6 +29,9 @@ import os
 import socket
 import sys
 
+from .fold import F_CSUM_ZEROED
+from .rxdriver import READS_HIST_PREFIX
+from .rxpipe import Run
 from .wire.errors import Reason
 from .wire.vnet import ZERO_VNET_HDR
 
@@ -37,6 +40,34 @@ log = logging.getLogger("udpnest")
 #: datagrams handled per call at most (then the loop runs once: stop flags, counters)
 BATCH_MAX = 64
 _TAP_WRITE = Reason.TAP_WRITE.value
+_RPS = tuple(f"{READS_HIST_PREFIX}{i}" for i in (1, 2, 3))
+
+
+def flow_args(last, other=None, max_datagram: int = 0) -> tuple | None:
+    """The data path's flow (csrc/rxbatch.c, rxd_parse) for the cache entry ``rxnative.Receiver.last``, or None
+    when C must not take that flow's reads (its reads then all go through the Python path): a FOLD level
+    whose checksums were not zeroed (the reference's ``fold_csum`` outcome), more than one nested UDP header
+    (rx_super handles one), more than one carried level."""
+    if last is None:
+        return None
+    row_len, ref, keep, offs, info, carried, args = last
+    G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, kf, kl, verify = args
+    if len(udp) > 1:
+        return None
+    meta, coff, cend = b"", 0, 0
+    if info.carried is not None:
+        if carried is None or len(info.carried) != 1:
+            return None
+        c = info.carried[0]
+        if not c.flags & F_CSUM_ZEROED:
+            return None
+        meta, (coff, cend), kind = bytes((c.flags, c.l2, c.l3, c.tun)), carried, 2
+    else:
+        kind = 1 if info.pkt.gro_hint is not None else 0
+    # may a run of one entry's flow continue with a read of the other's (rxpipe.merge: the same G and layout)?
+    same = other is not None and other[4].G == info.G and other[4].layout == info.layout
+    return (row_len, ref, keep, offs, G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, kf, kl, verify, kind, meta,
+            coff, cend, same, max_datagram)
 
 
 def enabled(engine: str) -> bool:
@@ -93,6 +124,13 @@ class FastRx:
         self._buf = None
         self._args: tuple = ()
         self._keys: list[str] = []
+        self._flow_key: tuple = (None, None)  # (Receiver.last's ref and args objects) the flow was built from
+        self._flow = None
+        from .endpoint import _BUCKETS, _KIND_KEYS, _bucket
+        from .rxpipe import Kind
+
+        self._buckets, self._bucket = _BUCKETS, _bucket
+        self._kind_keys = (_KIND_KEYS[Kind.PLAIN], _KIND_KEYS[Kind.HINT], _KIND_KEYS[Kind.FOLD])
 
     def _bind(self, drv, buf) -> None:
         """The call's arguments for this driver (its peers, settings, FOLD template list) and buffer."""
@@ -111,7 +149,15 @@ class FastRx:
         if drv is not self._drv or buf is not self._buf:
             self._bind(drv, buf)
         ep = self.ep
-        item, cnt, drops, learned, err = self.rx_batch(*self._args)
+        recv = drv.native_receiver
+        entries = (recv.last, recv.prev)
+        key = tuple(None if e is None else e[1] for e in entries) + tuple(None if e is None else e[6] for e in entries)
+        if key != self._flow_key:  # (compared by identity first: the same objects while the cache stays)
+            self._flow_key = key
+            md = drv.max_datagram
+            self._flow = (flow_args(entries[0], entries[1], md), flow_args(entries[1], entries[0], md))
+        flows = self._flow
+        item, cnt, drops, learned, err, data, held = self.rx_batch(*self._args, flows)
         reads, nbytes, plain, hint, fold, tap_bytes, tap_errors, tap_errno, truncated, sdrops, handled = cnt
         st = ep.rx_stats
         c = st.c
@@ -137,19 +183,68 @@ class FastRx:
                 log.debug("TAP write: %s", os.strerror(tap_errno))
             for code, k in drops:
                 st.drops[self.reasons[code].value] += k
+            coalesced, merged, r1, r2, r3, dbytes, ddrop, segs, single_merged = data
+            if coalesced:
+                self._data(c, st, coalesced, merged, (r1, r2, r3), dbytes, ddrop, segs)
+                if single_merged:
+                    c["coalesce_single_merged"] += single_merged
             if learned:
                 keys, learn = self._keys, ep._learn_mac
                 for i, mac in learned:
                     learn(mac, keys[i])
+        if held is not None:  # the run C held when it met a read it does not take: RxDriver.pending, as Python has it
+            self._hand_back(drv, entries, flows, held)
         sock = ep.rx
         if truncated:
             sock.truncated += truncated
         if sdrops >= 0:
             sock.socket_drops = sdrops
         if err and item is None:
-            if err == errno.EINTR:  # back to the loop (signal handlers, the stop flag)
+            if err == errno.EINTR and held is None:  # back to the loop (signal handlers, the stop flag)
                 return None
-            raise OSError(err, os.strerror(err))
+            if err != errno.EINTR:
+                raise OSError(err, os.strerror(err))
         if item is None:
+            if held is not None:  # max_count or EINTR while holding: the next read, as the Python path polls it
+                return sock.recv_into(buf, nowait=True)
             return None
         return item[0], item[1], sockaddr_tuple(item[2])
+
+    def _data(self, c, st, coalesced, merged, rps, dbytes, ddrop, segs) -> None:
+        """The data path's counters, as RxDriver.read / _finish and Endpoint._tap_write count them (``segs``: per
+        super-packet written, its segments * 4 + its kind)."""
+        c["coalesce_coalesced"] += coalesced
+        if merged:
+            c["merged_reads"] += merged
+        for key, k in zip(_RPS, rps, strict=True):
+            if k:
+                c[key] += k
+        if ddrop:
+            st.drops[_TAP_WRITE] += ddrop
+        if segs:
+            hist, buckets, kinds = st.hist, self._buckets, self._kind_keys
+            supers = total = 0
+            for v in segs:
+                s = v >> 2
+                hist[buckets[s] if s < len(buckets) else self._bucket(s)] += 1
+                c[kinds[v & 3]] += 1
+                supers += s > 1
+                total += s
+            c["datagrams"] += total
+            c["tap_writes"] += len(segs)
+            c["tap_bytes"] += dbytes
+            if supers:
+                c["super_packets"] += supers
+
+    def _hand_back(self, drv, entries, flows, held) -> None:
+        """RxDriver.pending for the run C held: the Run rxnative.Receiver._coalesce and rxpipe.merge would have
+        made (its info: the flow's, with the carried headers of the run's first read, as Receiver._info gives)."""
+        payload, hdr, ref, payload_len, mss, segments, seq0, next_seq, fids, lids, ext, reads, peer, fi = held
+        info, flow = entries[fi][4], flows[fi]
+        if flow[15] == 2:
+            c = info.carried[0]
+            mine = ref[flow[17] : flow[18]]
+            if mine != c.hdr:
+                info = info._replace(carried=[c._replace(hdr=mine)])
+        run = Run(info, hdr, (payload,), payload_len, mss, segments, seq0, next_seq, fids, lids, ref, bool(ext))
+        drv.pending = (run, self._keys[peer], reads, None)
