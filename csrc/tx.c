@@ -1038,6 +1038,43 @@ int un_sockaddr(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
     return -1;
 }
 
+/* One sendmsg of ``len`` bytes to ``ss`` with UDP_SEGMENT=seg when they are more than one datagram (seg 0:
+ * never), the GIL released (the caller holds it); sendmsg's result, its errno in *err.  Shared by send_gso
+ * and the TX burst (txburst.c). */
+ssize_t un_send_segments(int fd, const struct sockaddr_storage *ss, socklen_t sl, const void *buf, size_t len,
+                         unsigned seg, int flags, int *err)
+{
+    struct iovec iov = {(void *)buf, len};
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctl;
+    struct msghdr m = {0};
+    m.msg_name = (void *)ss;
+    m.msg_namelen = sl;
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    if (seg && len > seg) {
+        memset(&ctl, 0, sizeof ctl);
+        m.msg_control = ctl.buf;
+        m.msg_controllen = sizeof ctl.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t s16 = (uint16_t)seg;
+        memcpy(CMSG_DATA(c), &s16, sizeof s16);
+    }
+    ssize_t r;
+    int e;
+    Py_BEGIN_ALLOW_THREADS
+    r = sendmsg(fd, &m, flags);
+    e = errno;
+    Py_END_ALLOW_THREADS
+    *err = e;
+    return r;
+}
+
 /* send_gso(fd, buffer, seg, (host, port)) -> bytes sent: one sendmsg with UDP_SEGMENT=seg (0: none) */
 static PyObject *tx_send_gso(PyObject *self, PyObject *args)
 {
@@ -1053,34 +1090,13 @@ static PyObject *tx_send_gso(PyObject *self, PyObject *args)
         PyBuffer_Release(&b);
         return NULL;
     }
-    struct iovec iov = {b.buf, (size_t)b.len};
-    union {
-        char buf[CMSG_SPACE(sizeof(uint16_t))];
-        struct cmsghdr align;
-    } ctl;
-    struct msghdr m = {0};
-    m.msg_name = &ss;
-    m.msg_namelen = sl;
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    if (seg && (size_t)b.len > seg) {
-        memset(&ctl, 0, sizeof ctl);
-        m.msg_control = ctl.buf;
-        m.msg_controllen = sizeof ctl.buf;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-        c->cmsg_level = SOL_UDP;
-        c->cmsg_type = UDP_SEGMENT;
-        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        uint16_t s16 = (uint16_t)seg;
-        memcpy(CMSG_DATA(c), &s16, sizeof s16);
-    }
-    ssize_t r;
-    Py_BEGIN_ALLOW_THREADS
-    r = sendmsg(fd, &m, 0);
-    Py_END_ALLOW_THREADS
+    int err;
+    ssize_t r = un_send_segments(fd, &ss, sl, b.buf, (size_t)b.len, seg, 0, &err);
     PyBuffer_Release(&b);
-    if (r < 0)
+    if (r < 0) {
+        errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
     return PyLong_FromSsize_t(r);
 }
 

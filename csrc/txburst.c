@@ -318,33 +318,9 @@ static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *a
     long calls = 0;
     while (off < n) {
         Py_ssize_t end = n - off <= row_len ? n : (off + per_call < n ? off + per_call : n);
-        struct iovec iov = {(void *)(base + off), (size_t)(end - off)};
-        union {
-            char buf[CMSG_SPACE(sizeof(uint16_t))];
-            struct cmsghdr align;
-        } ctl;
-        struct msghdr m = {0};
-        m.msg_name = &ss;
-        m.msg_namelen = sl;
-        m.msg_iov = &iov;
-        m.msg_iovlen = 1;
-        if (end - off > row_len) { /* more than one datagram: UDP_SEGMENT */
-            memset(&ctl, 0, sizeof ctl);
-            m.msg_control = ctl.buf;
-            m.msg_controllen = sizeof ctl.buf;
-            struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-            c->cmsg_level = SOL_UDP;
-            c->cmsg_type = UDP_SEGMENT;
-            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            uint16_t s16 = (uint16_t)row_len;
-            memcpy(CMSG_DATA(c), &s16, sizeof s16);
-        }
-        ssize_t r;
         int err;
-        Py_BEGIN_ALLOW_THREADS
-        r = sendmsg(fd, &m, MSG_DONTWAIT);
-        err = errno;
-        Py_END_ALLOW_THREADS
+        ssize_t r = un_send_segments(fd, &ss, sl, base + off, (size_t)(end - off), (unsigned)row_len, MSG_DONTWAIT,
+                                     &err);
         if (r >= 0) {
             calls++;
             off = end;

@@ -23,6 +23,9 @@ int udpnest_rx_init(PyObject *module);
 int udpnest_txburst_init(PyObject *module); /* csrc/txburst.c: the TX burst (after udpnest_tx_init) */
 /* csrc/tx.c: (host, port[, flow, scope]) -> sockaddr, -1 with the error set (also used by txburst.c) */
 int un_sockaddr(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len);
+/* csrc/tx.c: one sendmsg, UDP_SEGMENT=seg for more than one datagram, GIL released; errno in *err */
+ssize_t un_send_segments(int fd, const struct sockaddr_storage *ss, socklen_t sl, const void *buf, size_t len,
+                         unsigned seg, int flags, int *err);
 int udpnest_rxbatch_init(PyObject *module);
 
 /* The one-datagram path of csrc/rx.c, shared with csrc/rxbatch.c (pure, no Python objects). */
