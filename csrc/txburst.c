@@ -33,13 +33,6 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-
 #define VNET 24
 #define BATCH_FLUSH 64 /* endpoint._send: a socket's list is flushed at 64 datagrams */
 #define UDP_MAX_SEGS 64 /* io/udp.py UDP_MAX_SEGMENTS */
