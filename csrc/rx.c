@@ -64,24 +64,17 @@ _Static_assert(O_OK == UN_O_OK, "udpnest.h mirrors rx.c");
  * since 2^16 = 1).  Only for checks and sums that are used modulo 0xFFFF. */
 static uint64_t rx_sum_mod(const uint8_t *p, size_t n)
 {
-    uint64_t a = 0, b = 0;
-    while (n >= 16) {
-        uint64_t w0, w1;
-        memcpy(&w0, p, 8);
-        memcpy(&w1, p + 8, 8);
-        a += (w0 & 0xFFFFFFFFu) + (w0 >> 32);
-        b += (w1 & 0xFFFFFFFFu) + (w1 >> 32);
-        p += 16;
-        n -= 16;
-    }
+    size_t bulk = n & ~(size_t)15;
+    uint64_t a = un_sum_le(p, bulk); /* udpnest.h: SSE2 where available */
+    p += bulk;
+    n -= bulk;
     uint8_t tail[16] = {0};
     memcpy(tail, p, n);
     uint64_t w0, w1;
     memcpy(&w0, tail, 8);
     memcpy(&w1, tail + 8, 8);
     a += (w0 & 0xFFFFFFFFu) + (w0 >> 32) + (w1 & 0xFFFFFFFFu) + (w1 >> 32);
-    uint64_t le = (a % 0xFFFF) + (b % 0xFFFF);
-    return (le % 0xFFFF) * 256 % 0xFFFF;
+    return (a % 0xFFFF) * 256 % 0xFFFF;
 }
 
 /* --- the one-datagram path -------------------------------------------------------------------------- */

@@ -280,6 +280,14 @@ static void do_segment(uint8_t *out, const uint8_t *prefix, size_t P, const uint
     }
     for (unsigned k = 0; k < L->nu; k++)
         memset(tmpl + L->udp[k] + 6, 0, 2);
+    /* The checksums of a row are the template's sums plus what changes per row (IPv4 length and ID, the
+     * TCP sequence number and flags, the payload), added as integers: un_sum of the written row would give
+     * the same value, but re-reading words just written byte by byte stalls store forwarding. */
+    uint64_t ip4_base[MAX_IP];
+    for (unsigned k = 0; k < L->n4; k++)
+        ip4_base[k] = un_sum(tmpl + L->ip4[k], (size_t)(tmpl[L->ip4[k]] & 0xF) * 4, 0);
+    const int tcp_incr = !is_udp && ((H - tcp) & 1) == 0; /* the payload starts on a word boundary */
+    const uint64_t tcp_base = tcp_incr ? un_sum(tmpl + tcp, H - tcp, 0) : 0;
 
     for (size_t i = 0; i < count; i++) {
         uint8_t *row = out + i * W, *h = row + P;
@@ -293,8 +301,9 @@ static void do_segment(uint8_t *out, const uint8_t *prefix, size_t P, const uint
             int df = (un_get16(tmpl + o + 6) & 0x4000) != 0;
             int fixed = ((flags & SEG_FIXED_NESTED_IDS) && o != L->tcp_ip) || (!(flags & SEG_FIX_IP_IDS) && df);
             un_put16(h + o + 2, (uint16_t)(seg_len - o));
-            un_put16(h + o + 4, fixed ? ids0[k] : (uint16_t)(ids0[k] + i));
-            un_put16(h + o + 10, un_csum(un_sum(h + o, (size_t)(h[o] & 0xF) * 4, 0)));
+            uint16_t id = fixed ? ids0[k] : (uint16_t)(ids0[k] + i);
+            un_put16(h + o + 4, id);
+            un_put16(h + o + 10, un_csum(ip4_base[k] + (uint16_t)(seg_len - o) + id));
         }
         for (unsigned k = 0; k < L->n6; k++)
             un_put16(h + L->ip6[k] + 4, (uint16_t)(seg_len - L->ip6[k] - 40));
@@ -314,7 +323,10 @@ static void do_segment(uint8_t *out, const uint8_t *prefix, size_t P, const uint
                 fl |= flags0 & (TCP_FIN | TCP_PSH);
             un_put32(h + tcp + 4, seq);
             h[tcp + 13] = fl;
-            un_put16(h + tcp + 16, un_csum(un_sum(h + tcp, seg_len - tcp, ps)));
+            uint64_t sum = tcp_incr ? un_sum(f + H + i * mss, seg, tcp_base + ps + (seq >> 16) + (seq & 0xFFFF) +
+                                                                   (uint64_t)(fl - mid))
+                                    : un_sum(h + tcp, seg_len - tcp, ps);
+            un_put16(h + tcp + 16, un_csum(sum));
         }
     }
     /* nested UDP checksums, innermost first: equal for every full-sized row, so computed once per block */
