@@ -420,9 +420,8 @@ int rx_check(const uint8_t *buf, size_t count, size_t row_len, size_t last_len, 
     for (size_t i = 1; i < count; i++) {
         const uint8_t *r = buf + i * row_len;
         const uint8_t *keep = i == count - 1 ? keep_last : keep_full;
-        for (size_t j = 0; j < GH; j++)
-            if (keep[j] && r[j] != row0[j])
-                return O_HDR_MISMATCH;
+        if (un_masked_differs(r, row0, keep, GH))
+            return O_HDR_MISMATCH;
     }
     const size_t t = G + L->tcp;
     const size_t mss = row_len - GH;
@@ -686,9 +685,8 @@ static PyObject *native_rx_same(PyObject *self, PyObject *args)
         return NULL;
     int same = b.len >= ref.len && keep.len >= ref.len;
     const uint8_t *x = b.buf, *r = ref.buf, *k = keep.buf;
-    for (Py_ssize_t j = 0; same && j < ref.len; j++)
-        if (k[j] && x[j] != r[j])
-            same = 0;
+    if (same && un_masked_differs(x, r, k, (size_t)ref.len))
+        same = 0;
     for (Py_ssize_t i = 0; same && i < PyTuple_GET_SIZE(offs); i++) {
         Py_ssize_t o = PyLong_AsSsize_t(PyTuple_GET_ITEM(offs, i));
         if (o < 0 || o + 2 > ref.len) {

@@ -391,9 +391,8 @@ static int rxd_hit(const rxd_flow *F, const uint8_t *buf, size_t gso)
 {
     if (!F->on || gso != F->row_len)
         return 0;
-    for (size_t j = 0; j < F->reflen; j++)
-        if (F->keep[j] && buf[j] != F->ref[j])
-            return 0;
+    if (un_masked_differs(buf, F->ref, F->keep, F->reflen))
+        return 0;
     for (int i = 0; i < F->noffs; i++) {
         size_t o = F->offs[i];
         if (((buf[o] | buf[o + 1]) != 0) != ((F->ref[o] | F->ref[o + 1]) != 0))
@@ -531,9 +530,8 @@ static int rxd_tail(rxb_state *S, const rxd_flow *flows, rxd_run *R, const uint8
         R->paylen + mss > R->paycap)
         return 0;
     const uint8_t *keep = short_ ? FA->kl : FA->kf;
-    for (size_t j = 0; j < GH; j++)
-        if (keep[j] && buf[j] != R->ref[j])
-            return 0;
+    if (un_masked_differs(buf, R->ref, keep, GH))
+        return 0;
     unsigned ids[MAX_L];
     for (int k = 0; k < L->n4; k++) {
         size_t off = L->ip4[k];

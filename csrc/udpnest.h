@@ -71,8 +71,10 @@ static inline void un_put32(uint8_t *p, uint32_t v)
 /* The sum of the little-endian 32-bit words of p[0:n] (n a multiple of 8) in a 64-bit accumulator: no
  * carry is lost for any n < 2^34.  SSE2 (every x86-64) where the compiler targets it, else 8 bytes at a
  * time; the scalar loop is the reference the vector one is tested against (tests/test_native_csum.py). */
-#if defined(__SSE2__) && !defined(UDPNEST_SCALAR_SUM)
+#if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__SSE2__) && !defined(UDPNEST_SCALAR_SUM)
 static inline uint64_t un_sum_le(const uint8_t *p, size_t n)
 {
     const __m128i zero = _mm_setzero_si128();
@@ -146,6 +148,28 @@ static inline uint64_t un_sum(const uint8_t *p, size_t n, uint64_t acc)
     if (n)
         acc += (uint64_t)p[0] << 8;
     return acc;
+}
+
+/* Whether a[j] != b[j] for some j < n with keep[j] != 0 (the coalescing header compare on a keep mask),
+ * 16 bytes at a time with SSE2. */
+static inline int un_masked_differs(const uint8_t *a, const uint8_t *b, const uint8_t *keep, size_t n)
+{
+    size_t j = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; j + 16 <= n; j += 16) {
+        __m128i va = _mm_loadu_si128((const __m128i *)(const void *)(a + j));
+        __m128i vb = _mm_loadu_si128((const __m128i *)(const void *)(b + j));
+        __m128i vk = _mm_loadu_si128((const __m128i *)(const void *)(keep + j));
+        __m128i ok = _mm_or_si128(_mm_cmpeq_epi8(va, vb), _mm_cmpeq_epi8(vk, zero));
+        if (_mm_movemask_epi8(ok) != 0xFFFF)
+            return 1;
+    }
+#endif
+    for (; j < n; j++)
+        if (keep[j] && a[j] != b[j])
+            return 1;
+    return 0;
 }
 
 static inline uint16_t un_fold(uint64_t s)

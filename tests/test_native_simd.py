@@ -1,10 +1,15 @@
-"""The native core's one's complement sum (csrc/udpnest.h ``un_sum``: SSE2 bulk over little-endian words,
-folded and byte-swapped, then a big-endian tail) against a plain RFC 1071 loop written here.
+"""The native core's SIMD helpers (csrc/udpnest.h) against plain loops written here.
+
+``un_sum``, the one's complement sum (SSE2 bulk over little-endian words, folded and byte-swapped, then a
+big-endian tail), against a plain RFC 1071 loop.
 
 Every checksum udpnest writes or verifies in C goes through it, so it is checked where a vectorised sum
 goes wrong: every length around the 64-byte bulk threshold and the 32-byte SIMD stride, odd lengths, odd
 start addresses, sums that are non-zero multiples of 0xFFFF (0xFFFF, not 0, is the one's complement
 result), all-zero buffers (0), and sums large enough to carry out of every lane.
+
+``un_masked_differs``, the coalescing header compare on a keep mask (16 bytes at a time), through
+``_native.rx_same``: a difference at every position of every 16-byte block and of the tail, masked or not.
 """
 
 from __future__ import annotations
@@ -81,3 +86,34 @@ def test_random_buffers_offsets_and_start_values(data, shift, start):
     buf = bytes(shift) + data
     view = memoryview(buf)[shift:]
     assert native_sum(view, start) == rfc1071(data, start)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 32, 33, 100, 142])
+def test_masked_compare_sees_every_position(n):
+    from udpnest import _native
+
+    ref = os.urandom(n)
+    keep = bytes([1]) * n
+    assert _native.rx_same(ref, ref, keep, ())
+    for j in range(n):
+        other = bytearray(ref)
+        other[j] ^= 0x01 << (j % 8)
+        assert not _native.rx_same(bytes(other), ref, keep, ()), j
+        masked = bytearray(keep)
+        masked[j] = 0
+        assert _native.rx_same(bytes(other), ref, bytes(masked), ()), j
+        # any non-zero keep byte keeps the position (the masks are built as 0/1, but need not be)
+        masked[j] = 0x80
+        assert not _native.rx_same(bytes(other), ref, bytes(masked), ()), j
+
+
+@settings(max_examples=200, deadline=None)
+@given(ref=st.binary(min_size=0, max_size=300), data=st.data())
+def test_masked_compare_random(ref, data):
+    from udpnest import _native
+
+    n = len(ref)
+    buf = data.draw(st.binary(min_size=n, max_size=n))
+    keep = data.draw(st.binary(min_size=n, max_size=n))
+    expect = all(not keep[j] or buf[j] == ref[j] for j in range(n))
+    assert _native.rx_same(buf, ref, keep, ()) == expect
