@@ -47,6 +47,8 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -556,6 +558,43 @@ static int rxd_tail(rxb_state *S, const rxd_flow *flows, rxd_run *R, const uint8
     return 1;
 }
 
+#define RXB_MAX_LINGER_NS 60000000000LL /* a linger window of at most 60 s */
+#define RXB_STOP_SLICE_NS 10000000LL     /* the stop flag is looked at every 10 ms of a linger wait at least */
+
+static long long rxb_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* The linger wait (GIL released): 1 when fd became readable within the window, 0 when the window ended, the stop
+ * flag is set or the socket reports anything but data (a shutdown, an error: the caller's next blocking recvmsg
+ * sees it as today), -1 on a poll error (errno; EINTR included: the caller returns so signals are handled).
+ * Nothing wakes a poll when the stop flag is set, so it waits in slices of at most RXB_STOP_SLICE_NS. */
+static int rxb_linger(int fd, long long deadline, const uint8_t *stopb)
+{
+    for (;;) {
+        if (stopb && stopb[0])
+            return 0;
+        long long left = deadline - rxb_now();
+        if (left <= 0)
+            return 0;
+        if (left > RXB_STOP_SLICE_NS)
+            left = RXB_STOP_SLICE_NS;
+        struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+        struct timespec ts = {.tv_sec = (time_t)(left / 1000000000LL), .tv_nsec = (long)(left % 1000000000LL)};
+        int r = ppoll(&p, 1, &ts, NULL);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            continue;
+        if (stopb && stopb[0])
+            return 0;
+        return p.revents == POLLIN ? 1 : 0;
+    }
+}
+
 static PyObject *native_rx_batch(PyObject *self, PyObject *args)
 {
     int fd, tap_fd, width;
@@ -563,8 +602,9 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
     long vni, opt_class;
     PyObject *folds, *stop = Py_None, *flow = NULL;
     Py_ssize_t single_min, max_count;
-    if (!PyArg_ParseTuple(args, "iiw*y*illO!nny*|OO", &fd, &tap_fd, &b, &pb, &width, &vni, &opt_class, &PyList_Type,
-                          &folds, &single_min, &max_count, &vb, &stop, &flow))
+    long long linger_ns = 0;
+    if (!PyArg_ParseTuple(args, "iiw*y*illO!nny*|OOL", &fd, &tap_fd, &b, &pb, &width, &vni, &opt_class, &PyList_Type,
+                          &folds, &single_min, &max_count, &vb, &stop, &flow, &linger_ns))
         return NULL;
     PyObject *result = NULL, *tpls = NULL;
     rxb_state *S = NULL;
@@ -578,7 +618,8 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
         have_stop = 1;
     }
     if ((width != 4 && width != 16) || pb.len % width || pb.len / width > RXB_MAX_PEERS || max_count < 1 ||
-        max_count > RXB_MAX_COUNT || b.len < 1 || single_min < 0 || (have_stop && sb.len < 1)) {
+        max_count > RXB_MAX_COUNT || b.len < 1 || single_min < 0 || (have_stop && sb.len < 1) || linger_ns < 0 ||
+        linger_ns > RXB_MAX_LINGER_NS) {
         PyErr_SetString(PyExc_ValueError, "rx_batch: bad arguments (peer width, counts or buffers)");
         goto out;
     }
@@ -632,8 +673,9 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
     long back_gso = 0;
     struct sockaddr_storage sa;
     socklen_t back_salen = 0;
+    long long deadline = 0; /* CLOCK_MONOTONIC ns: the linger window's end (set at the first datagram) */
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < max_count; i++) {
+    for (Py_ssize_t i = 0; i < max_count;) {
         union {
             struct cmsghdr align;
             uint8_t b[256];
@@ -649,12 +691,27 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
         msg.msg_controllen = sizeof(ctl.b);
         ssize_t n = recvmsg(fd, &msg, i ? MSG_DONTWAIT : 0);
         if (n < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) /* empty: None, as recv_into's BlockingIOError */
+            if (errno != EAGAIN && errno != EWOULDBLOCK) { /* empty: None, as recv_into's BlockingIOError */
                 err = errno;
-            else
-                empty = 1;
-            break;
+                break;
+            }
+            empty = 1;
+            if (linger_ns == 0 || i == 0)
+                break;
+            /* linger: the socket is empty; the held run goes out now, exactly as at a return (RxDriver.flush),
+             * then wait for the socket until the window ends, with nothing held */
+            if (R != NULL && R->held)
+                rxd_finish(S, F, R, tap_fd);
+            int w = rxb_linger(fd, deadline, stopb);
+            if (w < 0)
+                err = errno;
+            if (w <= 0)
+                break;
+            empty = 0;
+            continue; /* readable: the next recvmsg (MSG_DONTWAIT) */
         }
+        if (i++ == 0 && linger_ns > 0)
+            deadline = rxb_now() + linger_ns;
         long gso = 0;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
             size_t dl = c->cmsg_len >= CMSG_LEN(0) ? c->cmsg_len - CMSG_LEN(0) : 0;
@@ -690,6 +747,10 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
             S->reads++;
             S->bytes += n;
             S->handled++;
+            /* a window that ends while datagrams keep coming: return between runs (counters and learned MACs
+             * at most one window late, the stop flag checked per datagram as ever) */
+            if (linger_ns > 0 && !(R != NULL && R->held) && rxb_now() >= deadline)
+                break;
             continue;
         }
         back = 1; /* (a deferred row: rxb_one wrote nothing and counted nothing) */

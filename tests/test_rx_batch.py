@@ -8,6 +8,7 @@ datagram is written, dropped under a reason, or handed back, and nothing crashes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -77,9 +78,10 @@ class Sent:
 
 
 def run(reads, sent: Sent, *, fast: bool, eng: str = "native", child: bool = False, monkeypatch=None,
-        bad_tap: bool = False):
+        bad_tap: bool = False, live: bool = False):
     """The RX loop over ``reads`` ((buf, n, gso, source name)); returns (frames, counters, drops, hist, control
-    counters, FDB / learned entries, socket counters, parent messages)."""
+    counters, FDB / learned entries, socket counters, parent messages).  ``live``: the loop runs before the
+    first datagram is sent, and a ``(None, seconds, 0, "pause")`` entry sleeps between sends (bursts)."""
     monkeypatch.setenv("UDPNEST_RX_BATCH", "1" if fast else "0")
     rx = UdpSocket(LOCAL, 0, gro=True, blocking=True, bufsize=1 << 24)
     port = rx.local_address[1]
@@ -120,14 +122,19 @@ def run(reads, sent: Sent, *, fast: bool, eng: str = "native", child: bool = Fal
     rt.start()
     expected = 0
     to = (LOCAL, port)
+    t = threading.Thread(target=ep._rx_loop, daemon=True)
+    if live:
+        t.start()
     for buf, n, g, name in reads:
-        if name == "wake":  # from our own address and port: the RX child's wake-up (status, reload)
+        if name == "pause":
+            time.sleep(n)
+        elif name == "wake":  # from our own address and port: the RX child's wake-up (status, reload)
             rx.sock.sendto(b"", to)
             expected += not child
         elif sent.send(name, buf, n, g, to):
             expected += 1
-    t = threading.Thread(target=ep._rx_loop, daemon=True)
-    t.start()
+    if not live:
+        t.start()
     c = ep.rx_stats.c
     deadline = time.monotonic() + 20
     while c["reads"] < expected and time.monotonic() < deadline and t.is_alive():
@@ -749,3 +756,193 @@ def test_data_path_batch_limit(limit, sent, monkeypatch):
     off = run(reads, sent, fast=False, monkeypatch=monkeypatch)
     compare(on, off)
     assert on["fast"] > 0
+
+
+# --- lingering: one C call covers many wakeups (rxbatch.LINGER_NS) ---------------------------------------------
+
+
+def plain_acks(rng: random.Random, n: int, src: str = PEER) -> list[tuple]:
+    """``n`` ACKs of one plain or hint flow (no FOLD: its first ACK would wait for a template in Python)."""
+    dg = datagrams(rng, super_frame(rng, 1, 0), rng.choice(("plain", "hint")), 1000)[0][0]
+    out = []
+    for k in range(n):
+        b = bytearray(dg)
+        b[-1] ^= k & 0xFF
+        out.append((bytes(b), len(b), 0, src))
+    return out
+
+
+def test_linger_takes_bursts_in_one_call(sent, monkeypatch):
+    """ACKs arriving in bursts a few ms apart, within one linger window: one C call takes them all (on today's
+    call-per-wakeup it is one call per burst), and the frames and counters are those of the Python path."""
+    from udpnest import rxbatch
+
+    monkeypatch.setattr(rxbatch, "LINGER_NS", 500_000_000)  # generous: the bursts come within it on a busy host
+    rng = random.Random(11)
+    reads = []
+    for i in range(4):
+        reads += plain_acks(rng, 6, (PEER, OTHER)[i % 2])
+        reads.append((None, 0.005, 0, "pause"))
+    on = run(reads, sent, fast=True, monkeypatch=monkeypatch, live=True)
+    off = run(reads, sent, fast=False, monkeypatch=monkeypatch, live=True)
+    compare(on, off)
+    assert on["fast"] == on["reads"] == 24
+    assert on["calls"] == 1, on["calls"]
+
+
+def test_linger_off_is_one_call_per_wakeup(sent, monkeypatch):
+    """LINGER_NS = 0 keeps the call-per-wakeup behaviour (the bursts above then take one call each at least)."""
+    from udpnest import rxbatch
+
+    monkeypatch.setattr(rxbatch, "LINGER_NS", 0)
+    rng = random.Random(11)
+    reads = []
+    for _ in range(4):
+        reads += plain_acks(rng, 6)
+        reads.append((None, 0.05, 0, "pause"))
+    on = run(reads, sent, fast=True, monkeypatch=monkeypatch, live=True)
+    assert on["fast"] == on["reads"] == 24
+    assert on["calls"] >= 4, on["calls"]
+
+
+def _pauses(rng: random.Random, reads: list) -> list:
+    """``reads`` with short pauses in between, keeping only reads the RX driver never holds (whether a held run
+    merges with the next read depends on whether that read is already queued: live, that is timing)."""
+    out = []
+    for r in reads:
+        if r[3] in (PEER, OTHER) and (r[2] or r[1] >= 700):
+            continue
+        out.append(r)
+        if rng.random() < 0.15:
+            out.append((None, rng.choice((0.0005, 0.002, 0.004)), 0, "pause"))
+    return out
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), corrupt_p=st.sampled_from((0.0, 0.2)))
+def test_lingering_is_invisible(seed, corrupt_p, sent, monkeypatch):
+    """Reads arriving live with pauses inside the linger window (ACKs, everything the fast path hands back:
+    echo packets, junk, unknown sources, wake-ups): the same frames, counters, drops and learned MACs as the
+    Python path."""
+    from udpnest import rxbatch
+
+    monkeypatch.setattr(rxbatch, "LINGER_NS", 20_000_000)
+    rng = random.Random(seed)
+    reads = _pauses(rng, mixed(rng, corrupt_p))
+    on = run(reads, sent, fast=True, monkeypatch=monkeypatch, live=True)
+    off = run(reads, sent, fast=False, monkeypatch=monkeypatch, live=True)
+    compare(on, off)
+
+
+class _Live:
+    """An endpoint's RX loop running (thread) on a loopback socket before anything is sent; the TAP a
+    SOCK_SEQPACKET pair; ``child``: as the RX process (its parent channel in ``self.parent``)."""
+
+    def __init__(self, sent: Sent, *, child: bool, start: bool = True) -> None:
+        rx = UdpSocket(LOCAL, 0, gro=True, blocking=True, bufsize=1 << 22)
+        self.to = (LOCAL, rx.local_address[1])
+        cfg = build_config({"id": VNI, "local": LOCAL, "dstport": self.to[1], "nested": "fold", "engine": "native",
+                            "remote": [f"{ADDR[PEER]}:{sent.port(PEER)}", f"{ADDR[OTHER]}:{sent.port(OTHER)}"]})
+        self.ep = ep = Endpoint(cfg, clock=lambda: 100.0)
+        ep.rx = self.rx = rx
+        self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ep.tap = _fake_tap(self.a)
+        self.parent = None
+        if child:
+            self.parent, ch = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            ep.rx_child, ep.rx_chan = True, ch
+            ep._chan = Channel(ch, 1 << 22)
+            ep._learned = LearnedMacs(cfg.learned_max, cfg.fdb_ageing / 4)
+        self.t = threading.Thread(target=ep._rx_loop, daemon=True)
+        if start:
+            self.t.start()
+
+    def frames(self, n: int) -> list[bytes]:
+        self.b.settimeout(10)
+        return [self.b.recv(1 << 17) for _ in range(n)]
+
+    def close(self) -> None:
+        if self.rx is None:
+            return
+        self.ep._stop_flag[0] = 1
+        with contextlib.suppress(OSError):
+            self.rx.sock.sendto(b"", self.to)
+        if self.t.ident is not None:
+            self.t.join(10)
+        for s in (self.a, self.b, self.parent, self.ep.rx_chan):
+            if s is not None:
+                s.close()
+        self.ep.tap.close()
+        self.rx.close()
+        self.rx = None
+
+
+def test_stop_while_lingering(sent, monkeypatch):
+    """The stop flag set while C waits in a (30 s) linger window, with no wake-up datagram: the loop returns
+    (bounded by a generous join timeout; it would otherwise sleep out the window) and the call's counters are in."""
+    from udpnest import rxbatch
+
+    monkeypatch.setenv("UDPNEST_RX_BATCH", "1")
+    monkeypatch.setattr(rxbatch, "LINGER_NS", 30_000_000_000)
+    live = _Live(sent, child=False)
+    try:
+        reads = plain_acks(random.Random(5), 3)
+        for buf, n, _, name in reads:
+            sent.send(name, buf, n, 0, live.to)
+        assert len(live.frames(3)) == 3  # written in C: the call now lingers
+        live.ep._stop_flag[0] = 1  # nothing wakes the poll: C must look at the flag while it waits
+        live.t.join(5)
+        assert not live.t.is_alive(), "the RX loop still lingers after the stop flag"
+        c = live.ep.rx_stats.c
+        assert c["reads"] == 3 and c["rx_batch_fast"] == 3 and c["rx_batch_calls"] == 1
+    finally:
+        live.close()
+
+
+def test_wake_up_reaches_python_while_lingering(sent, monkeypatch):
+    """`udpnest status` (and a reload) wake the RX process with an empty datagram from its own address: during a
+    (30 s) linger window it is handed back to Python at once, which pushes counters that include the ACKs the
+    same call took before it."""
+    from udpnest import rxbatch
+
+    monkeypatch.setenv("UDPNEST_RX_BATCH", "1")
+    monkeypatch.setattr(rxbatch, "LINGER_NS", 30_000_000_000)
+    live = _Live(sent, child=True)
+    try:
+        for buf, n, _, name in plain_acks(random.Random(6), 4):
+            sent.send(name, buf, n, 0, live.to)
+        live.frames(4)  # written in C: the call now lingers
+        live.rx.sock.sendto(b"", live.to)
+        live.parent.settimeout(5)  # generous: without the hand-back it would come 30 s later
+        msg = pickle.loads(live.parent.recv(1 << 20))
+        while msg[0] != "stats":
+            msg = pickle.loads(live.parent.recv(1 << 20))
+        assert msg[1]["c"]["reads"] == 4 and msg[1]["c"]["rx_batch_fast"] == 4
+        assert msg[1]["c"]["rx_batch_calls"] == 1
+    finally:
+        live.close()
+
+
+@pytest.mark.parametrize("seed", [5, 9])  # (their last run is held in C at EAGAIN: they fail without the flush)
+def test_held_run_goes_out_before_lingering(seed, sent, monkeypatch):
+    """A bulk flow queued, then the loop started with a (30 s) linger window: at EAGAIN the run C holds is finished
+    and written before C waits (as today's return does), so every frame of the Python path's run is on the TAP
+    while C still lingers (bounded by a generous timeout; it would otherwise come at the window's end)."""
+    from udpnest import rxbatch
+
+    rng = random.Random(seed)
+    reads = flow_reads(rng, rng.choice(("plain", "hint", "fold")), v6=False, depth=rng.choice((0, 1)), supers=4)
+    off = run(reads, sent, fast=False, monkeypatch=monkeypatch)
+    monkeypatch.setenv("UDPNEST_RX_BATCH", "1")
+    monkeypatch.setattr(rxbatch, "LINGER_NS", 30_000_000_000)
+    live = _Live(sent, child=False, start=False)
+    try:
+        for buf, n, g, name in reads:
+            sent.send(name, buf, n, g, live.to)  # (one the kernel refuses is no read, for run() either)
+        live.t.start()
+        assert live.frames(len(off["frames"])) == off["frames"]
+        live.close()  # (the stop flag and the wake-up datagram, as Endpoint.close)
+        assert live.ep.rx_stats.c["rx_batch_fast"] > 0
+    finally:
+        live.close()

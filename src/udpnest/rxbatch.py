@@ -37,8 +37,13 @@ from .wire.vnet import ZERO_VNET_HDR
 
 log = logging.getLogger("udpnest")
 
-#: datagrams handled per call at most (then the loop runs once: stop flags, counters)
-BATCH_MAX = 64
+#: datagrams handled per call at most (then the loop runs once: counters); large enough that a linger window is not
+#: cut short in steady state (one ACK per ~64 KB super-packet, or per two segments in wire mode: ~130 per 2 ms)
+BATCH_MAX = 1024
+#: the linger window (ns): at EAGAIN the C call waits for the socket (poll, GIL released) this long after its first
+#: datagram before it returns, so one call covers many wakeups; 0: return at EAGAIN (one call per wakeup).
+#: ``UDPNEST_RX_LINGER_NS`` in the environment overrides it (read when the fast path binds to a driver).
+LINGER_NS = 2_000_000
 _TAP_WRITE = Reason.TAP_WRITE.value
 _RPS = tuple(f"{READS_HIST_PREFIX}{i}" for i in (1, 2, 3))
 
@@ -68,6 +73,16 @@ def flow_args(last, other=None, max_datagram: int = 0) -> tuple | None:
     same = other is not None and other[4].G == info.G and other[4].layout == info.layout
     return (row_len, ref, keep, offs, G, H, ip4, ip6, udp, tcp_ip, tcp_ip_v6, tcp, kf, kl, verify, kind, meta,
             coff, cend, same, max_datagram)
+
+
+def linger_ns() -> int:
+    """The linger window: ``UDPNEST_RX_LINGER_NS`` when set (0 switches lingering off), else LINGER_NS."""
+    v = os.environ.get("UDPNEST_RX_LINGER_NS", "")
+    try:
+        return max(0, min(int(v), 60_000_000_000)) if v else LINGER_NS
+    except ValueError:
+        log.warning("UDPNEST_RX_LINGER_NS=%r is not a number of nanoseconds: using %d", v, LINGER_NS)
+        return LINGER_NS
 
 
 def enabled(engine: str) -> bool:
@@ -126,6 +141,7 @@ class FastRx:
         self._keys: list[str] = []
         self._flow_key: tuple = (None, None)  # (Receiver.last's ref and args objects) the flow was built from
         self._flow = None
+        self._linger = 0
         from .endpoint import _BUCKETS, _KIND_KEYS, _bucket
         from .rxpipe import Kind
 
@@ -141,6 +157,7 @@ class FastRx:
         self._args = (ep.rx.sock.fileno(), ep.tap.fd, buf, b"".join(p for p, _ in pk), width, rx.n_vni, rx.n_class,
                       rx.folds, drv.single_min, BATCH_MAX, ZERO_VNET_HDR, ep._stop_flag)
         self._drv, self._buf = drv, buf
+        self._linger = linger_ns()
 
     def receive(self, drv, buf):
         """One wakeup: small datagrams from peers go to the TAP in C; returns the first datagram left for the
@@ -157,7 +174,7 @@ class FastRx:
             md = drv.max_datagram
             self._flow = (flow_args(entries[0], entries[1], md), flow_args(entries[1], entries[0], md))
         flows = self._flow
-        item, cnt, drops, learned, err, data, held = self.rx_batch(*self._args, flows)
+        item, cnt, drops, learned, err, data, held = self.rx_batch(*self._args, flows, self._linger)
         reads, nbytes, plain, hint, fold, tap_bytes, tap_errors, tap_errno, truncated, sdrops, handled = cnt
         st = ep.rx_stats
         c = st.c
