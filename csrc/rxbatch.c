@@ -39,6 +39,13 @@
  *  (segments * 4 + kind per super-packet written, ...), single_merged); held = None or (payload, hdr, ref,
  *  payload_len, mss, segments, seq0, next_seq, first_ids, last_ids, extendable, reads, peer index, flow index).
  *
+ *  With a 14th argument `linger_ns` > 0 (udpnest.rxbatch.LINGER_NS) the call lingers: at EAGAIN, after the held run
+ *  is finished exactly as above, it waits for the socket (rxb_linger: ppoll, the GIL still released, the stop flag
+ *  looked at every RXB_STOP_SLICE_NS at least) and goes on, until linger_ns after the call's first datagram; it
+ *  returns when that window ends with the socket empty (or, between runs, while datagrams keep coming), at the
+ *  first datagram it does not take (as above: the wake-up datagram is one), at the stop flag, or when the socket
+ *  reports a shutdown or an error.  Everything it returns is then up to one window late; 0: return at EAGAIN.
+ *
  *  Bounds: every length is checked before a read (rx_one and rx_restore do their own; a flow's offsets once
  *  per call in rxd_parse, the rows' lengths per read); the GIL is released for the whole receive/write loop (the
  *  FOLD templates and flows are parsed first, the buffers are pinned).
@@ -836,7 +843,8 @@ out:
 
 static PyMethodDef rxbatch_methods[] = {
     {"rx_batch", native_rx_batch, METH_VARARGS,
-     "rx_batch(fd, tap_fd, buf, peers, width, vni, opt_class, folds, single_min, max_count, vnet, stop=None) -> "
+     "rx_batch(fd, tap_fd, buf, peers, width, vni, opt_class, folds, single_min, max_count, vnet, stop=None, "
+     "flows=None, linger_ns=0) -> "
      "(item, counts, drops, learned, errno): small one-datagram reads from peers received and written to the "
      "TAP in C; item: the first datagram not handled, left in buf as (nbytes, gso_size, sockaddr) or None"},
     {NULL, NULL, 0, NULL},

@@ -8,6 +8,12 @@ hint, FOLD with a template) and writes the frame to the TAP.  At the first datag
 stops: that datagram is left in the caller's buffer and returned as ``(nbytes, gso_size, addr)``, exactly what
 ``recv_into`` returns, so the Python path handles it unchanged and in order.
 
+Lingering (:data:`LINGER_NS`, 2 ms): when the socket is empty C does not return at once; it finishes the held run
+as a return would, then waits for the socket (poll, GIL released) until the window (from the call's first
+datagram) ends with the socket empty, so one call covers many wakeups (a bulk flow's returning ACKs come one per
+wakeup).  It still returns at once at a datagram it does not take (the wake-up datagram of ``udpnest status`` and
+reloads, echo probes) and at the stop flag.  Hence counters and learned MACs are at most one window late.
+
 Policy stays here: which peers (packed addresses of ``drv.peers``, the exact strings Python's ``addr[0]`` gives),
 the FOLD templates the reference validated (``Receiver.folds``), what the counters and drop reasons mean, and
 source-MAC learning (the C call hands back one ``(peer, MAC)`` pair per MAC and call; the endpoint's
@@ -15,7 +21,7 @@ source-MAC learning (the C call hands back one ``(peer, MAC)`` pair per MAC and 
 ``tap_writes``, ``tap_bytes``, ``kind_*``, the 1-segment histogram bucket, drop reasons and ``Reason.TAP_WRITE``,
 the socket's ``socket_drops`` / ``truncated``, and the fast path's own ``rx_batch_calls`` (calls that handled
 at least one datagram: ``udpnest status`` wakes the RX process with a datagram, which must not change counters)
-and ``rx_batch_fast`` (datagrams handled entirely in C).
+and ``rx_batch_fast`` (datagrams handled entirely in C); with lingering one call covers many wakeups.
 
 ``UDPNEST_RX_BATCH=0`` in the environment switches it off (the differential tests compare both).
 """
@@ -160,9 +166,10 @@ class FastRx:
         self._linger = linger_ns()
 
     def receive(self, drv, buf):
-        """One wakeup: small datagrams from peers go to the TAP in C; returns the first datagram left for the
-        Python path as ``(nbytes, gso_size, addr)`` (in ``buf``) or None (nothing more / a syscall returned
-        early: the caller loops).  A socket error other than EINTR is raised as OSError, as recv_into does."""
+        """One call (one wakeup, or several within a linger window): small datagrams from peers go to the TAP
+        in C; returns the first datagram left for the Python path as ``(nbytes, gso_size, addr)`` (in ``buf``)
+        or None (nothing more / a syscall returned early: the caller loops).  A socket error other than EINTR
+        is raised as OSError, as recv_into does."""
         if drv is not self._drv or buf is not self._buf:
             self._bind(drv, buf)
         ep = self.ep
