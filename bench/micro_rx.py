@@ -13,7 +13,10 @@ not coalesce (a sequence gap: 45 one-datagram writes), and one datagram holding 
 The "ACK loop" cases run the endpoint's real RX loop (``Endpoint._rx_loop``) over a loopback UDP socket with
 20000 queued ACK datagrams and /dev/null as the TAP: microseconds per datagram from recvmsg to TAP write,
 native engine with the RX fast path (udpnest.rxbatch: one C call per batch) and without it
-(``UDPNEST_RX_BATCH=0``: one Python round trip per datagram), and the Python engine.
+(``UDPNEST_RX_BATCH=0``: one Python round trip per datagram), and the Python engine.  The "paced ACK loop" cases
+send the ACKs one at a time, ~100 us apart (about one per wakeup, as a bulk flow's returning ACKs come), while
+the loop runs: the RX thread's CPU microseconds per datagram and C calls per datagram, fast path with the linger
+window (rxbatch.LINGER_NS: one call covers many wakeups) and without it (0: one call per wakeup).
 
 The "data loop" cases run the same real RX loop over a queued bulk flow: consecutive ~62 KB super-packets of one
 TCP flow (contiguous sequence numbers and IPv4 IDs), each arriving as two UDP_GRO reads (as a sender's 64 KB
@@ -171,6 +174,64 @@ def ack_loop(engine: str, fast: bool, mode: str, count: int = 20000, per_call: i
         tx.close()
 
 
+def ack_loop_paced(mode: str, linger_ns: int, count: int = 4000, gap_us: int = 100) -> tuple[float, float]:
+    """(RX thread CPU microseconds per ACK, fast-path calls per ACK) through Endpoint._rx_loop with the native
+    fast path, the ACKs sent one at a time ``gap_us`` apart while the loop runs, linger window ``linger_ns``."""
+    from udpnest.config import build_config
+    from udpnest.endpoint import Endpoint
+    from udpnest.io.tap import Tap
+    from udpnest.io.udp import UdpSocket
+
+    os.environ["UDPNEST_RX_BATCH"] = "1"
+    os.environ["UDPNEST_RX_LINGER_NS"] = str(linger_ns)
+    ack, _ = reads(mode, 0)
+    rx = UdpSocket("127.0.0.1", 0, gro=True, blocking=True, bufsize=1 << 26)
+    port = rx.local_address[1]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.2", 0))
+    cfg = build_config({"id": VNI, "local": "127.0.0.1", "dstport": port, "remote": [f"127.0.0.2:{port}"],
+                        "nested": "fold" if mode == "fold" else "off", "engine": "native"})
+    ep = Endpoint(cfg, clock=time.monotonic)
+    ep.rx = rx
+    tap = Tap.__new__(Tap)
+    tap.fd = os.open("/dev/null", os.O_WRONLY)
+    ep.tap = tap
+    cpu = []
+
+    def loop():
+        t0 = time.thread_time_ns()
+        try:
+            ep._rx_loop()
+        finally:
+            cpu.append(time.thread_time_ns() - t0)
+
+    try:
+        c = ep.rx_stats.c
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+        gap = gap_us / 1e6
+        nxt = time.perf_counter()
+        for _ in range(count):
+            tx.sendto(ack, ("127.0.0.1", port))
+            nxt += gap
+            while time.perf_counter() < nxt:  # (a sleep this short oversleeps: spin, GIL released by sleep(0))
+                time.sleep(0)
+        deadline = time.monotonic() + 10
+        while c["reads"] < count and t.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        ep._stop_flag[0] = 1
+        rx.sock.sendto(b"", ("127.0.0.1", port))
+        t.join(5)
+        assert c["tap_writes"] == count, dict(c)
+        return round(cpu[0] / 1e3 / count, 3), round(c["rx_batch_calls"] / count, 4)
+    finally:
+        os.environ.pop("UDPNEST_RX_BATCH", None)
+        os.environ.pop("UDPNEST_RX_LINGER_NS", None)
+        tap.close()
+        rx.close()
+        tx.close()
+
+
 def _flow_frame(seq: int, ident: int, payload_len: int) -> bytes:
     """micro_fold.super_packet's shape with a given TCP sequence number and IPv4 IDs (a flow's next packet)."""
     import struct
@@ -289,6 +350,14 @@ def ack_loops(engines: list[str], repeat: int = 3) -> dict:
             if fast:
                 best = min(ack_loop(engine, fast, mode, per_call=1) for _ in range(repeat))
                 out[f"{mode} {engine} +fast path, 1 datagram per call: ACK loop, per datagram"] = best
+        if "native" in engines:
+            from udpnest.rxbatch import LINGER_NS
+
+            for linger in (LINGER_NS, 0):
+                runs = [ack_loop_paced(mode, linger) for _ in range(repeat)]
+                name = f"{mode} native +fast path, paced, linger {linger / 1e6:g} ms: ACK loop"
+                out[f"{name}, RX CPU us per datagram"] = min(r[0] for r in runs)
+                out[f"{name}, calls per datagram"] = min(r[1] for r in runs)
     return out
 
 
