@@ -187,7 +187,8 @@ class Harness:
 
     def counters(self) -> dict:
         st = self.ep.tx_stats
-        c = {k: v for k, v in st.c.items() if v and k not in ("time_frame_ns", "tx_burst_calls", "tx_burst_fast")}
+        burst_only = ("time_frame_ns", "tx_burst_calls", "tx_burst_fast", "tx_burst_wakeups")
+        c = {k: v for k, v in st.c.items() if v and k not in burst_only}
         return {"c": c, "drops": dict(st.drops), "hist": list(st.hist), "planner": dict(self.ep.planner.counters),
                 "fdb": self.ep.fdb.stats()}
 
