@@ -601,7 +601,6 @@ def test_bursts_within_the_linger_window_go_out_in_one_call(monkeypatch):
         assert c["frames"] == c["tx_burst_fast"] == len(reads) and not h.ep.tx_stats.drops
         assert c["tx_burst_calls"] == 1  # one C call carried the three wakeups
         assert c["tx_burst_wakeups"] >= 2
-        assert c["time_frame_ns"] < 30_000_000_000  # the waits are not busy time
     finally:
         h.close()
 

@@ -497,7 +497,7 @@ class Endpoint:
         then the burst goes on.  Counters arrive as deltas per call (TxBurst.account)."""
         native = _engine._native
         run, handback, empty, read_error = native.tx_burst, native.TXB_HANDBACK, native.TXB_EMPTY, native.TXB_READ_ERROR
-        stopped = native.TXB_STOP
+        stopped, limit = native.TXB_STOP, native.TXB_LIMIT
         # one call covers the wakeups within the linger window (txburst.LINGER_NS); it returns early for the
         # stop flag and when the generation word moves (a change the snapshot depends on)
         linger, stop_flag, gen, wait_ns = txburst.LINGER_NS, self._stop_flag, txburst.GENERATION, txburst.WAIT_NS
@@ -530,7 +530,12 @@ class Endpoint:
                     break
                 elif rc == stopped:
                     break
-                # EINTR, MAX_FRAMES done, the generation moved: look at the snapshot again, go on
+                elif rc == limit:  # busy time so far (a steady stream may never leave this loop)
+                    t1 = clock()
+                    c["time_frame_ns"] += t1 - t0 - waited
+                    t0, waited = t1, 0
+                # MAX_FRAMES done, the generation moved, EINTR: look at the snapshot again, go on (the batch
+                # stays: it leaves at the wakeup's end, as in the per-frame loop; the stop flag ends this)
             if self._batch:
                 self._flush_batch()
             c["time_frame_ns"] += clock() - t0 - waited  # busy time: the linger's waits are not counted
