@@ -725,3 +725,36 @@ def test_a_moved_generation_returns_before_reading(monkeypatch):
             engine._native.tx_burst(ep.tap.fd, buf, ep, snap2, conf, 0, bytearray(0), None)
     finally:
         h.close()
+
+
+def test_the_generation_moves_with_every_change_a_snapshot_depends_on():
+    """Learned, moved, expired, forgotten FDB entries, peer state changes and both reload phases write a new
+    value (a refresh of an entry that stays does not); the TX burst's snapshot records it."""
+    from test_service import NEW, PEER, cfg, ep_with_clock
+    from udpnest import generation
+    from udpnest.fdb import Fdb
+    from udpnest.service import finish_reload
+
+    word = generation.WORD
+
+    def moved(fn) -> bool:
+        before = word[0]
+        fn()
+        return word[0] != before
+
+    f = Fdb(16, 10.0)
+    assert moved(lambda: f.learn(MAC_A, "p", 0.0))
+    assert not moved(lambda: f.learn(MAC_A, "p", 1.0))  # a refresh: the snapshot stays valid
+    assert moved(lambda: f.learn(MAC_A, "q", 1.0))
+    assert not moved(lambda: f.lookup(MAC_A, 2.0))
+    assert moved(lambda: f.lookup(MAC_A, 20.0))  # expired
+    f.learn(MAC_B2, "q", 20.0)
+    assert moved(lambda: f.forget_peer("q"))
+    assert not moved(lambda: f.forget_peer("q"))
+    ep = ep_with_clock()
+    p = ep.prober.peers[PEER]
+    assert moved(lambda: p._go(Event.START) if p.state is PeerState.UNKNOWN else p._go(Event.EXPIRE))
+    assert moved(lambda: ep.reload(cfg((PEER, NEW))))
+    assert moved(lambda: finish_reload(ep, force=True))
+    b = txburst.TxBurst(ep)
+    assert b.snapshot(ep.clock())[0][4] == word[0]
