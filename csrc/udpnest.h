@@ -138,6 +138,47 @@ static inline uint64_t un_sum(const uint8_t *p, size_t n, uint64_t acc)
     return acc;
 }
 
+/* un_sum(src, n, acc) while copying src[0:n] to dst (not overlapping): one pass over the payload of a
+ * segment instead of a memcpy and a sum. */
+static inline uint64_t un_copy_sum(uint8_t *dst, const uint8_t *src, size_t n, uint64_t acc)
+{
+    if (n < 64) {
+        memcpy(dst, src, n);
+        return un_sum(src, n, acc);
+    }
+    size_t bulk = n & ~(size_t)7, left = bulk;
+    const uint8_t *p = src;
+    uint8_t *d = dst;
+    uint64_t le = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    __m128i a = zero, b = zero;
+    while (left >= 32) {
+        __m128i v0 = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i v1 = _mm_loadu_si128((const __m128i *)(const void *)(p + 16));
+        _mm_storeu_si128((__m128i *)(void *)d, v0);
+        _mm_storeu_si128((__m128i *)(void *)(d + 16), v1);
+        a = _mm_add_epi64(a, _mm_unpacklo_epi32(v0, zero));
+        b = _mm_add_epi64(b, _mm_unpackhi_epi32(v0, zero));
+        a = _mm_add_epi64(a, _mm_unpacklo_epi32(v1, zero));
+        b = _mm_add_epi64(b, _mm_unpackhi_epi32(v1, zero));
+        p += 32;
+        d += 32;
+        left -= 32;
+    }
+    uint64_t lanes[4];
+    _mm_storeu_si128((__m128i *)(void *)lanes, a);
+    _mm_storeu_si128((__m128i *)(void *)(lanes + 2), b);
+    le = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+#endif
+    memcpy(d, p, n - (size_t)(p - src)); /* the rest (< 32 bytes, or all without SSE2), summed below */
+    le += un_sum_le(p, left);
+    while (le >> 16)
+        le = (le & 0xFFFF) + (le >> 16);
+    acc += ((le & 0xFF) << 8) | (le >> 8);
+    return un_sum(src + bulk, n - bulk, acc);
+}
+
 /* Whether a[j] != b[j] for some j < n with keep[j] != 0 (the coalescing header compare on a keep mask),
  * 16 bytes at a time with SSE2. */
 static inline int un_masked_differs(const uint8_t *a, const uint8_t *b, const uint8_t *keep, size_t n)
