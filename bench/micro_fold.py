@@ -7,7 +7,8 @@ Not a test: prints timings.  Goal (issue 2): <= 20 us each on the development ma
     python3 bench/micro_fold.py --tx        # + the whole TX of one super-packet / one ACK, per engine,
                                             #   with the Python calls each costs (cProfile)
     python3 bench/micro_fold.py --loop      # + the endpoint's TX loop (native engine) per TAP wakeup:
-                                            #   64 ACKs / one fold super-packet, TX burst on vs off
+                                            #   64 ACKs / one fold super-packet, TX burst on vs off;
+                                            #   and one ACK per wakeup (ping-pong), linger on vs off
 
 Cases: fold (gso=True), unfold with the nested UDP checksum left partial (what the dataplane does for a
 super-packet: the kernel regenerates per-segment checksums), unfold computing it (numpy sum over 64 KB),
@@ -153,7 +154,9 @@ def run_loop(rounds: int = 300) -> dict:
     socket: 64 fold ACKs, 1 fold ACK, one fold super-packet (64 KB), with the native TX burst
     (csrc/txburst.c) on and off.  Microseconds per frame from entering the loop to its return (TAP reads,
     builds, sends, counters; the loop's per-call setup, a 64 KB buffer and a poll object, is in both),
-    best of 3.  The frames are queued and the peer's datagrams drained outside the timing."""
+    best of 3.  The frames are queued and the peer's datagrams drained outside the timing.  The burst's
+    linger is off here (``txburst.LINGER_NS = 0``: one call per wakeup, as the loop returns after it);
+    :func:`run_ack_wakeups` measures the linger."""
     import os
     import socket
     import time
@@ -171,6 +174,7 @@ def run_loop(rounds: int = 300) -> dict:
              "super-packet 64 KB (fold)": [tx_read()]}
     out: dict = {}
     old = os.environ.get(txburst.ENV)
+    old_linger, txburst.LINGER_NS = txburst.LINGER_NS, 0
     try:
         for what, reads in cases.items():
             per = {}
@@ -227,10 +231,98 @@ def run_loop(rounds: int = 300) -> dict:
                                                                                      "calls": calls}
             out[f"loop {what} ratio per-frame / burst"] = round(per["per-frame"] / per["burst"], 2)
     finally:
+        txburst.LINGER_NS = old_linger
         if old is None:
             os.environ.pop(txburst.ENV, None)
         else:
             os.environ[txburst.ENV] = old
+    return out
+
+
+def run_ack_wakeups(acks: int = 3000) -> dict:
+    """The receiving endpoint's TX thread in a TCP bulk transfer: ONE ACK per TAP wakeup.  The TX loop
+    (native engine, TX burst on) runs in its own thread; this thread sends a fold ACK into the TAP (a SEQPACKET
+    socketpair) and waits until its datagram arrived at the peer (a loopback UDP socket) before the next one,
+    so the TAP is empty between ACKs.  Reported per ACK: the TX thread's CPU time (CLOCK_THREAD_CPUTIME_ID,
+    user + system: the syscalls are in both), the native calls (``tx_burst_calls``), the round trip; with
+    the linger (``txburst.LINGER_NS``) at its default and at 0 (one C call per wakeup), best of 3."""
+    import os
+    import socket
+    import threading
+    import time
+
+    from udpnest import engine, txburst
+    from udpnest.config import build_config
+    from udpnest.endpoint import Endpoint
+    from udpnest.io.tap import Tap
+    from udpnest.io.udp import UdpSocket
+    from udpnest.peers import Event, PeerState
+
+    if not engine.native_available():
+        return {}
+    out: dict = {}
+    old_env, old_linger = os.environ.get(txburst.ENV), txburst.LINGER_NS
+    os.environ[txburst.ENV] = "1"
+    try:
+        for linger in (old_linger, 0):
+            txburst.LINGER_NS = linger
+            best = None
+            for _ in range(3):
+                sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sink.bind(("127.0.0.1", 0))
+                cfg = build_config({"id": 7, "local": "127.0.0.1", "remote": [f"127.0.0.1:{sink.getsockname()[1]}"],
+                                    "nested": "fold", "engine": "native"})
+                ep = Endpoint(cfg)
+                key = next(iter(ep.peers))
+                p = ep.prober.peers[key]
+                p.valid_until = time.monotonic() + 3600
+                if p.state is PeerState.UNKNOWN:
+                    p._go(Event.START)
+                p._go(Event.REPLY)
+                read = ack_read()
+                ep.fdb.learn(read[24:30], key, time.monotonic())
+                ep.tx = [UdpSocket("127.0.0.1", 0, gro=False, gso=True, bufsize=1 << 22)]
+                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                a.setblocking(False)
+                tap = Tap.__new__(Tap)
+                tap.fd = os.dup(a.fileno())
+                ep.tap = tap
+                cpu = [0]
+
+                def body(ep=ep, cpu=cpu):
+                    t0 = time.thread_time_ns()
+                    ep._tx_loop()
+                    cpu[0] = time.thread_time_ns() - t0
+
+                t = threading.Thread(target=body)
+                try:
+                    t.start()
+                    sink.settimeout(5.0)
+                    w0 = time.perf_counter_ns()
+                    for _ in range(acks):
+                        b.send(read)
+                        sink.recv(65535)
+                    wall = time.perf_counter_ns() - w0
+                finally:
+                    ep._stop_flag[0] = 1
+                    ep.stop_event.set()
+                    t.join(10.0)
+                    tap.close()
+                    for s_ in (a, b, sink, ep.tx[0]):
+                        s_.close()
+                c = ep.tx_stats.c
+                assert c["frames"] == c["tx_burst_fast"] == acks and not ep.tx_stats.drops
+                r = {"cpu_us": round(cpu[0] / acks / 1000, 2), "calls": round(c["tx_burst_calls"] / acks, 3),
+                     "rtt_us": round(wall / acks / 1000, 2)}
+                if best is None or r["cpu_us"] < best["cpu_us"]:
+                    best = r
+            out[f"acks one ACK per wakeup [linger {linger / 1e6:g} ms]"] = best
+    finally:
+        txburst.LINGER_NS = old_linger
+        if old_env is None:
+            os.environ.pop(txburst.ENV, None)
+        else:
+            os.environ[txburst.ENV] = old_env
     return out
 
 
@@ -246,6 +338,7 @@ def main() -> None:
         res.update(run_tx(max(100, a.number // 10)))
     if a.loop:
         res.update(run_loop())
+        res.update(run_ack_wakeups())
     if a.json:
         print(json.dumps(res, indent=2))
         return
@@ -253,6 +346,9 @@ def main() -> None:
     for k, v in res.items():
         if "ratio" in k:
             print(f"  {k:<60} {v:8.2f}x")
+        elif k.startswith("acks "):
+            print(f"  {k:<60} {v['cpu_us']:8.2f} us TX thread CPU per ACK  {v['calls']:6.3f} C calls per ACK  "
+                  f"{v['rtt_us']:7.2f} us round trip")
         elif k.startswith("loop "):
             print(f"  {k:<60} {v['us']:8.2f} us per frame  {v['calls']:5d} calls per wakeup")
         elif isinstance(v, dict):

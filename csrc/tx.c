@@ -295,7 +295,11 @@ static void do_segment(uint8_t *out, const uint8_t *prefix, size_t P, const uint
         size_t seg_len = H + seg;
         memcpy(row, prefix, P);
         memcpy(h, tmpl, H);
-        memcpy(h + H, f + H + i * mss, seg);
+        uint64_t payload_sum = 0; /* (tcp_incr) the payload's sum, taken while copying it */
+        if (tcp_incr)
+            payload_sum = un_copy_sum(h + H, f + H + i * mss, seg, 0);
+        else
+            memcpy(h + H, f + H + i * mss, seg);
         for (unsigned k = 0; k < L->n4; k++) {
             unsigned o = L->ip4[k];
             int df = (un_get16(tmpl + o + 6) & 0x4000) != 0;
@@ -323,8 +327,7 @@ static void do_segment(uint8_t *out, const uint8_t *prefix, size_t P, const uint
                 fl |= flags0 & (TCP_FIN | TCP_PSH);
             un_put32(h + tcp + 4, seq);
             h[tcp + 13] = fl;
-            uint64_t sum = tcp_incr ? un_sum(f + H + i * mss, seg, tcp_base + ps + (seq >> 16) + (seq & 0xFFFF) +
-                                                                   (uint64_t)(fl - mid))
+            uint64_t sum = tcp_incr ? payload_sum + tcp_base + ps + (seq >> 16) + (seq & 0xFFFF) + (uint64_t)(fl - mid)
                                     : un_sum(h + tcp, seg_len - tcp, ps);
             un_put16(h + tcp + 16, un_csum(sum));
         }

@@ -1,8 +1,9 @@
-/* The native TX burst (docs/architecture.md, "The TX burst"): ONE call per TAP wakeup.
+/* The native TX burst (docs/architecture.md, "The TX burst"): ONE call per TAP wakeup, or per linger window.
  *
- *   tx_burst(fd, buf, ep, snap, conf) -> (rc, n, counts)
+ *   tx_burst(fd, buf, ep, snap, conf, linger_ns=0, stop=None, gen=None) -> (rc, n, counts)
  *
- * reads frames from the non-blocking TAP fd into buf until the queue is empty, and for each frame whose
+ * reads frames from the non-blocking TAP fd into buf until the queue is empty (linger_ns > 0: and then
+ * waits for more, see below), and for each frame whose
  * destination MAC is in the snapshot Python passes in (policy stays in Python: udpnest.txburst builds it
  * from the FDB and the prober) does the steady state of Endpoint._tx_frame + _send:
  *   vnet_check -> finish_csum (non-GSO NEEDS_CSUM) -> the build for the peer's mode (fold_one, the plain
@@ -17,15 +18,30 @@
  * again.  Nothing is counted or sent for a handed-back frame, so the counters equal the Python loop's.
  *
  *   snap = (macs {6-byte dst MAC: peer index}, peers ((sockaddr, mode 0 plain|1 hint|2 fold), ...),
- *           deadline (CLOCK_MONOTONIC seconds; 0: none), max_frames)
+ *           deadline (CLOCK_MONOTONIC seconds; 0: none), max_frames[, generation the snapshot was built under])
  *   conf = (vni, opt_class, ports, max_levels, max_datagram, plain prefix, tx sockets (UdpSocket, ...))
- *   rc:   0 the queue is empty, 1 hand back buf[:n], 2 TAP read error (n = errno), 3 EINTR, 4 max_frames done
+ *   rc:   0 the queue is empty (and the linger window over), 1 hand back buf[:n], 2 TAP read error (n = errno;
+ *         also a failed poll), 3 EINTR, 4 max_frames done, 5 the generation word moved (rebuild the snapshot,
+ *         call again), 6 the stop flag is set
  *   counts: (frames, bytes, datagrams, super_packets, sendmsg_calls, mode_plain, mode_hint, mode_fold,
- *            native_fast, send_errors, sendmmsg_calls, hist0..hist6)
+ *            native_fast, send_errors, sendmmsg_calls, hist0..hist6, wait_ns, wakeups)
+ *
+ * The linger (one C call for many wakeups: the Python per wakeup, poll, clocks, snapshot check, counters,
+ * is paid once per window): when the TAP is empty, the batch is flushed (a wakeup's end, as without linger:
+ * no datagram waits in a userspace batch while C sleeps), then ppoll(fd) with the GIL released, in slices of
+ * at most 10 ms, until linger_ns after the call's start (never past the snapshot's deadline); it returns
+ * EMPTY when that window is over with the TAP empty (at once if the window is already over).  It returns
+ * early when the stop flag byte is set (checked before every read and after every wait), when the
+ * generation word (udpnest/generation.py, 8 bytes) differs from the snapshot's (before every read: rc 5,
+ * the frame stays queued; after a read: that frame is handed back), at max_frames, for a hand-back.
+ * wait_ns is the time spent in ppoll (the caller's busy time excludes it), wakeups the waits that ended
+ * with the TAP readable.
  */
 #include "udpnest.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -39,8 +55,25 @@
 #define NHIST 7
 
 enum { C_FRAMES, C_BYTES, C_DGRAMS, C_SUPER, C_SENDMSG, C_PLAIN, C_HINT, C_FOLD, C_FAST, C_SENDERR, C_SENDMMSG,
-       C_HIST, C_N = C_HIST + NHIST };
-enum { RC_EMPTY, RC_HANDBACK, RC_READ_ERROR, RC_EINTR, RC_LIMIT };
+       C_HIST, C_WAIT_NS = C_HIST + NHIST, C_WAKEUPS, C_N };
+enum { RC_EMPTY, RC_HANDBACK, RC_READ_ERROR, RC_EINTR, RC_LIMIT, RC_STALE, RC_STOP };
+/* a lingering call sleeps at most this long in one poll, then looks at the stop flag again */
+#define LINGER_SLICE_NS 10000000LL
+
+static long long mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* the generation word's value (generation.py: an array('q'), native byte order); read with the GIL held */
+static long long gen_now(const Py_buffer *g)
+{
+    long long v;
+    memcpy(&v, g->buf, sizeof v);
+    return v;
+}
 
 static PyObject *f_vnet_check, *f_finish_csum, *f_fold_one, *f_fold_gso, *f_plain_gso, *f_hint_prefix, *f_send_batch;
 static PyObject *s_batch, *s_gso_disabled, *s_max_payload, *s_send_segments, *s_fileno, *s_sock, *s_send_parts;
@@ -333,19 +366,41 @@ static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *a
 static PyObject *tx_burst(PyObject *self, PyObject *args)
 {
     int fd;
-    Py_buffer b;
-    PyObject *ep, *snap, *conf;
-    if (!PyArg_ParseTuple(args, "iw*OO!O!", &fd, &b, &ep, &PyTuple_Type, &snap, &PyTuple_Type, &conf))
+    Py_buffer b, sb = {0}, gb = {0};
+    PyObject *ep, *snap, *conf, *stop = Py_None, *gen = Py_None;
+    long long linger = 0, snap_gen = 0;
+    if (!PyArg_ParseTuple(args, "iw*OO!O!|LOO", &fd, &b, &ep, &PyTuple_Type, &snap, &PyTuple_Type, &conf, &linger,
+                          &stop, &gen))
         return NULL;
     PyObject *macs, *peers, *ports, *plain, *socks;
     double deadline;
     long max_frames;
     unsigned vni, opt_class, max_levels, max_dg;
-    if (!PyArg_ParseTuple(snap, "O!O!dl", &PyDict_Type, &macs, &PyTuple_Type, &peers, &deadline, &max_frames) ||
+    int have_stop = 0, have_gen = 0;
+    if (!PyArg_ParseTuple(snap, "O!O!dl|L", &PyDict_Type, &macs, &PyTuple_Type, &peers, &deadline, &max_frames,
+                          &snap_gen) ||
         !PyArg_ParseTuple(conf, "IIOIIO!O!", &vni, &opt_class, &ports, &max_levels, &max_dg, &PyBytes_Type, &plain,
                           &PyTuple_Type, &socks)) {
         PyBuffer_Release(&b);
         return NULL;
+    }
+    if (stop != Py_None) {
+        if (PyObject_GetBuffer(stop, &sb, PyBUF_SIMPLE) < 0)
+            goto fail;
+        have_stop = 1;
+        if (sb.len < 1) {
+            PyErr_SetString(PyExc_ValueError, "tx_burst: the stop flag is empty");
+            goto fail;
+        }
+    }
+    if (gen != Py_None) {
+        if (PyObject_GetBuffer(gen, &gb, PyBUF_SIMPLE) < 0)
+            goto fail;
+        have_gen = 1;
+        if (gb.len < (Py_ssize_t)sizeof(long long)) {
+            PyErr_SetString(PyExc_ValueError, "tx_burst: the generation word is shorter than 8 bytes");
+            goto fail;
+        }
     }
     if (max_frames < 1)
         max_frames = 1; /* every call makes progress */
@@ -355,6 +410,15 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
     long long cnt[C_N] = {0};
     int rc = RC_EMPTY;
     long rn = 0, done = 0;
+    const volatile uint8_t *stopb = have_stop ? (const volatile uint8_t *)sb.buf : NULL;
+    /* the linger window: from the call's start, at most up to the snapshot's deadline (Python rebuilds then) */
+    long long window_end = 0;
+    if (linger > 0) {
+        long long start = mono_ns();
+        window_end = linger > LLONG_MAX - start ? LLONG_MAX : start + linger;
+        if (deadline > 0 && deadline * 1e9 < (double)window_end)
+            window_end = (long long)(deadline * 1e9);
+    }
     if (nsocks == 0) {
         PyErr_SetString(PyExc_ValueError, "tx_burst: no TX sockets");
         goto fail;
@@ -364,6 +428,14 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
             rc = RC_LIMIT;
             break;
         }
+        if (stopb && stopb[0]) {
+            rc = RC_STOP; /* the endpoint stops: nothing more is read */
+            break;
+        }
+        if (have_gen && gen_now(&gb) != snap_gen) {
+            rc = RC_STALE; /* the snapshot may be stale: Python rebuilds it, the frame stays in the TAP */
+            break;
+        }
         ssize_t n;
         int e;
         Py_BEGIN_ALLOW_THREADS
@@ -371,9 +443,46 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         e = errno;
         Py_END_ALLOW_THREADS
         if (n < 0) {
-            if (e == EAGAIN || e == EWOULDBLOCK)
+            if (e == EAGAIN || e == EWOULDBLOCK) {
                 rc = RC_EMPTY;
-            else if (e == EINTR)
+                if (linger <= 0)
+                    break;
+                /* the end of a wakeup: the batch leaves before we sleep (as the per-wakeup flush) */
+                if (flush_batch(ep, cnt) < 0)
+                    goto fail;
+                if (stopb && stopb[0]) {
+                    rc = RC_STOP;
+                    break;
+                }
+                if (have_gen && gen_now(&gb) != snap_gen) {
+                    rc = RC_STALE;
+                    break;
+                }
+                long long now = mono_ns();
+                if (now >= window_end)
+                    break; /* the window is over with the TAP empty: EMPTY */
+                long long wait = window_end - now < LINGER_SLICE_NS ? window_end - now : LINGER_SLICE_NS;
+                struct pollfd pfd = {.fd = fd, .events = POLLIN};
+                struct timespec to = {.tv_sec = (time_t)(wait / 1000000000LL), .tv_nsec = (long)(wait % 1000000000LL)};
+                int pr, pe;
+                Py_BEGIN_ALLOW_THREADS
+                pr = ppoll(&pfd, 1, &to, NULL);
+                pe = errno;
+                Py_END_ALLOW_THREADS
+                cnt[C_WAIT_NS] += mono_ns() - now;
+                if (pr < 0) {
+                    if (pe == EINTR) {
+                        rc = RC_EINTR;
+                    } else {
+                        rc = RC_READ_ERROR;
+                        rn = pe;
+                    }
+                    break;
+                }
+                if (pr > 0)
+                    cnt[C_WAKEUPS]++;
+                continue; /* ready (a frame, or an error the read reports), or the slice is over: read again */
+            } else if (e == EINTR)
                 rc = RC_EINTR;
             else {
                 rc = RC_READ_ERROR;
@@ -401,6 +510,8 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
             if ((double)ts.tv_sec + ts.tv_nsec * 1e-9 >= deadline)
                 break; /* the snapshot may be stale: Python decides, then rebuilds it */
         }
+        if (have_gen && gen_now(&gb) != snap_gen)
+            break; /* changed while the read ran (GIL released): Python decides for this frame */
         PyObject *mac = PyBytes_FromStringAndSize((const char *)f, 6);
         if (mac == NULL)
             goto fail;
@@ -576,6 +687,10 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
     if ((rc == RC_EMPTY || rc == RC_READ_ERROR) && flush_batch(ep, cnt) < 0)
         goto fail;
     PyBuffer_Release(&b);
+    if (have_stop)
+        PyBuffer_Release(&sb);
+    if (have_gen)
+        PyBuffer_Release(&gb);
     PyObject *ct = PyTuple_New(C_N);
     if (ct == NULL)
         return NULL;
@@ -590,13 +705,17 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
     return Py_BuildValue("(ilN)", rc, rn, ct);
 fail:
     PyBuffer_Release(&b);
+    if (have_stop)
+        PyBuffer_Release(&sb);
+    if (have_gen)
+        PyBuffer_Release(&gb);
     return NULL;
 }
 
 static PyMethodDef txburst_methods[] = {
     {"tx_burst", tx_burst, METH_VARARGS,
-     "tx_burst(fd, buf, ep, snap, conf) -> (rc, n, counts): the TX steady state for one TAP wakeup "
-     "(csrc/txburst.c)"},
+     "tx_burst(fd, buf, ep, snap, conf, linger_ns=0, stop=None, gen=None) -> (rc, n, counts): the TX steady "
+     "state for one TAP wakeup, or for every wakeup within linger_ns (csrc/txburst.c)"},
     {"crc32", tb_crc32, METH_VARARGS, "crc32(buf) -> int: zlib.crc32 (the TX burst's flow hash)"},
     {"flow_hash", tb_flow_hash, METH_VARARGS, "flow_hash(frame) -> int: endpoint.flow_hash in C"},
     {NULL, NULL, 0, NULL},
@@ -627,5 +746,7 @@ int udpnest_txburst_init(PyObject *module)
     PyModule_AddIntConstant(module, "TXB_READ_ERROR", RC_READ_ERROR);
     PyModule_AddIntConstant(module, "TXB_EINTR", RC_EINTR);
     PyModule_AddIntConstant(module, "TXB_LIMIT", RC_LIMIT);
+    PyModule_AddIntConstant(module, "TXB_STALE", RC_STALE);
+    PyModule_AddIntConstant(module, "TXB_STOP", RC_STOP);
     return PyModule_AddFunctions(module, txburst_methods);
 }

@@ -187,7 +187,8 @@ class Harness:
 
     def counters(self) -> dict:
         st = self.ep.tx_stats
-        c = {k: v for k, v in st.c.items() if v and k not in ("time_frame_ns", "tx_burst_calls", "tx_burst_fast")}
+        burst_only = ("time_frame_ns", "tx_burst_calls", "tx_burst_fast", "tx_burst_wakeups")
+        c = {k: v for k, v in st.c.items() if v and k not in burst_only}
         return {"c": c, "drops": dict(st.drops), "hist": list(st.hist), "planner": dict(self.ep.planner.counters),
                 "fdb": self.ep.fdb.stats()}
 
@@ -503,3 +504,257 @@ def test_the_native_side_hands_back_once_the_snapshot_deadline_passed(monkeypatc
         assert rc == engine._native.TXB_HANDBACK and counts[0] == 0 and bytes(buf[:n]) == ack(MAC_A, 2)
     finally:
         h.close()
+
+
+# -- the linger: one call for many wakeups ----------------------------------------------------------------------
+
+
+class _Loop:
+    """Endpoint._tx_loop in a thread (a real stop_event), with txburst.LINGER_NS set for it."""
+
+    def __init__(self, h: Harness, linger_ns: int, monkeypatch) -> None:
+        import threading
+
+        monkeypatch.setattr(txburst, "LINGER_NS", linger_ns)
+        self.h = h
+        self.error: list[BaseException] = []
+        h.ep.stop_event = threading.Event()
+
+        def body():
+            try:
+                h.ep._tx_loop()
+            except BaseException as e:  # pragma: no cover - reported by the test
+                self.error.append(e)
+
+        self.t = threading.Thread(target=body, daemon=True)
+        self.t.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """The stop path close() takes: the flag byte (and the event); the thread must end."""
+        self.h.ep._stop_flag[0] = 1
+        self.t.join(timeout)
+        alive = self.t.is_alive()
+        self.h.ep.stop_event.set()
+        self.t.join(timeout)
+        self.h.ep._stop_flag[0] = 0
+        assert not alive, "the TX thread did not return after the stop flag was set"
+        assert not self.error, self.error
+
+
+def _recv(h: Harness, n: int, timeout: float = 10.0) -> list[tuple[int, bytes]]:
+    """n datagrams from the peers' sockets as (peer, datagram), waiting up to timeout (bounded, not timed)."""
+    import select
+    import time
+
+    got: list[tuple[int, bytes]] = []
+    end = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < end:
+        r, _, _ = select.select(h.rx, [], [], 0.05)
+        for s in r:
+            while True:
+                try:
+                    got.append((h.rx.index(s), s.recv(65535)))
+                except BlockingIOError:
+                    break
+    return got
+
+
+def _reference(reads: list[bytes], monkeypatch, script=()) -> list[tuple[int, bytes]]:
+    """What the per-frame Python loop sends to each peer for the same reads (sorted: batching may differ)."""
+    out, _, _ = run([("learn", MAC_A, 0), ("learn", MAC_B2, 1), ("set_mode", 0, "fold"), *script,
+                     ("burst", reads)], False, monkeypatch)
+    return sorted((p, d) for p, _, d in out[0])
+
+
+def test_bursts_within_the_linger_window_go_out_in_one_call(monkeypatch):
+    """Three bursts of ACKs 30 ms apart: one native call (it waits in ppoll between them), the same datagrams
+    as the per-frame loop; the datagrams leave before the call returns (flushed before each wait)."""
+    import threading
+    import time
+
+    bursts = [[ack(MAC_A, 10 * j + i, 40000 + i) for i in range(5)] + [ack_csum(MAC_B2, j, 41000)] for j in range(3)]
+    reads = [r for b in bursts for r in b]
+    ref = _reference(reads, monkeypatch)
+    h = Harness(True, monkeypatch)
+    try:
+        h.learn(MAC_A, 0)
+        h.learn(MAC_B2, 1)
+        h.set_mode(0, "fold")
+        for r in bursts[0]:
+            h.b.send(r)
+
+        def sender():
+            for b in bursts[1:]:
+                time.sleep(0.03)
+                for r in b:
+                    h.b.send(r)
+
+        s = threading.Thread(target=sender)
+        loop = _Loop(h, 60_000_000_000, monkeypatch)  # a minute: only the stop flag ends this call
+        s.start()
+        got = _recv(h, len(reads))
+        s.join()
+        assert loop.t.is_alive()  # everything arrived while the call still lingers
+        loop.stop()
+        c = h.ep.tx_stats.c
+        assert sorted(got) == ref
+        assert c["frames"] == c["tx_burst_fast"] == len(reads) and not h.ep.tx_stats.drops
+        assert c["tx_burst_calls"] == 1  # one C call carried the three wakeups
+        assert c["tx_burst_wakeups"] >= 2
+    finally:
+        h.close()
+
+
+def test_a_short_linger_returns_empty_and_a_zero_linger_is_one_call_per_wakeup(monkeypatch):
+    """The window ends the call: EMPTY (the loop's next poll takes the next wakeup), nothing lost."""
+    h = Harness(True, monkeypatch)
+    try:
+        h.learn(MAC_A, 0)
+        ep = h.ep
+        ep._batch = {}
+        b = txburst.TxBurst(ep)
+        buf = bytearray(24 + 65536 + 64)
+        h.b.send(ack(MAC_A, 1))
+        snap, conf = b.snapshot(h.now[0])
+        rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, snap, conf, 20_000_000, ep._stop_flag,
+                                                txburst.GENERATION)
+        assert rc == engine._native.TXB_EMPTY and counts[0] == 1 and counts[txburst.WAIT_NS] > 0
+        assert not ep._batch  # flushed
+        assert len(_recv(h, 1)) == 1
+        h.b.send(ack(MAC_A, 2))
+        rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, snap, conf, 0, ep._stop_flag,
+                                                txburst.GENERATION)
+        assert rc == engine._native.TXB_EMPTY and counts[0] == 1 and counts[txburst.WAIT_NS] == 0
+        assert len(_recv(h, 1)) == 1
+    finally:
+        h.close()
+
+
+def test_the_stop_flag_ends_a_lingering_call(monkeypatch):
+    """close() sets ep._stop_flag: a call lingering for a minute returns (TXB_STOP) and the TX thread ends
+    (joined within a generous bound; before the linger a TX thread ignored the flag until stop_event)."""
+    h = Harness(True, monkeypatch)
+    try:
+        h.learn(MAC_A, 0)
+        h.b.send(ack(MAC_A, 1))
+        loop = _Loop(h, 60_000_000_000, monkeypatch)
+        assert len(_recv(h, 1)) == 1
+        assert loop.t.is_alive()
+        h.ep._stop_flag[0] = 1
+        loop.t.join(10.0)
+        assert not loop.t.is_alive()
+        assert h.ep.stop_event.is_set()  # the flag stops the endpoint's TX loop for good
+        loop.stop()
+        assert h.ep.tx_stats.c["tx_burst_calls"] == 1
+        # and directly: the flag already set, nothing is read
+        h.ep._stop_flag[0] = 1
+        h.b.send(ack(MAC_A, 2))
+        ep, buf = h.ep, bytearray(24 + 65536 + 64)
+        snap, conf = txburst.TxBurst(ep).snapshot(h.now[0])
+        rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, snap, conf, 60_000_000_000, ep._stop_flag,
+                                                txburst.GENERATION)
+        assert rc == engine._native.TXB_STOP and counts[0] == 0
+        h.ep._stop_flag[0] = 0
+        assert engine._native.tx_burst(ep.tap.fd, buf, ep, snap, conf)[2][0] == 1  # it stayed queued
+    finally:
+        h.close()
+
+
+def test_fdb_changes_during_the_linger_are_honoured_for_the_next_frame(monkeypatch):
+    """While one call lingers: a MAC moves to the other peer, a new MAC is learned, a peer stops folding.
+    Each next frame goes where (and how) the per-frame loop would send it, without a Python frame."""
+    h = Harness(True, monkeypatch)
+    try:
+        h.learn(MAC_A, 0)
+        h.set_mode(0, "fold")
+        h.set_mode(1, "fold")
+        h.b.send(ack(MAC_A, 1))
+        loop = _Loop(h, 60_000_000_000, monkeypatch)
+        got = _recv(h, 1)
+        assert [p for p, _ in got] == [0]
+        h.learn(MAC_A, 1)  # moved (the main loop learns it from the RX process)
+        h.b.send(ack(MAC_A, 2))
+        got += _recv(h, 1)
+        h.learn(MAC_B2, 0)  # a new MAC
+        h.b.send(ack(MAC_B2, 3))
+        got += _recv(h, 1)
+        h.set_mode(0, "plain")  # the prober: peer 0 no longer folds
+        h.b.send(ack(MAC_B2, 4))
+        got += _recv(h, 1)
+        assert loop.t.is_alive()
+        loop.stop()
+        assert not _recv(h, 1, timeout=0.2)  # nothing flooded, nothing twice
+        c = h.ep.tx_stats.c
+        assert [p for p, _ in got] == [0, 1, 0, 0]
+        assert c["frames"] == c["tx_burst_fast"] == 4 and not c.get("flooded")
+        assert c["mode_fold"] == 3 and c["mode_plain"] == 1
+        assert 2 <= c["tx_burst_calls"] <= 1 + 3 + 3  # the generation moved: C returned, Python rebuilt
+    finally:
+        h.close()
+    # the same datagrams as the per-frame loop after the same changes
+    ref = run([("learn", MAC_A, 0), ("set_mode", 0, "fold"), ("set_mode", 1, "fold"), ("burst", [ack(MAC_A, 1)]),
+               ("learn", MAC_A, 1), ("burst", [ack(MAC_A, 2)]), ("learn", MAC_B2, 0), ("burst", [ack(MAC_B2, 3)]),
+               ("set_mode", 0, "plain"), ("burst", [ack(MAC_B2, 4)])], False, monkeypatch)[0]
+    assert got == [(p, d) for out in ref for p, _, d in out]
+
+
+def test_a_moved_generation_returns_before_reading(monkeypatch):
+    """A snapshot built under an older generation: TXB_STALE, the frame stays queued for the rebuilt one."""
+    from udpnest import generation
+
+    h = Harness(True, monkeypatch)
+    try:
+        h.learn(MAC_A, 0)
+        ep = h.ep
+        ep._batch = {}
+        b = txburst.TxBurst(ep)
+        buf = bytearray(24 + 65536 + 64)
+        snap, conf = b.snapshot(h.now[0])
+        assert snap[4] == generation.WORD[0]
+        generation.bump()
+        h.b.send(ack(MAC_A, 1))
+        rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, snap, conf, 0, None, txburst.GENERATION)
+        assert rc == engine._native.TXB_STALE and counts[0] == 0
+        snap2, conf = b.snapshot(h.now[0])
+        assert snap2 is not snap and snap2[4] == generation.WORD[0]
+        rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, snap2, conf, 0, None, txburst.GENERATION)
+        assert rc == engine._native.TXB_EMPTY and counts[0] == 1
+        with pytest.raises(ValueError):
+            engine._native.tx_burst(ep.tap.fd, buf, ep, snap2, conf, 0, None, bytearray(4))
+        with pytest.raises(ValueError):
+            engine._native.tx_burst(ep.tap.fd, buf, ep, snap2, conf, 0, bytearray(0), None)
+    finally:
+        h.close()
+
+
+def test_the_generation_moves_with_every_change_a_snapshot_depends_on():
+    """Learned, moved, expired, forgotten FDB entries, peer state changes and both reload phases write a new
+    value (a refresh of an entry that stays does not); the TX burst's snapshot records it."""
+    from test_service import NEW, PEER, cfg, ep_with_clock
+    from udpnest import generation
+    from udpnest.fdb import Fdb
+    from udpnest.service import finish_reload
+
+    word = generation.WORD
+
+    def moved(fn) -> bool:
+        before = word[0]
+        fn()
+        return word[0] != before
+
+    f = Fdb(16, 10.0)
+    assert moved(lambda: f.learn(MAC_A, "p", 0.0))
+    assert not moved(lambda: f.learn(MAC_A, "p", 1.0))  # a refresh: the snapshot stays valid
+    assert moved(lambda: f.learn(MAC_A, "q", 1.0))
+    assert not moved(lambda: f.lookup(MAC_A, 2.0))
+    assert moved(lambda: f.lookup(MAC_A, 20.0))  # expired
+    f.learn(MAC_B2, "q", 20.0)
+    assert moved(lambda: f.forget_peer("q"))
+    assert not moved(lambda: f.forget_peer("q"))
+    ep = ep_with_clock()
+    p = ep.prober.peers[PEER]
+    assert moved(lambda: p._go(Event.START) if p.state is PeerState.UNKNOWN else p._go(Event.EXPIRE))
+    assert moved(lambda: ep.reload(cfg((PEER, NEW))))
+    assert moved(lambda: finish_reload(ep, force=True))
+    b = txburst.TxBurst(ep)
+    assert b.snapshot(ep.clock())[0][4] == word[0]

@@ -497,6 +497,10 @@ class Endpoint:
         then the burst goes on.  Counters arrive as deltas per call (TxBurst.account)."""
         native = _engine._native
         run, handback, empty, read_error = native.tx_burst, native.TXB_HANDBACK, native.TXB_EMPTY, native.TXB_READ_ERROR
+        stopped, limit = native.TXB_STOP, native.TXB_LIMIT
+        # one call covers the wakeups within the linger window (txburst.LINGER_NS); it returns early for the
+        # stop flag and when the generation word moves (a change the snapshot depends on)
+        linger, stop_flag, gen, wait_ns = txburst.LINGER_NS, self._stop_flag, txburst.GENERATION, txburst.WAIT_NS
         self._batch = {}
         buf = bytearray(TAP_BUF)
         mv = memoryview(buf)
@@ -510,11 +514,12 @@ class Endpoint:
         while not stop.is_set():
             if not poll.poll(250):
                 continue
-            t0 = clock()
+            t0, waited = clock(), 0
             while True:
                 snap, conf = snapshot(now())
-                rc, n, counts = run(fd, buf, self, snap, conf)
+                rc, n, counts = run(fd, buf, self, snap, conf, linger, stop_flag, gen)
                 account(counts)
+                waited += counts[wait_ns]
                 if rc == handback:
                     tx_frame(mv[:n])
                 elif rc == empty:
@@ -523,10 +528,20 @@ class Endpoint:
                     c["tap_read_errors"] += 1
                     log.warning("TAP read: %s", os.strerror(n))
                     break
-                # EINTR, or MAX_FRAMES done: look at the snapshot again, go on
+                elif rc == stopped:
+                    break
+                elif rc == limit:  # busy time so far (a steady stream may never leave this loop)
+                    t1 = clock()
+                    c["time_frame_ns"] += t1 - t0 - waited
+                    t0, waited = t1, 0
+                # MAX_FRAMES done, the generation moved, EINTR: look at the snapshot again, go on (the batch
+                # stays: it leaves at the wakeup's end, as in the per-frame loop; the stop flag ends this)
             if self._batch:
                 self._flush_batch()
-            c["time_frame_ns"] += clock() - t0
+            c["time_frame_ns"] += clock() - t0 - waited  # busy time: the linger's waits are not counted
+            if rc == stopped:  # the endpoint's stop flag (close(), or the RX process's SIGTERM): it stops
+                stop.set()
+                return
 
     def reload(self, new_cfg: EndpointConfig) -> list[str]:
         """Apply a new configuration without closing the TAP or the sockets (main thread only; see

@@ -16,6 +16,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
+from .generation import bump as _bump_generation
+
 
 class Fdb:
     def __init__(self, max_entries: int = 4096, ageing: float = 300.0) -> None:
@@ -38,7 +40,10 @@ class Fdb:
         if mac[0] & 1:
             return
         with self._lock:
+            v = self.version
             self._learn(mac, peer, now)
+            if self.version != v:
+                _bump_generation()  # after the change: a lingering TX burst rebuilds (generation.py)
 
     def _learn(self, mac: bytes, peer: Hashable, now: float) -> None:
         old = self._t.get(mac)
@@ -67,14 +72,18 @@ class Fdb:
                 del self._t[mac]
                 self.expired += 1
                 self.version += 1
+                _bump_generation()
                 return None
             return e[0]
 
     def forget_peer(self, peer: Hashable) -> None:
         with self._lock:
+            v = self.version
             for mac in [m for m, (p, _) in self._t.items() if p == peer]:
                 del self._t[mac]
                 self.version += 1
+            if self.version != v:
+                _bump_generation()
 
     def __len__(self) -> int:
         return len(self._t)

@@ -56,6 +56,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from .generation import bump as _bump_generation
 from .wire.options import CAP_FOLD, Echo
 
 
@@ -138,6 +139,7 @@ class Peer:
             self.counters["fallbacks"] += 1
         self.state = nxt
         MODE_VERSION[0] += 1  # the TX burst's snapshot (udpnest.txburst) is rebuilt
+        _bump_generation()  # and a lingering native burst returns to look (generation.py)
 
     def mode(self, now: float) -> str:
         """'fold' while the peer is known to understand it, else the configured fallback."""

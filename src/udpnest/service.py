@@ -39,6 +39,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 
 from .config import ConfigError, EndpointConfig
+from .generation import bump as _bump_generation
 from .peers import Event, Peer
 
 log = logging.getLogger("udpnest")
@@ -169,6 +170,7 @@ def apply_reload(ep, new: EndpointConfig) -> list[str]:
         ep.rx_stats.c["reloads_applied"] += 1
     ep._reload_phase2 = (now + GRACE, new_peers, new_bytes, removed)
     ep.ctl_stats.c["reloads"] += 1
+    _bump_generation()  # a lingering TX burst returns and rebuilds its snapshot (new peers, config, prober, planner)
     log.info("reload: %s changed; peers %s", ", ".join(changed), ", ".join(str(p) for p in new.remote))
     return changed
 
@@ -190,6 +192,7 @@ def finish_reload(ep, force: bool = False) -> bool:
     for k in removed:
         ep.fdb.forget_peer(k)
     ep._reload_phase2 = None
+    _bump_generation()
     return True
 
 

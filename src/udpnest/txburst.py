@@ -12,9 +12,18 @@ peer (the FDB) and each peer's mode (the prober), frozen into a snapshot:
 
 The snapshot is rebuilt when it can have changed: the FDB's ``version`` (an entry learned, moved, expired,
 evicted or forgotten), ``peers.MODE_VERSION`` (any peer state change: a reply, an expiry, a fallback), a
-reload (a new config, peer table, prober, planner or socket list) or when the deadline has passed.  So a
-snapshot is never staler than one native call (at most :data:`MAX_FRAMES` frames) after a change made by
-another thread, and never used past an FDB expiry or a fold validity at all.
+reload (a new config, peer table, prober, planner or socket list), the generation word
+(:mod:`udpnest.generation`, bumped after each of those) or when the deadline has passed.
+
+The linger: one native call covers every TAP wakeup within :data:`LINGER_NS` of its start (the Python per
+wakeup, poll, clocks, the snapshot check, the counters, is paid once per window, not once per ACK).  When
+the TAP is empty C flushes the pending batch, then waits in ``ppoll`` (GIL released) for more; it returns
+EMPTY once the window is over with the TAP empty, and early at the snapshot's deadline, when the endpoint's
+stop flag is set, at :data:`MAX_FRAMES`, for a hand-back, and when the generation word moved (before a read:
+the frame stays queued and Python rebuilds; after a read: that frame is handed back).  So a change another
+thread makes (the main loop's learning or probing, a reload) is honoured for every frame read after its
+bump, lingering or not; without the word (``gen=None``) a snapshot would be at most one call (the linger
+window, :data:`MAX_FRAMES` frames) stale.  A snapshot is never used past an FDB expiry or a fold validity.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import os
 import time
 
 from . import engine as _engine
+from .generation import WORD as GENERATION
 from .peers import MODE_VERSION, PeerState
 from .wire.errors import Reason
 
@@ -30,12 +40,17 @@ from .wire.errors import Reason
 MAX_AGE = 1.0
 #: frames one native call handles at most before Python looks at the snapshot again
 MAX_FRAMES = 128
+#: nanoseconds one native call goes on waiting for more frames once the TAP is empty, from its start
+#: (0: return at the first empty TAP, one call per wakeup)
+LINGER_NS = 2_000_000
 #: an FDB entry is used natively only up to this long before it expires (Python decides at the edge)
 MARGIN = 1e-6
 MODE_INT = {"plain": 0, "hint": 1, "fold": 2}
 #: the order of the counts the native burst returns (csrc/txburst.c)
 COUNT_KEYS = ("frames", "bytes", "datagrams", "super_packets", "sendmsg_calls", "mode_plain", "mode_hint",
               "mode_fold")
+#: counts[HIST:HIST + 7] the segments histogram, then the time waited in ppoll and the waits that found frames
+HIST, WAIT_NS, WAKEUPS = 11, 18, 19
 ENV = "UDPNEST_TX_BURST"
 
 
@@ -61,7 +76,8 @@ class TxBurst:
 
     def _identity(self):
         ep = self.ep
-        return (ep.fdb.version, MODE_VERSION[0], ep.cfg, ep.peers, ep.prober, ep.planner, ep.tx, ep.fdb)
+        gen = GENERATION[0]  # first: a change after this read makes the word differ from the snapshot's
+        return (ep.fdb.version, MODE_VERSION[0], ep.cfg, ep.peers, ep.prober, ep.planner, ep.tx, ep.fdb, gen)
 
     def snapshot(self, now: float) -> tuple[tuple, tuple]:
         """(snap, conf) for ``tx_burst``: the last one while nothing changed, else a new one (per TAP wakeup:
@@ -71,14 +87,14 @@ class TxBurst:
         fdb = ep.fdb
         if (k is not None and now < self._deadline and fdb.version == k[0] and MODE_VERSION[0] == k[1]
                 and ep.cfg is k[2] and ep.peers is k[3] and ep.prober is k[4] and ep.planner is k[5]
-                and ep.tx is k[6] and fdb is k[7]):
+                and ep.tx is k[6] and fdb is k[7] and GENERATION[0] == k[8]):
             return self._snap, self._conf
         return self.rebuild(now)
 
     def rebuild(self, now: float) -> tuple[tuple, tuple]:
         ep = self.ep
         key = self._identity()  # versions first: a change while we read shows up as a new version next time
-        _, _, cfg, peers, prober, planner, tx, fdb = key
+        _, _, cfg, peers, prober, planner, tx, fdb, gen = key
         deadline = now + MAX_AGE
         index: dict = {}
         plist: list[tuple] = []
@@ -106,7 +122,7 @@ class TxBurst:
             macs[bytes(mac)] = i
         # the native side compares with CLOCK_MONOTONIC: only when the endpoint's clock is that clock
         native_deadline = deadline if ep.clock is time.monotonic else 0.0
-        self._snap = (macs, tuple(plist), native_deadline, MAX_FRAMES)
+        self._snap = (macs, tuple(plist), native_deadline, MAX_FRAMES, gen)
         self._conf = (planner.vni, planner.opt_class, planner._ports, planner.max_levels, planner.max_datagram,
                       bytes(planner._plain), tuple(tx))
         self._key, self._deadline = key, deadline
@@ -123,6 +139,8 @@ class TxBurst:
             c["sendmmsg_calls"] += counts[10]
         if counts[9]:
             st.drop(Reason.SEND_ERROR, counts[9])
+        if counts[WAKEUPS]:
+            c["tx_burst_wakeups"] += counts[WAKEUPS]
         frames = counts[0]
         if not frames:
             if counts[4]:
@@ -135,6 +153,6 @@ class TxBurst:
         if counts[8]:
             ep.planner.counters["native_fast"] += counts[8]
         hist = st.hist
-        for i, v in enumerate(counts[11:]):
+        for i, v in enumerate(counts[HIST:WAIT_NS]):
             if v:
                 hist[i] += v

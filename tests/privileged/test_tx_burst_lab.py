@@ -30,7 +30,8 @@ def test_transfer_on_the_socket_path_through_the_tx_burst(lab, endpoints, nested
         tx = st["tx"]
         assert not tx.get("kernel_writes"), tx
         # the data (a) and the ACKs (b) went through the C burst, not one Python round trip per frame
-        keys = ("frames", "tx_burst_fast", "tx_burst_calls", "datagrams", "sendmsg_calls", "sendmmsg_calls")
+        keys = ("frames", "tx_burst_fast", "tx_burst_calls", "tx_burst_wakeups", "datagrams", "sendmsg_calls",
+                "sendmmsg_calls")
         print(name, nested, {k: tx.get(k) for k in keys})  # pytest -s: how much took the C path
         assert tx["tx_burst_calls"] > 0 and tx["tx_burst_fast"] >= 0.9 * tx["frames"], tx
         assert tx[f"mode_{nested}"] > 0, tx
