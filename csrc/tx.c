@@ -70,61 +70,94 @@ static PyObject *reject(const char *reason, const char *fmt, ...)
 
 static inline uint16_t le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
+static int rej(un_reject *r, const char *reason, const char *fmt, ...)
+{
+    if (r != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(r->detail, sizeof r->detail, fmt, ap);
+        va_end(ap);
+        r->reason = reason;
+    }
+    return -1;
+}
+
+static PyObject *reject_from(const un_reject *r) { return reject(r->reason, "%s", r->detail); }
+
+int un_vnet_check(const uint8_t *p, size_t n, unsigned f[13], un_reject *r)
+{
+    if (n < VNET_HDR_LEN)
+        return rej(r, "truncated_vnet", "vnet header: %zu bytes, need %d", n, VNET_HDR_LEN);
+    f[0] = p[0];
+    f[1] = p[1];
+    for (int i = 2; i < 13; i++)
+        f[i] = le16(p + 2 * i - 2);
+    unsigned fl = f[0], gt = f[1], gso_size = f[3], csum_offset = f[5];
+    unsigned csum_start = f[4], outer_th = f[11], inner_nh = f[12];
+    unsigned tnl = gt & G_TUN, base = gt & ~(G_ECN | G_TUN) & 0xFF;
+    if (tnl == G_TUN)
+        return rej(r, "bad_vnet", "gso_type 0x%02x: both UDP_TUNNEL_IPV4 and _IPV6", gt);
+    if (!(base == G_NONE || base == G_TCPV4 || base == G_UDP || base == G_TCPV6 || base == G_UDP_L4))
+        return rej(r, "bad_vnet", "gso_type 0x%02x: unknown base type 0x%02x", gt, base);
+    if (gt != G_NONE && base == G_NONE)
+        return rej(r, "bad_vnet", "gso_type 0x%02x: ECN/tunnel bits without a GSO type", gt);
+    if (gt != G_NONE && gso_size == 0)
+        return rej(r, "bad_vnet", "gso_type 0x%02x with gso_size 0", gt);
+    if (base == G_UDP_L4) {
+        if (gt & G_ECN)
+            return rej(r, "bad_vnet", "gso_type 0x%02x: ECN with UDP_L4", gt);
+        if (!(fl & F_NEEDS_CSUM))
+            return rej(r, "bad_vnet", "flags 0x%02x: UDP_L4 GSO without NEEDS_CSUM", fl);
+        if (csum_offset != 6)
+            return rej(r, "bad_vnet", "UDP_L4 GSO with csum_offset %u (not 6)", csum_offset);
+    } else if ((base == G_TCPV4 || base == G_TCPV6) && (fl & F_NEEDS_CSUM) && csum_offset != 16) {
+        return rej(r, "bad_vnet", "TCP GSO with csum_offset %u (not 16)", csum_offset);
+    }
+    if (tnl) {
+        if (!(base == G_TCPV4 || base == G_TCPV6 || base == G_UDP_L4))
+            return rej(r, "bad_vnet", "gso_type 0x%02x: UFO inside a UDP tunnel", gt);
+        if (fl & F_DATA_VALID)
+            return rej(r, "bad_vnet", "flags 0x%02x: DATA_VALID with UDP tunnel GSO", fl);
+        if (!(fl & F_NEEDS_CSUM))
+            return rej(r, "bad_vnet", "flags 0x%02x: UDP tunnel GSO without NEEDS_CSUM", fl);
+        unsigned outer_min = 14 + (tnl == G_TUN6 ? 40 : 20);
+        unsigned inner_min = base == G_TCPV6 ? 40 : 20;
+        if (outer_th < outer_min || inner_nh < outer_th + 8 || csum_start < inner_nh + inner_min)
+            return rej(r, "bad_vnet", "tunnel offsets outer_th=%u inner_nh=%u csum_start=%u out of order", outer_th,
+                       inner_nh, csum_start);
+    }
+    return 0;
+}
+
 static PyObject *tx_vnet_check(PyObject *self, PyObject *args)
 {
     Py_buffer b;
     if (!PyArg_ParseTuple(args, "y*", &b))
         return NULL;
-    const uint8_t *p = b.buf;
-    if (b.len < VNET_HDR_LEN) {
-        PyBuffer_Release(&b);
-        return reject("truncated_vnet", "vnet header: %zd bytes, need %d", b.len, VNET_HDR_LEN);
-    }
     unsigned f[13];
-    f[0] = p[0];
-    f[1] = p[1];
-    for (int i = 2; i < 13; i++)
-        f[i] = le16(p + 2 * i - 2);
+    un_reject r;
+    int rc = un_vnet_check(b.buf, (size_t)b.len, f, &r);
     PyBuffer_Release(&b);
-    unsigned fl = f[0], gt = f[1], gso_size = f[3], csum_offset = f[5];
-    unsigned csum_start = f[4], outer_th = f[11], inner_nh = f[12];
-    unsigned tnl = gt & G_TUN, base = gt & ~(G_ECN | G_TUN) & 0xFF;
-    if (tnl == G_TUN)
-        return reject("bad_vnet", "gso_type 0x%02x: both UDP_TUNNEL_IPV4 and _IPV6", gt);
-    if (!(base == G_NONE || base == G_TCPV4 || base == G_UDP || base == G_TCPV6 || base == G_UDP_L4))
-        return reject("bad_vnet", "gso_type 0x%02x: unknown base type 0x%02x", gt, base);
-    if (gt != G_NONE && base == G_NONE)
-        return reject("bad_vnet", "gso_type 0x%02x: ECN/tunnel bits without a GSO type", gt);
-    if (gt != G_NONE && gso_size == 0)
-        return reject("bad_vnet", "gso_type 0x%02x with gso_size 0", gt);
-    if (base == G_UDP_L4) {
-        if (gt & G_ECN)
-            return reject("bad_vnet", "gso_type 0x%02x: ECN with UDP_L4", gt);
-        if (!(fl & F_NEEDS_CSUM))
-            return reject("bad_vnet", "flags 0x%02x: UDP_L4 GSO without NEEDS_CSUM", fl);
-        if (csum_offset != 6)
-            return reject("bad_vnet", "UDP_L4 GSO with csum_offset %u (not 6)", csum_offset);
-    } else if ((base == G_TCPV4 || base == G_TCPV6) && (fl & F_NEEDS_CSUM) && csum_offset != 16) {
-        return reject("bad_vnet", "TCP GSO with csum_offset %u (not 16)", csum_offset);
-    }
-    if (tnl) {
-        if (!(base == G_TCPV4 || base == G_TCPV6 || base == G_UDP_L4))
-            return reject("bad_vnet", "gso_type 0x%02x: UFO inside a UDP tunnel", gt);
-        if (fl & F_DATA_VALID)
-            return reject("bad_vnet", "flags 0x%02x: DATA_VALID with UDP tunnel GSO", fl);
-        if (!(fl & F_NEEDS_CSUM))
-            return reject("bad_vnet", "flags 0x%02x: UDP tunnel GSO without NEEDS_CSUM", fl);
-        unsigned outer_min = 14 + (tnl == G_TUN6 ? 40 : 20);
-        unsigned inner_min = base == G_TCPV6 ? 40 : 20;
-        if (outer_th < outer_min || inner_nh < outer_th + 8 || csum_start < inner_nh + inner_min)
-            return reject("bad_vnet", "tunnel offsets outer_th=%u inner_nh=%u csum_start=%u out of order",
-                          outer_th, inner_nh, csum_start);
-    }
+    if (rc < 0)
+        return reject_from(&r);
     return Py_BuildValue("(IIIIIIIIIIIII)", f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9],
                          f[10], f[11], f[12]);
 }
 
 /* ---- finish a CHECKSUM_PARTIAL frame (endpoint's _finish_csum) ------------------------------------------ */
+
+int un_finish_csum(const uint8_t *in, size_t n, unsigned cs, unsigned co, uint8_t *out, un_reject *r)
+{
+    if ((size_t)cs + co + 2 > n)
+        return rej(r, "bad_vnet", "csum_start %u + csum_offset %u beyond the frame (%zu)", cs, co, n);
+    if (out != in)
+        memcpy(out, in, n);
+    uint16_t c = un_csum(un_sum(out + cs, n - cs, 0));
+    if (c == 0 && co == 6)
+        c = 0xFFFF;
+    un_put16(out + cs + co, c);
+    return 0;
+}
 
 static PyObject *tx_finish_csum(PyObject *self, PyObject *args)
 {
@@ -132,30 +165,22 @@ static PyObject *tx_finish_csum(PyObject *self, PyObject *args)
     unsigned cs, co;
     if (!PyArg_ParseTuple(args, "y*II", &b, &cs, &co))
         return NULL;
-    if ((size_t)cs + co + 2 > (size_t)b.len) {
-        Py_ssize_t n = b.len;
+    un_reject r;
+    PyObject *out = NULL;
+    if ((size_t)cs + co + 2 > (size_t)b.len) { /* the core rejects it: no allocation */
+        un_finish_csum(b.buf, (size_t)b.len, cs, co, NULL, &r);
         PyBuffer_Release(&b);
-        return reject("bad_vnet", "csum_start %u + csum_offset %u beyond the frame (%zd)", cs, co, n);
+        return reject_from(&r);
     }
-    PyObject *out = PyByteArray_FromStringAndSize(b.buf, b.len);
+    out = PyByteArray_FromStringAndSize(NULL, b.len);
+    if (out != NULL)
+        un_finish_csum(b.buf, (size_t)b.len, cs, co, (uint8_t *)PyByteArray_AS_STRING(out), NULL);
     PyBuffer_Release(&b);
-    if (out == NULL)
-        return NULL;
-    uint8_t *f = (uint8_t *)PyByteArray_AS_STRING(out);
-    size_t n = (size_t)PyByteArray_GET_SIZE(out);
-    uint16_t c = un_csum(un_sum(f + cs, n - cs, 0));
-    if (c == 0 && co == 6)
-        c = 0xFFFF;
-    un_put16(f + cs + co, c);
     return out;
 }
 
 /* ---- segmentation (gso.segment_tcp) -------------------------------------------------------------------- */
 
-struct layout {
-    unsigned ip4[MAX_IP], n4, ip6[MAX_IP], n6, udp[MAX_UDP], udp_has[MAX_UDP], nu;
-    unsigned tcp_ip, tcp_ip_v6, tcp, hdr_len, l4;
-};
 
 #define SEG_FIX_IP_IDS 1      /* IPv4 IDs +1 per segment even with DF (the kernel's GSO does) */
 #define SEG_FIXED_NESTED_IDS 2 /* nested (non-innermost) IPv4 IDs fixed: GSO-partial-shaped trains */
@@ -195,7 +220,7 @@ static int parse_offsets(PyObject *seq, unsigned *out, unsigned *has, unsigned m
 }
 
 /* (offset, is v6) of the IP header that carries the header at off: the last IP header before it */
-static int ip_before(const struct layout *L, unsigned off, unsigned *ip, unsigned *v6)
+static int ip_before(const struct un_layout *L, unsigned off, unsigned *ip, unsigned *v6)
 {
     int found = 0;
     for (unsigned i = 0; i < L->n4; i++)
@@ -220,7 +245,7 @@ static uint64_t pseudo(const uint8_t *hdr, unsigned ip, unsigned v6, unsigned pr
 }
 
 /* validate a layout against the headers H: every field written or read lies inside [0, H) */
-static PyObject *check_layout(const struct layout *L, const uint8_t *f, size_t flen)
+static PyObject *check_layout(const struct un_layout *L, const uint8_t *f, size_t flen)
 {
     unsigned H = L->hdr_len;
     if (H > flen)
@@ -248,7 +273,7 @@ static PyObject *check_layout(const struct layout *L, const uint8_t *f, size_t f
 }
 
 static void do_segment(uint8_t *out, const uint8_t *prefix, size_t P, const uint8_t *f, size_t flen,
-                       const struct layout *L, size_t mss, unsigned flags)
+                       const struct un_layout *L, size_t mss, unsigned flags)
 {
     const size_t H = L->hdr_len, total = flen - H;
     size_t n_full = total / mss, rem = total % mss;
@@ -358,7 +383,7 @@ static PyObject *tx_segment(PyObject *self, PyObject *args)
 {
     Py_buffer pb, fb;
     PyObject *ip4, *ip6, *udp;
-    struct layout L;
+    struct un_layout L;
     unsigned long mss;
     unsigned flags = SEG_FIX_IP_IDS;
     if (!PyArg_ParseTuple(args, "y*y*(OOOIpIII)k|I", &pb, &fb, &ip4, &ip6, &udp, &L.tcp_ip, &L.tcp_ip_v6, &L.tcp,
@@ -406,7 +431,6 @@ done:
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define ETH_P_8021Q 0x8100
-#define MAX_PORTS 32
 #define TYPE_FOLD 0x81
 
 struct fold_level {
@@ -584,55 +608,41 @@ static int walk_levels(const uint8_t *f, size_t n, const unsigned *pport, const 
     return nlev;
 }
 
-static int parse_ports(PyObject *ports, unsigned *pport, unsigned *penc, unsigned *np)
+int un_parse_ports(PyObject *ports, un_ports *out)
 {
     PyObject *fast = PySequence_Fast(ports, "ports must be a sequence of (port, encap)");
     if (fast == NULL)
         return -1;
     Py_ssize_t nports = PySequence_Fast_GET_SIZE(fast);
-    if (nports > MAX_PORTS) {
+    if (nports > UN_MAX_PORTS) {
         Py_DECREF(fast);
-        PyErr_SetString(PyExc_ValueError, "too many nested ports");
-        return -1;
+        return 1;
     }
-    *np = 0;
+    out->n = 0;
     for (Py_ssize_t i = 0; i < nports; i++) {
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &pport[*np], &penc[*np])) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &out->port[out->n], &out->enc[out->n])) {
             Py_DECREF(fast);
             return -1;
         }
-        (*np)++;
+        out->n++;
     }
     Py_DECREF(fast);
     return 0;
 }
 
-/* hint_prefix(frame, vni, ports, gso) -> the Geneve header for hint mode (with the Linux GRO hint option
- * when fold.gro_hint_for finds one, else plain), or None (defer: IPv6 extension headers). */
-static PyObject *tx_hint_prefix(PyObject *self, PyObject *args)
+int un_hint_prefix(const uint8_t *f, size_t n, unsigned vni, const un_ports *pt, int gso, uint8_t h[16])
 {
-    Py_buffer fb;
-    unsigned vni;
-    int gso;
-    PyObject *ports;
-    if (!PyArg_ParseTuple(args, "y*IOp", &fb, &vni, &ports, &gso))
-        return NULL;
-    PyObject *res = NULL;
-    unsigned pport[MAX_PORTS], penc[MAX_PORTS], np;
-    if (parse_ports(ports, pport, penc, &np) < 0)
-        goto done;
-    const uint8_t *f = fb.buf;
-    size_t n = (size_t)fb.len, end;
+    size_t end;
     unsigned used;
     struct fold_level lv[3];
-    int nlev = walk_levels(f, n, pport, penc, np, 2, gso, 0, lv, &end, &used);
-    if (nlev < 0) {
-        res = Py_NewRef(Py_None);
-        goto done;
-    }
-    uint8_t h[16] = {0, 0, 0x65, 0x58};
+    int nlev = walk_levels(f, n, pt->port, pt->enc, pt->n, 2, gso, 0, lv, &end, &used);
+    if (nlev < 0)
+        return -1;
+    memset(h, 0, 16);
+    h[2] = 0x65;
+    h[3] = 0x58;
     un_put32(h + 4, vni << 8);
-    size_t len = 8;
+    int len = 8;
     const struct fold_level *L = &lv[0];
     if (nlev == 1 && (L->v6 || L->l3 == 20) && end <= 255) {
         unsigned nh = L->l2, tp = L->l2 + L->l3;
@@ -652,108 +662,115 @@ static PyObject *tx_hint_prefix(PyObject *self, PyObject *args)
             len = 16;
         }
     }
-    res = PyBytes_FromStringAndSize((const char *)h, (Py_ssize_t)len);
+    return len;
+}
+
+/* hint_prefix(frame, vni, ports, gso) -> the Geneve header for hint mode (with the Linux GRO hint option
+ * when fold.gro_hint_for finds one, else plain), or None (defer: IPv6 extension headers). */
+static PyObject *tx_hint_prefix(PyObject *self, PyObject *args)
+{
+    Py_buffer fb;
+    unsigned vni;
+    int gso;
+    PyObject *ports;
+    if (!PyArg_ParseTuple(args, "y*IOp", &fb, &vni, &ports, &gso))
+        return NULL;
+    PyObject *res = NULL;
+    un_ports pt;
+    int prc = un_parse_ports(ports, &pt);
+    if (prc != 0) {
+        if (prc > 0)
+            PyErr_SetString(PyExc_ValueError, "too many nested ports");
+        goto done;
+    }
+    uint8_t h[16];
+    int len = un_hint_prefix(fb.buf, (size_t)fb.len, vni, &pt, gso, h);
+    res = len < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)h, (Py_ssize_t)len);
 done:
     PyBuffer_Release(&fb);
     return res;
 }
 
-/* fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)
- *   -> (bytearray, row_len, count, last_len, mss), or None: not the common case, use the Python reference.
- * ports: ((udp port, encap 1 VXLAN | 2 VXLAN-GPE | 3 Geneve), ...).  Only a TCP super-packet whose every
- * nested level folds (1..max_levels levels within the option space) and whose headers parse without any
- * doubt is handled; anything else returns None and txplan runs fold.py + gso.py, which produce the drop
- * reason.  For what it handles, the bytes equal the reference's (tests/test_engine_diff_tx.py). */
-static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
+/* the sizes of a plan's rows (gso.segment_tcp's output) */
+static void plan_sizes(un_gso_plan *pl, size_t n)
 {
-    Py_buffer fb;
-    unsigned vni, opt_class, max_levels, max_dg, gso_size;
-    int plan_only = 0;
-    PyObject *ports;
-    if (!PyArg_ParseTuple(args, "y*IIOIII|p", &fb, &vni, &opt_class, &ports, &max_levels, &max_dg, &gso_size,
-                          &plan_only))
-        return NULL;
-    PyObject *res = NULL, *out = NULL;
-    unsigned pport[MAX_PORTS], penc[MAX_PORTS], np = 0;
-    PyObject *fast = PySequence_Fast(ports, "ports must be a sequence of (port, encap)");
-    if (fast == NULL)
-        goto done;
-    Py_ssize_t nports = PySequence_Fast_GET_SIZE(fast);
-    if (nports > MAX_PORTS) {
-        Py_DECREF(fast);
-        res = Py_NewRef(Py_None);
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < nports; i++) {
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &pport[np], &penc[np])) {
-            Py_DECREF(fast);
-            goto done;
-        }
-        np++;
-    }
-    Py_DECREF(fast);
+    size_t mss = (size_t)pl->mss, H = pl->L.hdr_len, total = n - pl->seg_off - H;
+    size_t n_full = total / mss, rem = total % mss;
+    pl->count = n_full + ((rem || !n_full) ? 1 : 0);
+    size_t last_seg = (rem || !n_full) ? rem : mss;
+    pl->row_len = pl->P + H + mss;
+    pl->last_len = pl->P + H + last_seg;
+    pl->nbytes = (pl->count - 1) * pl->row_len + pl->last_len;
+}
 
-    const uint8_t *f = fb.buf;
-    size_t n = (size_t)fb.len, pos = 0;
+void un_gso_segment(const un_gso_plan *pl, const uint8_t *f, size_t n, uint8_t *out)
+{
+    do_segment(out, pl->prefix, pl->P, f + pl->seg_off, n - pl->seg_off, &pl->L, (size_t)pl->mss, pl->flags);
+}
+
+int un_fold_gso_plan(const uint8_t *f, size_t n, unsigned vni, unsigned opt_class, const un_ports *pt,
+                     unsigned max_levels, unsigned max_dg, unsigned gso_size, un_gso_plan *pl)
+{
+    size_t pos = 0;
     unsigned kind = ETH_P_TEB, nlev = 0, used = 0;
     struct fold_level lv[3];
     if (max_levels > 3)
         max_levels = 3;
     if (gso_size == 0)
-        goto defer;
+        return -1;
     /* the nested levels (fold.find_levels with gso=True), outermost first */
     for (;;) {
         unsigned l2 = 0, etype = kind, v6, proto;
         int frag;
         if (kind == ETH_P_TEB && (l2 = eth_at(f, n, pos, &etype)) == 0)
-            goto defer;
+            return -1;
         size_t l3off = pos + l2;
         unsigned l3 = ip_at(f, n, l3off, etype, &v6, &proto, &frag);
         if (l3 == 0 || frag)
-            goto defer;
+            return -1;
         if (proto == 6 && nlev > 0) { /* the innermost packet: TCP */
             if (nlev > max_levels)
-                goto defer;
+                return -1;
             break;
         }
         if (proto != 17 || nlev == max_levels)
-            goto defer;
+            return -1;
         size_t uoff = l3off + l3, toff = uoff + 8;
         if (toff > n)
-            goto defer;
+            return -1;
         unsigned dport = un_get16(f + uoff + 2), encap = 0;
-        for (unsigned i = 0; i < np; i++)
-            if (pport[i] == dport)
-                encap = penc[i];
+        for (unsigned i = 0; i < pt->n; i++)
+            if (pt->port[i] == dport)
+                encap = pt->enc[i];
         unsigned tun, next;
         if (encap == 1 || encap == 2) {
             if (toff + 8 > n || !(f[toff] & 0x08))
-                goto defer;
+                return -1;
             tun = 8;
             if (encap == 1) {
                 next = ETH_P_TEB;
             } else {
                 unsigned npr = f[toff + 3];
                 if (!(f[toff] & 0x04) || npr < 1 || npr > 3)
-                    goto defer;
+                    return -1;
                 next = npr == 1 ? ETH_P_IP : npr == 2 ? ETH_P_IPV6 : ETH_P_TEB;
             }
         } else if (encap == 3) {
             if (toff + 8 > n || f[toff] >> 6 != 0)
-                goto defer;
+                return -1;
             tun = 8 + (unsigned)(f[toff] & 0x3F) * 4;
             if (toff + tun > n)
-                goto defer;
+                return -1;
             next = un_get16(f + toff + 2);
             if (next != ETH_P_TEB && next != ETH_P_IP && next != ETH_P_IPV6)
-                goto defer;
+                return -1;
         } else {
-            goto defer;
+            return -1;
         }
         unsigned end = (unsigned)(toff + tun);
         unsigned data = 6 + end - (unsigned)pos, optsz = 4 + ((data + 3) & ~3u);
         if (optsz - 4 > 124 || used + optsz > 252)
-            goto defer;
+            return -1;
         lv[nlev] = (struct fold_level){(unsigned)pos, l2, l3, v6, tun, encap, next, un_get16(f + uoff + 6) != 0};
         nlev++;
         used += optsz;
@@ -761,7 +778,7 @@ static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
         kind = next;
     }
     /* the Geneve header with one FOLD option per level */
-    uint8_t prefix[8 + 252];
+    uint8_t *prefix = pl->prefix_buf;
     size_t P = 8 + used;
     prefix[0] = (uint8_t)(used / 4);
     prefix[1] = 0x40; /* C: FOLD is critical */
@@ -775,14 +792,14 @@ static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
     int frag;
     /* the reference (gso.tcp_layout) expects Ethernet first: an innermost IP packet is its business */
     if (kind != ETH_P_TEB || (ipos = eth_at(in, inlen, 0, &etype)) == 0)
-        goto defer;
+        return -1;
     unsigned l3 = ip_at(in, inlen, ipos, etype, &v6, &proto, &frag);
     if (l3 == 0 || frag || proto != 6)
-        goto defer;
+        return -1;
     size_t tcp = ipos + l3;
     if (tcp + 20 > inlen || (in[tcp + 12] >> 4) < 5 || tcp + (size_t)(in[tcp + 12] >> 4) * 4 > inlen)
-        goto defer;
-    struct layout L = {0};
+        return -1;
+    struct un_layout L = {0};
     if (v6) {
         L.ip6[0] = (unsigned)ipos;
         L.n6 = 1;
@@ -804,36 +821,86 @@ static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
     if (mss > 0 && raw > mss && (payload + mss - 1) / mss > (payload + raw - 1) / raw)
         mss = raw;
     if (mss < 64 || mss > 65535 || L.hdr_len > UN_MAX_HDR)
-        goto defer;
-    if (plan_only) { /* the kernel TX path: prefix, where the inner frame starts, its layout (gso.Layout), MSS */
-        if (v6)
-            res = Py_BuildValue("(y#n(()(I)()IOIII)l)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos,
-                                L.tcp_ip, L.tcp_ip, Py_True, L.tcp, L.hdr_len, 6u, mss);
-        else
-            res = Py_BuildValue("(y#n((I)()()IOIII)l)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos,
-                                L.tcp_ip, L.tcp_ip, Py_False, L.tcp, L.hdr_len, 6u, mss);
+        return -1;
+    pl->prefix = prefix;
+    pl->P = P;
+    pl->pos = pos;
+    pl->seg_off = pos;
+    pl->L = L;
+    pl->mss = mss;
+    pl->flags = SEG_FIX_IP_IDS;
+    plan_sizes(pl, n);
+    return 0;
+}
+
+/* fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)
+ *   -> (bytearray, row_len, count, last_len, mss), or None: not the common case, use the Python reference.
+ * ports: ((udp port, encap 1 VXLAN | 2 VXLAN-GPE | 3 Geneve), ...).  Only a TCP super-packet whose every
+ * nested level folds (1..max_levels levels within the option space) and whose headers parse without any
+ * doubt is handled; anything else returns None and txplan runs fold.py + gso.py, which produce the drop
+ * reason.  For what it handles, the bytes equal the reference's (tests/test_engine_diff_tx.py). */
+static PyObject *tx_fold_gso(PyObject *self, PyObject *args)
+{
+    Py_buffer fb;
+    unsigned vni, opt_class, max_levels, max_dg, gso_size;
+    int plan_only = 0;
+    PyObject *ports;
+    if (!PyArg_ParseTuple(args, "y*IIOIII|p", &fb, &vni, &opt_class, &ports, &max_levels, &max_dg, &gso_size,
+                          &plan_only))
+        return NULL;
+    PyObject *res = NULL, *out = NULL;
+    un_ports pt;
+    un_gso_plan pl;
+    int prc = un_parse_ports(ports, &pt);
+    if (prc < 0)
+        goto done;
+    if (prc > 0 || un_fold_gso_plan(fb.buf, (size_t)fb.len, vni, opt_class, &pt, max_levels, max_dg, gso_size,
+                                    &pl) < 0) {
+        res = Py_NewRef(Py_None);
         goto done;
     }
-    size_t H = L.hdr_len, total = inlen - H;
-    size_t n_full = total / (size_t)mss, rem = total % (size_t)mss;
-    size_t count = n_full + ((rem || !n_full) ? 1 : 0);
-    size_t last_seg = (rem || !n_full) ? rem : (size_t)mss;
-    size_t W = P + H + (size_t)mss, nbytes = (count - 1) * W + P + H + last_seg;
-    out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)nbytes);
+    const struct un_layout *L = &pl.L;
+    if (plan_only) { /* the kernel TX path: prefix, where the inner frame starts, its layout (gso.Layout), MSS */
+        if (L->tcp_ip_v6)
+            res = Py_BuildValue("(y#n(()(I)()IOIII)l)", (const char *)pl.prefix, (Py_ssize_t)pl.P,
+                                (Py_ssize_t)pl.pos, L->tcp_ip, L->tcp_ip, Py_True, L->tcp, L->hdr_len, 6u, pl.mss);
+        else
+            res = Py_BuildValue("(y#n((I)()()IOIII)l)", (const char *)pl.prefix, (Py_ssize_t)pl.P,
+                                (Py_ssize_t)pl.pos, L->tcp_ip, L->tcp_ip, Py_False, L->tcp, L->hdr_len, 6u, pl.mss);
+        goto done;
+    }
+    out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)pl.nbytes);
     if (out == NULL)
         goto done;
     uint8_t *o = (uint8_t *)PyByteArray_AS_STRING(out);
     Py_BEGIN_ALLOW_THREADS
-    do_segment(o, prefix, P, in, inlen, &L, (size_t)mss, SEG_FIX_IP_IDS);
+    un_gso_segment(&pl, fb.buf, (size_t)fb.len, o);
     Py_END_ALLOW_THREADS
-    res = Py_BuildValue("(Onnnl)", out, (Py_ssize_t)W, (Py_ssize_t)count, (Py_ssize_t)(P + H + last_seg), mss);
-    goto done;
-defer:
-    res = Py_NewRef(Py_None);
+    res = Py_BuildValue("(Onnnl)", out, (Py_ssize_t)pl.row_len, (Py_ssize_t)pl.count, (Py_ssize_t)pl.last_len,
+                        pl.mss);
 done:
     Py_XDECREF(out);
     PyBuffer_Release(&fb);
     return res;
+}
+
+int un_fold_one(const uint8_t *f, size_t n, unsigned vni, unsigned opt_class, const un_ports *pt,
+                unsigned max_levels, uint8_t prefix[UN_MAX_PREFIX], size_t *P, size_t *pos)
+{
+    unsigned used;
+    struct fold_level lv[3];
+    /* fold.find_levels without gso: lengths must match the buffer; the option budget applies */
+    int walked = walk_levels(f, n, pt->port, pt->enc, pt->n, max_levels, 0, 1, lv, pos, &used);
+    if (walked < 0)
+        return -1;
+    unsigned nlev = (unsigned)walked;
+    *P = 8 + used;
+    prefix[0] = (uint8_t)(used / 4);
+    prefix[1] = nlev ? 0x40 : 0;
+    un_put16(prefix + 2, (uint16_t)(nlev ? lv[nlev - 1].next : ETH_P_TEB));
+    un_put32(prefix + 4, vni << 8);
+    fold_options(prefix + 8, f, lv, nlev, opt_class);
+    return 0;
 }
 
 /* fold_one(frame, vni, opt_class, ports, max_levels) -> (geneve header with FOLD options, inner offset) or
@@ -849,51 +916,23 @@ static PyObject *tx_fold_one(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*IIOI", &fb, &vni, &opt_class, &ports, &max_levels))
         return NULL;
     PyObject *res = NULL;
-    unsigned pport[MAX_PORTS], penc[MAX_PORTS], np = 0;
-    PyObject *fast = PySequence_Fast(ports, "ports must be a sequence of (port, encap)");
-    if (fast == NULL)
+    un_ports pt;
+    uint8_t prefix[UN_MAX_PREFIX];
+    size_t P, pos;
+    int prc = un_parse_ports(ports, &pt);
+    if (prc < 0)
         goto done;
-    Py_ssize_t nports = PySequence_Fast_GET_SIZE(fast);
-    if (nports > MAX_PORTS) {
-        Py_DECREF(fast);
+    if (prc > 0 || un_fold_one(fb.buf, (size_t)fb.len, vni, opt_class, &pt, max_levels, prefix, &P, &pos) < 0)
         res = Py_NewRef(Py_None);
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < nports; i++) {
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "II", &pport[np], &penc[np])) {
-            Py_DECREF(fast);
-            goto done;
-        }
-        np++;
-    }
-    Py_DECREF(fast);
-    const uint8_t *f = fb.buf;
-    size_t n = (size_t)fb.len, pos;
-    unsigned used;
-    struct fold_level lv[3];
-    /* fold.find_levels without gso: lengths must match the buffer; the option budget applies */
-    int walked = walk_levels(f, n, pport, penc, np, max_levels, 0, 1, lv, &pos, &used);
-    if (walked < 0)
-        goto defer;
-    unsigned nlev = (unsigned)walked;
-    uint8_t prefix[8 + 252];
-    size_t P = 8 + used;
-    prefix[0] = (uint8_t)(used / 4);
-    prefix[1] = nlev ? 0x40 : 0;
-    un_put16(prefix + 2, (uint16_t)(nlev ? lv[nlev - 1].next : ETH_P_TEB));
-    un_put32(prefix + 4, vni << 8);
-    fold_options(prefix + 8, f, lv, nlev, opt_class);
-    res = Py_BuildValue("(y#n)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos);
-    goto done;
-defer:
-    res = Py_NewRef(Py_None);
+    else
+        res = Py_BuildValue("(y#n)", (const char *)prefix, (Py_ssize_t)P, (Py_ssize_t)pos);
 done:
     PyBuffer_Release(&fb);
     return res;
 }
 
 /* The innermost IP + TCP at pos (Ethernet first when eth): fills L (offsets into f).  0: handled; -1: defer */
-static int inner_tcp(const uint8_t *f, size_t n, size_t pos, int eth, struct layout *L)
+static int inner_tcp(const uint8_t *f, size_t n, size_t pos, int eth, struct un_layout *L)
 {
     unsigned etype = ETH_P_TEB, v6, proto;
     int frag;
@@ -934,50 +973,20 @@ static long seg_size(long max_dg, long overhead, long limit, long payload)
     return mss;
 }
 
-static PyObject *segment_out(const uint8_t *prefix, size_t P, const uint8_t *f, size_t n, const struct layout *L,
-                             long mss, unsigned flags)
+int un_plain_gso_plan(const uint8_t *prefix, size_t P, const uint8_t *f, size_t n, unsigned nested,
+                      unsigned max_dg, unsigned gso_size, unsigned flags, un_gso_plan *pl)
 {
-    size_t H = L->hdr_len, total = n - H;
-    size_t n_full = total / (size_t)mss, rem = total % (size_t)mss;
-    size_t count = n_full + ((rem || !n_full) ? 1 : 0);
-    size_t last_seg = (rem || !n_full) ? rem : (size_t)mss;
-    size_t W = P + H + (size_t)mss, nbytes = (count - 1) * W + P + H + last_seg;
-    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)nbytes);
-    if (out == NULL)
-        return NULL;
-    uint8_t *o = (uint8_t *)PyByteArray_AS_STRING(out);
-    Py_BEGIN_ALLOW_THREADS
-    do_segment(o, prefix, P, f, n, L, (size_t)mss, flags);
-    Py_END_ALLOW_THREADS
-    PyObject *res = Py_BuildValue("(Onnnl)", out, (Py_ssize_t)W, (Py_ssize_t)count, (Py_ssize_t)(P + H + last_seg), mss);
-    Py_DECREF(out);
-    return res;
-}
-
-/* plain_gso(prefix, frame, nested_udp, max_datagram, gso_size, flags)
- *   -> (bytearray, row_len, count, last_len, mss) or None (defer): a TCP super-packet sent as it is behind
- * prefix (plain or hint Geneve header), with at most one nested UDP tunnel level whose UDP header is at
- * nested_udp (the vnet header's outer_th_offset; 0: none): gso.tcp_layout + segment_size + segment. */
-static PyObject *tx_plain_gso(PyObject *self, PyObject *args)
-{
-    Py_buffer pb, fb;
-    unsigned nested, max_dg, gso_size, flags;
-    if (!PyArg_ParseTuple(args, "y*y*IIII", &pb, &fb, &nested, &max_dg, &gso_size, &flags))
-        return NULL;
-    PyObject *res = NULL;
-    const uint8_t *f = fb.buf;
-    size_t n = (size_t)fb.len;
-    struct layout L = {0};
+    struct un_layout L = {0};
     size_t pos = 0;
     if (nested) {
         unsigned etype, v6, proto;
         int frag;
         unsigned l2 = eth_at(f, n, 0, &etype);
         if (l2 == 0)
-            goto defer;
+            return -1;
         unsigned l3 = ip_at(f, n, l2, etype, &v6, &proto, &frag);
         if (l3 == 0 || frag || proto != 17 || l2 + l3 != nested || nested + 8 > n)
-            goto defer;
+            return -1;
         if (v6)
             L.ip6[L.n6++] = l2;
         else
@@ -999,18 +1008,52 @@ static PyObject *tx_plain_gso(PyObject *self, PyObject *args)
             }
         }
         if (!found)
-            goto defer;
+            return -1;
     }
     if (inner_tcp(f, n, pos, 1, &L) < 0 || gso_size == 0 || L.hdr_len > UN_MAX_HDR)
-        goto defer;
-    long mss = seg_size((long)max_dg, (long)(pb.len + L.hdr_len), (long)gso_size, (long)(n - L.hdr_len));
+        return -1;
+    long mss = seg_size((long)max_dg, (long)(P + L.hdr_len), (long)gso_size, (long)(n - L.hdr_len));
     if (mss < 64 || mss > 65535)
-        goto defer;
-    res = segment_out(pb.buf, (size_t)pb.len, f, n, &L, mss, flags);
-    goto done;
-defer:
-    res = Py_NewRef(Py_None);
+        return -1;
+    pl->prefix = prefix;
+    pl->P = P;
+    pl->pos = 0;
+    pl->seg_off = 0;
+    pl->L = L;
+    pl->mss = mss;
+    pl->flags = flags;
+    plan_sizes(pl, n);
+    return 0;
+}
+
+/* plain_gso(prefix, frame, nested_udp, max_datagram, gso_size, flags)
+ *   -> (bytearray, row_len, count, last_len, mss) or None (defer): a TCP super-packet sent as it is behind
+ * prefix (plain or hint Geneve header), with at most one nested UDP tunnel level whose UDP header is at
+ * nested_udp (the vnet header's outer_th_offset; 0: none): gso.tcp_layout + segment_size + segment. */
+static PyObject *tx_plain_gso(PyObject *self, PyObject *args)
+{
+    Py_buffer pb, fb;
+    unsigned nested, max_dg, gso_size, flags;
+    if (!PyArg_ParseTuple(args, "y*y*IIII", &pb, &fb, &nested, &max_dg, &gso_size, &flags))
+        return NULL;
+    PyObject *res = NULL, *out = NULL;
+    un_gso_plan pl;
+    if (un_plain_gso_plan(pb.buf, (size_t)pb.len, fb.buf, (size_t)fb.len, nested, max_dg, gso_size, flags, &pl) <
+        0) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)pl.nbytes);
+    if (out == NULL)
+        goto done;
+    uint8_t *o = (uint8_t *)PyByteArray_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    un_gso_segment(&pl, fb.buf, (size_t)fb.len, o);
+    Py_END_ALLOW_THREADS
+    res = Py_BuildValue("(Onnnl)", out, (Py_ssize_t)pl.row_len, (Py_ssize_t)pl.count, (Py_ssize_t)pl.last_len,
+                        pl.mss);
 done:
+    Py_XDECREF(out);
     PyBuffer_Release(&pb);
     PyBuffer_Release(&fb);
     return res;

@@ -7,7 +7,8 @@
  * destination MAC is in the snapshot Python passes in (policy stays in Python: udpnest.txburst builds it
  * from the FDB and the prober) does the steady state of Endpoint._tx_frame + _send:
  *   vnet_check -> finish_csum (non-GSO NEEDS_CSUM) -> the build for the peer's mode (fold_one, the plain
- *   or hint prefix + frame, fold_gso, plain_gso: the same C functions the planner calls, so the same bytes)
+ *   or hint prefix + frame, fold_gso, plain_gso: the C cores of csrc/tx.c (udpnest.h) the planner's Python
+ *   entries wrap, called directly: the same bytes, no Python object per frame; the ports parsed once per call)
  *   -> single datagrams appended to ep._batch and flushed as Endpoint._flush_batch does (in C: sendmmsg per
  *   socket, at 64, before a super-packet, at the end of the wakeup: the same batches, order and counters as
  *   the Python loop), super-packets sent with sendmsg(UDP_SEGMENT) (GIL released around every syscall).
@@ -75,7 +76,7 @@ static long long gen_now(const Py_buffer *g)
     return v;
 }
 
-static PyObject *f_vnet_check, *f_finish_csum, *f_fold_one, *f_fold_gso, *f_plain_gso, *f_hint_prefix, *f_send_batch;
+static PyObject *f_send_batch;
 static PyObject *s_batch, *s_gso_disabled, *s_max_payload, *s_send_segments, *s_fileno, *s_sock, *s_send_parts;
 
 /* ---- zlib.crc32 (IEEE 802.3, reflected 0xEDB88320): endpoint.flow_hash, tested equal to zlib's ---------- */
@@ -147,20 +148,6 @@ static int addr_of(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
         return -1;
     }
     return 0;
-}
-
-/* Call f(args...) and return the result; NULL with the error CLEARED (any failure means: hand back). */
-static PyObject *call(PyObject *f, PyObject *args)
-{
-    if (args == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    PyObject *r = PyObject_Call(f, args, NULL);
-    Py_DECREF(args);
-    if (r == NULL)
-        PyErr_Clear();
-    return r;
 }
 
 /* Endpoint._flush_batch in C, the same steps and counters: ep._batch is swapped for a new dict, then per
@@ -283,15 +270,14 @@ static int batch_append(PyObject *ep, PyObject *sock, PyObject *dgram, PyObject 
     return 0;
 }
 
-/* sock.send_segments(data[off:], row_len, addr) (Python: it waits for buffer space, switches GSO off after
+/* sock.send_segments(data[0:n] (copied), row_len, addr) (Python: it waits for buffer space, switches GSO off after
  * an EIO, cuts): the sendmsg count, 0 with *send_error for an OSError, -1 for another Python error. */
-static long send_rest_py(PyObject *sock, PyObject *data, Py_ssize_t off, long row_len, PyObject *addr, int *send_error)
+static long send_rest_py(PyObject *sock, const char *data, Py_ssize_t n, long row_len, PyObject *addr,
+                         int *send_error)
 {
-    PyObject *mv = PyMemoryView_FromObject(data);
-    PyObject *rest = mv == NULL ? NULL : PySequence_GetSlice(mv, off, PY_SSIZE_T_MAX);
+    PyObject *rest = PyBytes_FromStringAndSize(data, n);
     PyObject *rl = rest == NULL ? NULL : PyLong_FromLong(row_len);
     PyObject *r = rl == NULL ? NULL : PyObject_CallMethodObjArgs(sock, s_send_segments, rest, rl, addr, NULL);
-    Py_XDECREF(mv);
     Py_XDECREF(rest);
     Py_XDECREF(rl);
     if (r == NULL) {
@@ -313,10 +299,9 @@ static long send_rest_py(PyObject *sock, PyObject *data, Py_ssize_t off, long ro
  * arguments it would refuse: the Python method for all of it.  Returns the sendmsg count; 0 with
  * *send_error set for an OSError (the count is then not added, as endpoint._send's exception skips it);
  * -1 for a Python error. */
-static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *addr, int *send_error)
+static long send_super(PyObject *sock, const char *base, Py_ssize_t n, long row_len, PyObject *addr, int *send_error)
 {
     *send_error = 0;
-    Py_ssize_t n = PyByteArray_GET_SIZE(data);
     PyObject *a = PyObject_GetAttr(sock, s_gso_disabled);
     PyObject *mp = a == NULL ? NULL : PyObject_GetAttr(sock, s_max_payload);
     int disabled = a == NULL ? -1 : PyObject_IsTrue(a);
@@ -337,10 +322,9 @@ static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *a
             PyErr_Clear();
     }
     if (fd < 0)
-        return send_rest_py(sock, data, 0, row_len, addr, send_error);
+        return send_rest_py(sock, base, n, row_len, addr, send_error);
     long rows = UDP_MAX_SEGS < max_payload / row_len ? UDP_MAX_SEGS : max_payload / row_len;
     Py_ssize_t per_call = (Py_ssize_t)(rows * row_len), off = 0;
-    const char *base = PyByteArray_AS_STRING(data);
     long calls = 0;
     while (off < n) {
         Py_ssize_t end = n - off <= row_len ? n : (off + per_call < n ? off + per_call : n);
@@ -357,10 +341,24 @@ static long send_super(PyObject *sock, PyObject *data, long row_len, PyObject *a
             return 0;
         }
         /* nothing of this chunk was sent: the Python method sends the rest, from this chunk on */
-        long more = send_rest_py(sock, data, off, row_len, addr, send_error);
+        long more = send_rest_py(sock, base + off, n - off, row_len, addr, send_error);
         return more <= 0 ? more : calls + more;
     }
     return calls;
+}
+
+/* a scratch buffer of at least need bytes (grown, never shrunk within a call); -1: no memory */
+static int grow(uint8_t **p, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = need < 65536 ? 65536 : need;
+    uint8_t *q = realloc(*p, c);
+    if (q == NULL)
+        return -1;
+    *p = q;
+    *cap = c;
+    return 0;
 }
 
 static PyObject *tx_burst(PyObject *self, PyObject *args)
@@ -369,6 +367,9 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
     Py_buffer b, sb = {0}, gb = {0};
     PyObject *ep, *snap, *conf, *stop = Py_None, *gen = Py_None;
     long long linger = 0, snap_gen = 0;
+    /* C-owned scratch: a frame with its checksum finished, a super-packet's rows (freed at the end) */
+    uint8_t *work = NULL, *rows = NULL;
+    size_t work_cap = 0, rows_cap = 0;
     if (!PyArg_ParseTuple(args, "iw*OO!O!|LOO", &fd, &b, &ep, &PyTuple_Type, &snap, &PyTuple_Type, &conf, &linger,
                           &stop, &gen))
         return NULL;
@@ -404,6 +405,16 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
     }
     if (max_frames < 1)
         max_frames = 1; /* every call makes progress */
+    /* the nested ports, once per call (was: per frame); not parseable: every frame that needs them is
+     * handed back, as the per-frame Python call failed for it */
+    un_ports pt;
+    int ports_ok = un_parse_ports(ports, &pt);
+    if (ports_ok < 0)
+        PyErr_Clear();
+    ports_ok = ports_ok == 0;
+    const uint8_t *plain_p = (const uint8_t *)PyBytes_AS_STRING(plain);
+    size_t plain_len = (size_t)PyBytes_GET_SIZE(plain);
+
     Py_ssize_t nsocks = PyTuple_GET_SIZE(socks);
     uint8_t *buf = b.buf;
     size_t cap = (size_t)b.len;
@@ -535,80 +546,48 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         }
         if (buf[1] != 0) {
             /* a GSO header: the reference's validation (VnetHdr.check); gso_type 0 passes it whatever the
-             * other fields (finish_csum checks csum_start/offset against the frame) */
-            PyObject *mv = PyMemoryView_FromMemory((char *)buf, n, PyBUF_READ);
-            if (mv == NULL)
-                goto fail;
-            PyObject *vh = call(f_vnet_check, PyTuple_Pack(1, mv));
-            Py_DECREF(mv);
-            if (vh == NULL)
+             * other fields (finish_csum checks csum_start/offset against the frame); a reject: hand back */
+            unsigned vf[13];
+            if (un_vnet_check(buf, (size_t)n, vf, NULL) < 0)
                 break;
-            Py_DECREF(vh);
         }
         /* the vnet fields (little-endian; wire/vnet.py): validated by vnet_check above */
         unsigned flags = buf[0], gt = buf[1], gso_size = buf[4] | buf[5] << 8;
         unsigned cs = buf[6] | buf[7] << 8, co = buf[8] | buf[9] << 8, outer_th = buf[20] | buf[21] << 8;
-        PyObject *fr = PyMemoryView_FromMemory((char *)f, (Py_ssize_t)flen, PyBUF_READ);
-        if (fr == NULL)
-            goto fail;
         uint32_t fh = flow_hash(f, flen);
         PyObject *sock = PyTuple_GET_ITEM(socks, (Py_ssize_t)(fh % (uint32_t)nsocks));
         if (gt == 0) {
-            /* a single datagram (ACKs): txplan.build's non-GSO branch */
+            /* a single datagram (ACKs): txplan.build's non-GSO branch.  The checksum is finished in a copy:
+             * a frame handed back after it is buf[:n] as read */
+            const uint8_t *fp = f;
             if (flags & 1) {
-                PyObject *fin = call(f_finish_csum, Py_BuildValue("(OII)", fr, cs, co));
-                Py_DECREF(fr);
-                if (fin == NULL)
+                if (grow(&work, &work_cap, flen) < 0 || un_finish_csum(f, flen, cs, co, work, NULL) < 0)
                     break;
-                fr = fin; /* a bytearray: the frame with its checksum finished */
+                fp = work;
             }
-            Py_buffer fb;
-            if (PyObject_GetBuffer(fr, &fb, PyBUF_SIMPLE) < 0) {
-                Py_DECREF(fr);
-                goto fail;
-            }
-            PyObject *hdr = NULL;
-            Py_ssize_t off = 0;
+            uint8_t hb[UN_MAX_PREFIX];
+            const uint8_t *hdr = hb;
+            size_t hl = 0, off = 0;
             int fast = 0;
             if (mode == 2) {
-                PyObject *r = call(f_fold_one, Py_BuildValue("(OIIOI)", fr, vni, opt_class, ports, max_levels));
-                if (r != NULL && PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2 && PyBytes_Check(PyTuple_GET_ITEM(r, 0))) {
-                    hdr = PyTuple_GET_ITEM(r, 0);
-                    Py_INCREF(hdr);
-                    off = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 1));
-                    if (off < 0 || off > fb.len) {
-                        PyErr_Clear();
-                        Py_CLEAR(hdr);
-                    }
-                    fast = 1;
-                }
-                Py_XDECREF(r);
+                if (!ports_ok || un_fold_one(fp, flen, vni, opt_class, &pt, max_levels, hb, &hl, &off) < 0 ||
+                    off > flen)
+                    break; /* deferred to the reference */
+                fast = 1;
             } else if (mode == 1) {
-                PyObject *r = call(f_hint_prefix, Py_BuildValue("(OIOO)", fr, vni, ports, Py_False));
-                if (r != NULL && PyBytes_Check(r))
-                    hdr = r;
-                else
-                    Py_XDECREF(r);
+                int l = ports_ok ? un_hint_prefix(fp, flen, vni, &pt, 0, hb) : -1;
+                if (l < 0)
+                    break;
+                hl = (size_t)l;
             } else {
-                hdr = plain;
-                Py_INCREF(hdr);
+                hdr = plain_p;
+                hl = plain_len;
             }
-            if (hdr == NULL) {
-                PyBuffer_Release(&fb);
-                Py_DECREF(fr);
-                break; /* deferred to the reference */
-            }
-            Py_ssize_t hl = PyBytes_GET_SIZE(hdr);
-            PyObject *dg = PyBytes_FromStringAndSize(NULL, hl + fb.len - off);
-            if (dg != NULL) {
-                memcpy(PyBytes_AS_STRING(dg), PyBytes_AS_STRING(hdr), (size_t)hl);
-                memcpy(PyBytes_AS_STRING(dg) + hl, (const char *)fb.buf + off, (size_t)(fb.len - off));
-            }
-            Py_DECREF(hdr);
-            PyBuffer_Release(&fb);
-            Py_DECREF(fr);
+            PyObject *dg = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(hl + flen - off));
             if (dg == NULL)
                 goto fail;
+            memcpy(PyBytes_AS_STRING(dg), hdr, hl);
+            memcpy(PyBytes_AS_STRING(dg) + hl, fp + off, flen - off);
             /* committed: the frame is ours from here on */
             cnt[C_FRAMES]++;
             cnt[C_BYTES] += (long long)flen;
@@ -624,52 +603,40 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         }
         /* a super-packet: txplan._build_gso on the socket path, TCP only (USO, UFO: the reference) */
         unsigned base = gt & ~(0x80u | 0x60u) & 0xFF, tunnel = gt & 0x60;
-        if (base != 0x01 && base != 0x04) {
-            Py_DECREF(fr);
+        if (base != 0x01 && base != 0x04)
             break;
-        }
-        PyObject *r;
+        un_gso_plan pl;
+        uint8_t hp[16];
         if (mode == 2 && tunnel) {
-            r = call(f_fold_gso, Py_BuildValue("(OIIOIII)", fr, vni, opt_class, ports, max_levels, max_dg, gso_size));
+            if (!ports_ok || un_fold_gso_plan(f, flen, vni, opt_class, &pt, max_levels, max_dg, gso_size, &pl) < 0)
+                break; /* deferred: the reference decides */
         } else {
-            PyObject *prefix = plain;
-            Py_INCREF(prefix);
+            const uint8_t *pre = plain_p;
+            size_t P = plain_len;
             if (mode == 1) {
-                Py_DECREF(prefix);
-                prefix = call(f_hint_prefix, Py_BuildValue("(OIOO)", fr, vni, ports, Py_True));
-                if (prefix != NULL && !PyBytes_Check(prefix))
-                    Py_CLEAR(prefix);
+                int l = ports_ok ? un_hint_prefix(f, flen, vni, &pt, 1, hp) : -1;
+                if (l < 0)
+                    break;
+                pre = hp;
+                P = (size_t)l;
             }
-            r = NULL;
-            if (prefix != NULL) {
-                unsigned segfl = 1u | (mode == 1 ? 2u : 0u); /* SEG_FIX_IP_IDS | SEG_FIXED_NESTED_IDS (hint) */
-                r = call(f_plain_gso, Py_BuildValue("(OOIIII)", prefix, fr, tunnel ? outer_th : 0u, max_dg, gso_size,
-                                                    segfl));
-                Py_DECREF(prefix);
-            }
+            unsigned segfl = 1u | (mode == 1 ? 2u : 0u); /* SEG_FIX_IP_IDS | SEG_FIXED_NESTED_IDS (hint) */
+            if (un_plain_gso_plan(pre, P, f, flen, tunnel ? outer_th : 0u, max_dg, gso_size, segfl, &pl) < 0)
+                break;
         }
-        Py_DECREF(fr);
-        if (r == NULL || !PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 5 || !PyByteArray_Check(PyTuple_GET_ITEM(r, 0))) {
-            Py_XDECREF(r);
-            break; /* deferred (None) or rejected: the reference decides */
-        }
-        PyObject *data = PyTuple_GET_ITEM(r, 0);
-        long row_len = PyLong_AsLong(PyTuple_GET_ITEM(r, 1)), count = PyLong_AsLong(PyTuple_GET_ITEM(r, 2));
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            Py_DECREF(r);
-            break;
-        }
+        if (grow(&rows, &rows_cap, pl.nbytes) < 0)
+            break; /* no memory: the reference (it raises, the frame is dropped as Python decides) */
+        Py_BEGIN_ALLOW_THREADS
+        un_gso_segment(&pl, f, flen, rows);
+        Py_END_ALLOW_THREADS
+        long row_len = (long)pl.row_len, count = (long)pl.count;
         cnt[C_FRAMES]++;
         cnt[C_BYTES] += (long long)flen;
         cnt[C_FAST]++;
-        if (flush_batch(ep, cnt) < 0) { /* a flow's small frames leave before its super-packet */
-            Py_DECREF(r);
+        if (flush_batch(ep, cnt) < 0) /* a flow's small frames leave before its super-packet */
             goto fail;
-        }
         int serr;
-        long calls = send_super(sock, data, row_len, paddr, &serr);
-        Py_DECREF(r);
+        long calls = send_super(sock, (const char *)rows, (Py_ssize_t)pl.nbytes, row_len, paddr, &serr);
         if (calls < 0)
             goto fail;
         if (serr) {
@@ -686,6 +653,8 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
      * Endpoint._tx_loop's flush after its read loop; a hand-back keeps it (_tx_frame may add to it) */
     if ((rc == RC_EMPTY || rc == RC_READ_ERROR) && flush_batch(ep, cnt) < 0)
         goto fail;
+    free(work);
+    free(rows);
     PyBuffer_Release(&b);
     if (have_stop)
         PyBuffer_Release(&sb);
@@ -704,6 +673,8 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
     }
     return Py_BuildValue("(ilN)", rc, rn, ct);
 fail:
+    free(work);
+    free(rows);
     PyBuffer_Release(&b);
     if (have_stop)
         PyBuffer_Release(&sb);
@@ -727,9 +698,7 @@ int udpnest_txburst_init(PyObject *module)
     struct {
         PyObject **dst;
         const char *name;
-    } fns[] = {{&f_vnet_check, "vnet_check"}, {&f_finish_csum, "finish_csum"}, {&f_fold_one, "fold_one"},
-               {&f_fold_gso, "fold_gso"},     {&f_plain_gso, "plain_gso"},     {&f_hint_prefix, "hint_prefix"},
-               {&f_send_batch, "send_batch"}};
+    } fns[] = {{&f_send_batch, "send_batch"}};
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++)
         if ((*fns[i].dst = PyObject_GetAttrString(module, fns[i].name)) == NULL)
             return -1;

@@ -28,6 +28,59 @@ ssize_t un_send_segments(int fd, const struct sockaddr_storage *ss, socklen_t sl
                          unsigned seg, int flags, int *err);
 int udpnest_rxbatch_init(PyObject *module);
 
+/* ---- The TX cores of csrc/tx.c (pure: pointers, lengths, plain C values, caller-provided buffers; no
+ * Python objects).  The Python entries (vnet_check, finish_csum, hint_prefix, fold_one, fold_gso,
+ * plain_gso) are thin wrappers around them, and csrc/txburst.c calls them per frame directly.  A core
+ * returns 0 (done), or -1: a reject (un_reject filled: the Reason's value and a detail; r may be NULL) or
+ * a deferral to the Python reference (the functions that defer say so). */
+typedef struct {
+    const char *reason; /* the Reason's value, e.g. "bad_vnet" */
+    char detail[200];
+} un_reject;
+#define UN_MAX_PORTS 32
+typedef struct {
+    unsigned port[UN_MAX_PORTS], enc[UN_MAX_PORTS], n; /* (udp port, encap 1 VXLAN | 2 GPE | 3 Geneve) */
+} un_ports;
+/* ports (a sequence of (port, encap)) -> *out: 0; 1 more than UN_MAX_PORTS (no error set); -1 error set */
+int un_parse_ports(PyObject *ports, un_ports *out);
+#define UN_VNET_HDR_LEN 24
+/* VnetHdr.check on p[0:n]: the 13 fields in f; -1 reject (truncated_vnet, bad_vnet) */
+int un_vnet_check(const uint8_t *p, size_t n, unsigned f[13], un_reject *r);
+/* the frame in[0:n] with its partial checksum (csum_start cs, csum_offset co) finished, written to out
+ * (n bytes, may be in itself); -1 reject (bad_vnet: beyond the frame; out untouched) */
+int un_finish_csum(const uint8_t *in, size_t n, unsigned cs, unsigned co, uint8_t *out, un_reject *r);
+/* fold.gro_hint_for: the hint-mode Geneve header into h (8 or 16 bytes: its length), -1 defer */
+int un_hint_prefix(const uint8_t *f, size_t n, unsigned vni, const un_ports *pt, int gso, uint8_t h[16]);
+#define UN_MAX_PREFIX (8 + 252) /* a Geneve header with its options */
+/* fold.fold of a single frame: the header into prefix (*P bytes), the inner frame at f + *pos; -1 defer */
+int un_fold_one(const uint8_t *f, size_t n, unsigned vni, unsigned opt_class, const un_ports *pt,
+                unsigned max_levels, uint8_t prefix[UN_MAX_PREFIX], size_t *P, size_t *pos);
+/* The plan of a super-packet's segmentation (fold_gso, plain_gso): the rows are prefix + the headers
+ * of f + seg_off + the payload, row_len bytes each (the last last_len), nbytes in all. */
+#define UN_MAX_IP 8
+#define UN_MAX_UDP 8
+struct un_layout {
+    unsigned ip4[UN_MAX_IP], n4, ip6[UN_MAX_IP], n6, udp[UN_MAX_UDP], udp_has[UN_MAX_UDP], nu;
+    unsigned tcp_ip, tcp_ip_v6, tcp, hdr_len, l4;
+};
+typedef struct {
+    uint8_t prefix_buf[UN_MAX_PREFIX];
+    const uint8_t *prefix; /* prefix_buf (fold) or the caller's (plain, hint): valid while the plan is used */
+    size_t P, pos, seg_off;
+    struct un_layout L;
+    long mss;
+    unsigned flags;
+    size_t row_len, count, last_len, nbytes;
+} un_gso_plan;
+/* fold_gso's plan for f[0:n] (a TCP super-packet with 1..max_levels foldable levels); -1 defer */
+int un_fold_gso_plan(const uint8_t *f, size_t n, unsigned vni, unsigned opt_class, const un_ports *pt,
+                     unsigned max_levels, unsigned max_dg, unsigned gso_size, un_gso_plan *pl);
+/* plain_gso's plan: f behind prefix[0:P] (not copied), nested UDP header at nested (0: none); -1 defer */
+int un_plain_gso_plan(const uint8_t *prefix, size_t P, const uint8_t *f, size_t n, unsigned nested,
+                      unsigned max_dg, unsigned gso_size, unsigned flags, un_gso_plan *pl);
+/* the rows of a plan into out (pl->nbytes bytes); f[0:n] the frame the plan was made for.  No Python. */
+void un_gso_segment(const un_gso_plan *pl, const uint8_t *f, size_t n, uint8_t *out);
+
 /* The one-datagram path of csrc/rx.c, shared with csrc/rxbatch.c (pure, no Python objects). */
 int rx_one(const uint8_t *p, size_t n, long vni, long opt_class);
 const uint8_t *rx_match(const uint8_t *tpl, size_t tlen, const uint8_t *p, size_t G);

@@ -458,6 +458,54 @@ def test_a_malformed_snapshot_hands_back_never_crashes(monkeypatch):
         h.close()
 
 
+def csum_beyond(dst=MAC_A, seq=1) -> bytes:
+    """A single CHECKSUM_PARTIAL frame whose csum_start + csum_offset lies beyond it: finish_csum rejects it."""
+    f = bytearray(ack_csum(dst, seq))
+    f[:24] = VnetHdr(flags=F_NEEDS_CSUM, csum_start=len(f) - 24 - 10, csum_offset=16).pack()
+    return bytes(f)
+
+
+def test_a_reject_in_the_core_is_handed_back_and_counted_once(monkeypatch):
+    """finish_csum's and vnet_check's rejects inside the C burst: the frame goes back to Python, which drops it
+    with its reason, once; the frames around it go out in order as without the burst."""
+    reads = []
+    for i in range(10):
+        reads += [ack(MAC_A, i), csum_beyond(MAC_A, i), ack_csum(MAC_A, i), bad_vnet(MAC_B2), sp(MAC_A, 1448 * 2)]
+    script = [("learn", MAC_A, 0), ("learn", MAC_B2, 1), ("set_mode", 0, "fold"), ("burst", reads)]
+    ref, ref_c, _ = run(script, False, monkeypatch)
+    got, got_c, raw = run(script, True, monkeypatch)
+    assert got == ref and got_c == ref_c
+    drops = {getattr(k, "value", k): v for k, v in got_c["drops"].items()}
+    assert drops["bad_vnet"] == 20
+    assert raw["tx_burst_fast"] == 30
+
+
+def test_frames_the_core_defers_are_handed_back_unmodified(monkeypatch):
+    """Ports the C side cannot parse: every frame whose build needs them (fold, hint) is handed back exactly as
+    read (a finished checksum is in a copy, never in the read buffer); a plain peer's frames still go out."""
+    h = Harness(True, monkeypatch)
+    try:
+        ep = h.ep
+        ep._batch = {}
+        buf = bytearray(24 + 65536 + 64)
+        conf = txburst.TxBurst(ep).rebuild(100.0)[1]
+        bad_conf = conf[:2] + (None,) + conf[3:]
+        addr = ep.peers[h.keys[0]].sockaddr
+        for mode in (2, 1):
+            for read in (ack_csum(MAC_A, 3), ack(MAC_A, 4), sp(MAC_A, 1448 * 3)):
+                h.b.send(read)
+                rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, ({MAC_A: 0}, ((addr, mode),), 0.0, 16),
+                                                        bad_conf)
+                assert rc == engine._native.TXB_HANDBACK and counts[0] == 0
+                assert bytes(buf[:n]) == read
+        for read in (ack_csum(MAC_A, 3), sp(MAC_A, 1448 * 3)):
+            h.b.send(read)
+        rc, n, counts = engine._native.tx_burst(ep.tap.fd, buf, ep, ({MAC_A: 0}, ((addr, 0),), 0.0, 16), bad_conf)
+        assert rc == engine._native.TXB_EMPTY and counts[0] == 2 and counts[3] == 1
+    finally:
+        h.close()
+
+
 def test_send_errors_count_the_same(monkeypatch):
     """Closed TX sockets: every sendmmsg and sendmsg fails (EBADF); the same send_error drops and counters."""
 
