@@ -238,36 +238,306 @@ static int flush_batch(PyObject *ep, long long *cnt)
     return rc;
 }
 
-/* endpoint._send's "one" branch: (datagram, addr) appended to ep._batch[sock]; 64 in a list: flush all. */
-static int batch_append(PyObject *ep, PyObject *sock, PyObject *dgram, PyObject *addr, long long *cnt)
+/* ---- the C-owned batch of single datagrams (Endpoint._send's "one" branch + _flush_batch, in C) ----------
+ *
+ * Per TX socket (the index in conf's socket tuple) up to BATCH_FLUSH datagrams, their bytes in one buffer
+ * and their sockaddr; sockets flushed in the order of their first datagram (ep._batch's dict order).  The
+ * same flush points as the Python loop: 64 datagrams for one socket (then every socket), before a
+ * super-packet, at the end of a wakeup.  The batch also stays across a hand-back: what Python's _tx_frame
+ * may add to ep._batch then comes after it.  So at a return that does not flush (a hand-back, the frame
+ * limit, a moved generation, EINTR, stop) the C batch is EXPORTED to ep._batch (appended, as Python
+ * objects: only at those returns), and a call IMPORTS ep._batch into its C batch first: the same lists,
+ * the same order, the same sendmmsg calls and counters as with ep._batch alone. */
+typedef struct {
+    size_t off, len;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    PyObject *addr; /* a new reference: send_parts' address on a full buffer, and the export */
+} cb_item;
+
+typedef struct {
+    int fd, fd_known, used; /* fd: sock.sock.fileno() once fd_known; used: in the order list */
+    int n;
+    cb_item items[BATCH_FLUSH];
+    uint8_t *data;
+    size_t len, cap;
+} cb_sock;
+
+typedef struct {
+    PyObject *socks; /* the conf's tuple (borrowed) */
+    Py_ssize_t nsocks;
+    cb_sock *s; /* nsocks of them, allocated at the first datagram */
+    int *order, norder;
+} cbatch;
+
+static void cb_release_sock(cb_sock *k)
+{
+    for (int i = 0; i < k->n; i++)
+        Py_CLEAR(k->items[i].addr);
+    k->n = 0;
+    k->len = 0;
+}
+
+static void cb_free(cbatch *b)
+{
+    if (b->s != NULL) {
+        for (Py_ssize_t i = 0; i < b->nsocks; i++) {
+            cb_release_sock(&b->s[i]);
+            free(b->s[i].data);
+        }
+    }
+    free(b->s);
+    free(b->order);
+    b->s = NULL;
+    b->order = NULL;
+    b->norder = 0;
+}
+
+/* room for one datagram of len bytes on socket si: a pointer to write it to (valid until the next add),
+ * the item filled with the address (a new reference to addr); NULL with MemoryError */
+static uint8_t *cb_add(cbatch *b, Py_ssize_t si, size_t len, const struct sockaddr_storage *ss, socklen_t sl,
+                       PyObject *addr)
+{
+    if (b->s == NULL) {
+        b->s = calloc((size_t)b->nsocks, sizeof *b->s);
+        b->order = calloc((size_t)b->nsocks, sizeof *b->order);
+        if (b->s == NULL || b->order == NULL) {
+            free(b->s);
+            free(b->order);
+            b->s = NULL;
+            b->order = NULL;
+            PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    cb_sock *k = &b->s[si];
+    if (k->len + len > k->cap) {
+        size_t c = k->cap ? k->cap : 4096;
+        while (c < k->len + len)
+            c *= 2;
+        uint8_t *q = realloc(k->data, c);
+        if (q == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        k->data = q;
+        k->cap = c;
+    }
+    if (!k->used) {
+        k->used = 1;
+        b->order[b->norder++] = (int)si;
+    }
+    cb_item *it = &k->items[k->n++];
+    it->off = k->len;
+    it->len = len;
+    memcpy(&it->ss, ss, sl);
+    it->sl = sl;
+    it->addr = Py_NewRef(addr);
+    k->len += len;
+    return k->data + it->off;
+}
+
+/* one socket's datagrams: sendmmsg (MSG_DONTWAIT, GIL released) from where the last one stopped; nothing
+ * taken (a full buffer): that datagram with sock.send_parts (it waits), a sendmsg; an error: a send_error
+ * drop, that datagram skipped (endpoint._flush_batch).  -1: a Python error. */
+static int cb_flush_sock(cbatch *b, Py_ssize_t si, long long *cnt)
+{
+    cb_sock *k = &b->s[si];
+    PyObject *sock = PyTuple_GET_ITEM(b->socks, si);
+    int rc = 0;
+    if (!k->fd_known) { /* a closed socket's -1 too: its sendmmsg fails (EBADF), send_error drops as in Python */
+        PyObject *sk = PyObject_GetAttr(sock, s_sock);
+        PyObject *fo = sk == NULL ? NULL : PyObject_CallMethodNoArgs(sk, s_fileno);
+        Py_XDECREF(sk);
+        long fd = fo == NULL ? -1 : PyLong_AsLong(fo);
+        Py_XDECREF(fo);
+        if (PyErr_Occurred() || fd < -1 || fd > INT_MAX) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "tx_burst: a TX socket's fileno() is out of range");
+            cb_release_sock(k);
+            return -1;
+        }
+        k->fd = (int)fd;
+        k->fd_known = 1;
+    }
+    struct mmsghdr msgs[BATCH_FLUSH];
+    struct iovec iov[BATCH_FLUSH];
+    int done = 0;
+    while (done < k->n) {
+        int cntm = k->n - done;
+        memset(msgs, 0, sizeof msgs[0] * (size_t)cntm);
+        for (int i = 0; i < cntm; i++) {
+            cb_item *it = &k->items[done + i];
+            iov[i].iov_base = k->data + it->off;
+            iov[i].iov_len = it->len;
+            msgs[i].msg_hdr.msg_name = &it->ss;
+            msgs[i].msg_hdr.msg_namelen = it->sl;
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int r, e;
+        Py_BEGIN_ALLOW_THREADS
+        r = sendmmsg(k->fd, msgs, (unsigned)cntm, MSG_DONTWAIT);
+        e = errno;
+        Py_END_ALLOW_THREADS
+        if (r < 0 && e != EAGAIN && e != EWOULDBLOCK) {
+            cnt[C_SENDERR]++; /* send_batch raised: not counted as a sendmmsg call */
+            done++;
+            continue;
+        }
+        cnt[C_SENDMMSG]++;
+        if (r <= 0) {
+            cb_item *it = &k->items[done];
+            PyObject *dg = PyBytes_FromStringAndSize((const char *)k->data + it->off, (Py_ssize_t)it->len);
+            PyObject *parts = dg == NULL ? NULL : PyList_New(1);
+            if (parts == NULL) {
+                Py_XDECREF(dg);
+                rc = -1;
+                break;
+            }
+            PyList_SET_ITEM(parts, 0, dg);
+            PyObject *r2 = PyObject_CallMethodObjArgs(sock, s_send_parts, parts, it->addr, NULL);
+            Py_DECREF(parts);
+            if (r2 == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_OSError)) {
+                    rc = -1;
+                    break;
+                }
+                PyErr_Clear();
+                cnt[C_SENDERR]++;
+                done++;
+                continue;
+            }
+            Py_DECREF(r2);
+            cnt[C_SENDMSG]++;
+            r = 1;
+        }
+        done += r;
+    }
+    cb_release_sock(k);
+    return rc;
+}
+
+/* every socket's datagrams, in the order of their first one */
+static int cb_flush(cbatch *b, long long *cnt)
+{
+    int rc = 0;
+    for (int i = 0; i < b->norder; i++) {
+        cb_sock *k = &b->s[b->order[i]];
+        k->used = 0;
+        if (rc == 0)
+            rc = cb_flush_sock(b, b->order[i], cnt);
+        else
+            cb_release_sock(k);
+    }
+    b->norder = 0;
+    return rc;
+}
+
+/* the C batch appended to ep._batch (the Python loop flushes it, or the next call imports it again) */
+static int cb_export(cbatch *b, PyObject *ep)
+{
+    if (b->norder == 0)
+        return 0;
+    int rc = 0;
+    PyObject *batch = PyObject_GetAttr(ep, s_batch);
+    if (batch != NULL && !PyDict_Check(batch)) {
+        Py_DECREF(batch);
+        batch = PyDict_New();
+        if (batch != NULL && PyObject_SetAttr(ep, s_batch, batch) < 0)
+            Py_CLEAR(batch);
+    }
+    if (batch == NULL)
+        rc = -1;
+    for (int i = 0; i < b->norder; i++) {
+        Py_ssize_t si = b->order[i];
+        cb_sock *k = &b->s[si];
+        k->used = 0;
+        PyObject *sock = PyTuple_GET_ITEM(b->socks, si);
+        PyObject *items = rc == 0 ? PyDict_GetItemWithError(batch, sock) : NULL;
+        if (rc == 0 && items == NULL) {
+            if (PyErr_Occurred() || (items = PyList_New(0)) == NULL || PyDict_SetItem(batch, sock, items) < 0) {
+                Py_XDECREF(items);
+                rc = -1;
+            } else {
+                Py_DECREF(items); /* the dict holds it */
+            }
+        }
+        for (int j = 0; rc == 0 && j < k->n; j++) {
+            cb_item *it = &k->items[j];
+            PyObject *dg = PyBytes_FromStringAndSize((const char *)k->data + it->off, (Py_ssize_t)it->len);
+            PyObject *t = dg == NULL ? NULL : PyTuple_Pack(2, dg, it->addr);
+            Py_XDECREF(dg);
+            if (t == NULL || PyList_Append(items, t) < 0)
+                rc = -1;
+            Py_XDECREF(t);
+        }
+        cb_release_sock(k);
+    }
+    b->norder = 0;
+    Py_XDECREF(batch);
+    return rc;
+}
+
+/* ep._batch (datagrams Python's _tx_frame batched after an earlier hand-back) taken into the C batch, ahead
+ * of what this call adds; ep._batch becomes a new dict.  What the C batch cannot take (a socket not in the
+ * conf's tuple, an unexpected shape) is flushed at once by flush_batch instead (the Python-object path). */
+static int cb_import(cbatch *b, PyObject *ep, long long *cnt)
 {
     PyObject *batch = PyObject_GetAttr(ep, s_batch);
     if (batch == NULL)
         return -1;
-    if (!PyDict_Check(batch)) {
+    if (!PyDict_Check(batch) || PyDict_GET_SIZE(batch) == 0) {
         Py_DECREF(batch);
-        PyErr_SetString(PyExc_TypeError, "tx_burst: ep._batch is not a dict");
-        return -1;
+        return 0;
     }
-    PyObject *items = PyDict_GetItemWithError(batch, sock);
-    if (items == NULL) {
-        if (PyErr_Occurred() || (items = PyList_New(0)) == NULL || PyDict_SetItem(batch, sock, items) < 0) {
-            Py_XDECREF(items);
-            Py_DECREF(batch);
-            return -1;
+    Py_ssize_t pos = 0;
+    PyObject *sock, *items;
+    int ok = 1;
+    while (ok && PyDict_Next(batch, &pos, &sock, &items)) {
+        Py_ssize_t si = 0;
+        while (si < b->nsocks && PyTuple_GET_ITEM(b->socks, si) != sock)
+            si++;
+        ok = si < b->nsocks && PyList_Check(items) && PyList_GET_SIZE(items) < BATCH_FLUSH;
+        for (Py_ssize_t j = 0; ok && j < PyList_GET_SIZE(items); j++) {
+            PyObject *t = PyList_GET_ITEM(items, j);
+            ok = PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 2 && PyBytes_Check(PyTuple_GET_ITEM(t, 0));
         }
-        Py_DECREF(items); /* the dict holds it */
     }
-    PyObject *t = PyTuple_Pack(2, dgram, addr);
-    int rc = t == NULL ? -1 : PyList_Append(items, t);
-    Py_XDECREF(t);
-    Py_ssize_t len = rc == 0 ? PyList_GET_SIZE(items) : 0;
-    Py_DECREF(batch);
-    if (rc < 0)
-        return -1;
-    if (len >= BATCH_FLUSH)
+    if (!ok) {
+        Py_DECREF(batch);
         return flush_batch(ep, cnt);
-    return 0;
+    }
+    PyObject *fresh = PyDict_New();
+    if (fresh == NULL || PyObject_SetAttr(ep, s_batch, fresh) < 0) {
+        Py_XDECREF(fresh);
+        Py_DECREF(batch);
+        return -1;
+    }
+    Py_DECREF(fresh);
+    int rc = 0;
+    pos = 0;
+    while (rc == 0 && PyDict_Next(batch, &pos, &sock, &items)) {
+        Py_ssize_t si = 0;
+        while (PyTuple_GET_ITEM(b->socks, si) != sock)
+            si++;
+        for (Py_ssize_t j = 0; rc == 0 && j < PyList_GET_SIZE(items); j++) {
+            PyObject *t = PyList_GET_ITEM(items, j), *dg = PyTuple_GET_ITEM(t, 0), *addr = PyTuple_GET_ITEM(t, 1);
+            struct sockaddr_storage ss;
+            socklen_t sl;
+            if (un_sockaddr(addr, &ss, &sl) < 0) { /* as send_batch: the error propagates */
+                rc = -1;
+                break;
+            }
+            uint8_t *w = cb_add(b, si, (size_t)PyBytes_GET_SIZE(dg), &ss, sl, addr);
+            if (w == NULL)
+                rc = -1;
+            else
+                memcpy(w, PyBytes_AS_STRING(dg), (size_t)PyBytes_GET_SIZE(dg));
+        }
+    }
+    Py_DECREF(batch);
+    return rc;
 }
 
 /* sock.send_segments(data[0:n] (copied), row_len, addr) (Python: it waits for buffer space, switches GSO off after
@@ -370,6 +640,15 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
     /* C-owned scratch: a frame with its checksum finished, a super-packet's rows (freed at the end) */
     uint8_t *work = NULL, *rows = NULL;
     size_t work_cap = 0, rows_cap = 0;
+    /* the C batch of single datagrams, and per peer of the snapshot its parsed entry (at first use) */
+    cbatch cb = {0};
+    struct peer_c {
+        int state; /* 0 not parsed yet, 1 usable, 2 malformed (every frame to it is handed back) */
+        int mode, ss_ok;
+        PyObject *addr;
+        struct sockaddr_storage ss;
+        socklen_t sl;
+    } *pc = NULL;
     if (!PyArg_ParseTuple(args, "iw*OO!O!|LOO", &fd, &b, &ep, &PyTuple_Type, &snap, &PyTuple_Type, &conf, &linger,
                           &stop, &gen))
         return NULL;
@@ -434,6 +713,10 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "tx_burst: no TX sockets");
         goto fail;
     }
+    cb.socks = socks;
+    cb.nsocks = nsocks;
+    if (cb_import(&cb, ep, cnt) < 0) /* what _tx_frame batched after a hand-back goes first */
+        goto fail;
     for (;;) {
         if (done >= max_frames) {
             rc = RC_LIMIT;
@@ -459,7 +742,7 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
                 if (linger <= 0)
                     break;
                 /* the end of a wakeup: the batch leaves before we sleep (as the per-wakeup flush) */
-                if (flush_batch(ep, cnt) < 0)
+                if (cb_flush(&cb, cnt) < 0)
                     goto fail;
                 if (stopb && stopb[0]) {
                     rc = RC_STOP;
@@ -538,12 +821,24 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
             PyErr_Clear();
             break;
         }
-        PyObject *peer = PyTuple_GET_ITEM(peers, pi), *paddr;
-        int mode;
-        if (!PyArg_ParseTuple(peer, "Oi", &paddr, &mode) || mode < 0 || mode > 2) {
-            PyErr_Clear();
-            break;
+        if (pc == NULL && (pc = calloc((size_t)PyTuple_GET_SIZE(peers), sizeof *pc)) == NULL) {
+            PyErr_NoMemory();
+            goto fail;
         }
+        struct peer_c *pe = &pc[pi];
+        if (pe->state == 0) { /* once per peer and call: (sockaddr, mode), the address as a sockaddr */
+            PyObject *peer = PyTuple_GET_ITEM(peers, pi);
+            pe->state = 2;
+            if (PyArg_ParseTuple(peer, "Oi", &pe->addr, &pe->mode) && pe->mode >= 0 && pe->mode <= 2) {
+                pe->state = 1;
+                pe->ss_ok = addr_of(pe->addr, &pe->ss, &pe->sl) == 0;
+            }
+            PyErr_Clear();
+        }
+        if (pe->state != 1)
+            break;
+        PyObject *paddr = pe->addr; /* borrowed: the snapshot holds it for the call */
+        int mode = pe->mode;
         if (buf[1] != 0) {
             /* a GSO header: the reference's validation (VnetHdr.check); gso_type 0 passes it whatever the
              * other fields (finish_csum checks csum_start/offset against the frame); a reject: hand back */
@@ -555,7 +850,8 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         unsigned flags = buf[0], gt = buf[1], gso_size = buf[4] | buf[5] << 8;
         unsigned cs = buf[6] | buf[7] << 8, co = buf[8] | buf[9] << 8, outer_th = buf[20] | buf[21] << 8;
         uint32_t fh = flow_hash(f, flen);
-        PyObject *sock = PyTuple_GET_ITEM(socks, (Py_ssize_t)(fh % (uint32_t)nsocks));
+        Py_ssize_t si = (Py_ssize_t)(fh % (uint32_t)nsocks);
+        PyObject *sock = PyTuple_GET_ITEM(socks, si);
         if (gt == 0) {
             /* a single datagram (ACKs): txplan.build's non-GSO branch.  The checksum is finished in a copy:
              * a frame handed back after it is buf[:n] as read */
@@ -583,18 +879,18 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
                 hdr = plain_p;
                 hl = plain_len;
             }
-            PyObject *dg = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(hl + flen - off));
-            if (dg == NULL)
+            if (!pe->ss_ok)
+                break; /* an address C cannot use: the reference */
+            /* the datagram straight into the C batch: committed, the frame is ours from here on */
+            uint8_t *w = cb_add(&cb, si, hl + flen - off, &pe->ss, pe->sl, paddr);
+            if (w == NULL)
                 goto fail;
-            memcpy(PyBytes_AS_STRING(dg), hdr, hl);
-            memcpy(PyBytes_AS_STRING(dg) + hl, fp + off, flen - off);
-            /* committed: the frame is ours from here on */
+            memcpy(w, hdr, hl);
+            memcpy(w + hl, fp + off, flen - off);
             cnt[C_FRAMES]++;
             cnt[C_BYTES] += (long long)flen;
             cnt[C_FAST] += fast;
-            int arc = batch_append(ep, sock, dg, paddr, cnt);
-            Py_DECREF(dg);
-            if (arc < 0)
+            if (cb.s[si].n >= BATCH_FLUSH && cb_flush(&cb, cnt) < 0) /* endpoint._send: 64 in a list */
                 goto fail;
             cnt[C_DGRAMS]++;
             cnt[C_HIST]++;
@@ -633,7 +929,7 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         cnt[C_FRAMES]++;
         cnt[C_BYTES] += (long long)flen;
         cnt[C_FAST]++;
-        if (flush_batch(ep, cnt) < 0) /* a flow's small frames leave before its super-packet */
+        if (cb_flush(&cb, cnt) < 0) /* a flow's small frames leave before its super-packet */
             goto fail;
         int serr;
         long calls = send_super(sock, (const char *)rows, (Py_ssize_t)pl.nbytes, row_len, paddr, &serr);
@@ -650,9 +946,12 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         cnt[C_PLAIN + mode]++;
     }
     /* the end of the wakeup (the queue is empty, or the read failed): the batch leaves now, as
-     * Endpoint._tx_loop's flush after its read loop; a hand-back keeps it (_tx_frame may add to it) */
-    if ((rc == RC_EMPTY || rc == RC_READ_ERROR) && flush_batch(ep, cnt) < 0)
+     * Endpoint._tx_loop's flush after its read loop; otherwise (a hand-back: _tx_frame may add to it) it
+     * goes to ep._batch, after what is there */
+    if ((rc == RC_EMPTY || rc == RC_READ_ERROR) ? cb_flush(&cb, cnt) < 0 : cb_export(&cb, ep) < 0)
         goto fail;
+    cb_free(&cb);
+    free(pc);
     free(work);
     free(rows);
     PyBuffer_Release(&b);
@@ -673,6 +972,15 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
     }
     return Py_BuildValue("(ilN)", rc, rn, ct);
 fail:
+    if (cb.norder) { /* what is batched stays batched (in ep._batch), the error goes on */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (cb_export(&cb, ep) < 0)
+            PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+    }
+    cb_free(&cb);
+    free(pc);
     free(work);
     free(rows);
     PyBuffer_Release(&b);

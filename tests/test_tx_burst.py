@@ -458,6 +458,16 @@ def test_a_malformed_snapshot_hands_back_never_crashes(monkeypatch):
         h.close()
 
 
+def test_the_c_batch_and_python_batch_stay_one_batch_across_hand_backs(monkeypatch):
+    """Single datagrams the C burst batches and those Python's _tx_frame batches for a handed-back frame (a
+    flood) go out in one sendmmsg per socket at the wakeup's end, in read order per peer: the C batch is
+    handed to ep._batch at a hand-back and taken back by the next call, never flushed early."""
+    reads = [ack(MAC_A if i % 2 == 0 else BCAST, i, 40000) for i in range(40)]
+    ref, raw = both([("learn", MAC_A, 0), ("set_mode", 0, "fold"), ("burst", reads)], monkeypatch)
+    assert len(ref[0]) == 20 + 2 * 20 and len({s for _, s, _ in ref[0]}) == 1
+    assert raw["sendmmsg_calls"] == 1 and raw["tx_burst_fast"] == 20 and raw["flooded"] == 20
+
+
 def csum_beyond(dst=MAC_A, seq=1) -> bytes:
     """A single CHECKSUM_PARTIAL frame whose csum_start + csum_offset lies beyond it: finish_csum rejects it."""
     f = bytearray(ack_csum(dst, seq))
