@@ -9,9 +9,10 @@
  *   vnet_check -> finish_csum (non-GSO NEEDS_CSUM) -> the build for the peer's mode (fold_one, the plain
  *   or hint prefix + frame, fold_gso, plain_gso: the C cores of csrc/tx.c (udpnest.h) the planner's Python
  *   entries wrap, called directly: the same bytes, no Python object per frame; the ports parsed once per call)
- *   -> single datagrams appended to ep._batch and flushed as Endpoint._flush_batch does (in C: sendmmsg per
- *   socket, at 64, before a super-packet, at the end of the wakeup: the same batches, order and counters as
- *   the Python loop), super-packets sent with sendmsg(UDP_SEGMENT) (GIL released around every syscall).
+ *   -> single datagrams built into a C-owned batch (see "the C-owned batch" below; one batch with ep._batch)
+ *   and flushed as Endpoint._flush_batch does (sendmmsg per socket, at 64, before a super-packet, at the end
+ *   of the wakeup: the same batches, order and counters as the Python loop), super-packets cut into a C
+ *   buffer and sent with sendmsg(UDP_SEGMENT) (GIL released around every syscall).
  *
  * It stops at the first frame it does not fully handle (a vnet or build rejection, a deferred build, a
  * group/unknown destination, an expired snapshot, USO, UFO, ...) and hands it back: rc 1, the frame is
