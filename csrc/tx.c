@@ -14,6 +14,7 @@
  * Reject, never an out-of-bounds read.
  */
 #include "udpnest.h"
+#include <limits.h>
 
 #include <errno.h>
 #include <stdarg.h>
@@ -703,6 +704,36 @@ static void plan_sizes(un_gso_plan *pl, size_t n)
     pl->nbytes = (pl->count - 1) * pl->row_len + pl->last_len;
 }
 
+/* gso.segment_size: the payload per datagram, aligned to 4 unless that costs a datagram (limit: gso_size) */
+static long seg_size(long max_dg, long overhead, long limit, long payload)
+{
+    long raw = max_dg - overhead;
+    if (limit < raw)
+        raw = limit;
+    long mss = raw - (overhead + raw) % 4;
+    if (mss > 0 && raw > mss && (payload + mss - 1) / mss > (payload + raw - 1) / raw)
+        mss = raw;
+    return mss;
+}
+
+/* a plan of rows prefix[0:P] + the headers (L, from frame offset pos) + mss payload bytes; -1 (defer) for an
+ * mss outside 64..65535 */
+static int plan_set(un_gso_plan *pl, const uint8_t *prefix, size_t P, size_t pos, const struct un_layout *L,
+                    long mss, unsigned flags, size_t n)
+{
+    if (mss < 64 || mss > 65535)
+        return -1;
+    pl->prefix = prefix;
+    pl->P = P;
+    pl->pos = pos;
+    pl->seg_off = pos;
+    pl->L = *L;
+    pl->mss = mss;
+    pl->flags = flags;
+    plan_sizes(pl, n);
+    return 0;
+}
+
 void un_gso_segment(const un_gso_plan *pl, const uint8_t *f, size_t n, uint8_t *out)
 {
     do_segment(out, pl->prefix, pl->P, f + pl->seg_off, n - pl->seg_off, &pl->L, (size_t)pl->mss, pl->flags);
@@ -812,25 +843,11 @@ int un_fold_gso_plan(const uint8_t *f, size_t n, unsigned vni, unsigned opt_clas
     L.tcp = (unsigned)tcp;
     L.hdr_len = (unsigned)(tcp + (size_t)(in[tcp + 12] >> 4) * 4);
     L.l4 = 6;
-    /* gso.segment_size: aligned to 4 unless that costs a datagram */
-    long overhead = (long)(P + L.hdr_len), payload = (long)(inlen - L.hdr_len);
-    long raw = (long)max_dg - overhead;
-    if (gso_size && (long)gso_size < raw)
-        raw = gso_size;
-    long mss = raw - (overhead + raw) % 4;
-    if (mss > 0 && raw > mss && (payload + mss - 1) / mss > (payload + raw - 1) / raw)
-        mss = raw;
-    if (mss < 64 || mss > 65535 || L.hdr_len > UN_MAX_HDR)
+    if (L.hdr_len > UN_MAX_HDR)
         return -1;
-    pl->prefix = prefix;
-    pl->P = P;
-    pl->pos = pos;
-    pl->seg_off = pos;
-    pl->L = L;
-    pl->mss = mss;
-    pl->flags = SEG_FIX_IP_IDS;
-    plan_sizes(pl, n);
-    return 0;
+    long mss = seg_size((long)max_dg, (long)(P + L.hdr_len), gso_size ? (long)gso_size : LONG_MAX,
+                        (long)(inlen - L.hdr_len));
+    return plan_set(pl, prefix, P, pos, &L, mss, SEG_FIX_IP_IDS, n);
 }
 
 /* fold_gso(frame, vni, opt_class, ports, max_levels, max_datagram, gso_size)
@@ -961,18 +978,6 @@ static int inner_tcp(const uint8_t *f, size_t n, size_t pos, int eth, struct un_
     return 0;
 }
 
-/* gso.segment_size */
-static long seg_size(long max_dg, long overhead, long limit, long payload)
-{
-    long raw = max_dg - overhead;
-    if (limit < raw)
-        raw = limit;
-    long mss = raw - (overhead + raw) % 4;
-    if (mss > 0 && raw > mss && (payload + mss - 1) / mss > (payload + raw - 1) / raw)
-        mss = raw;
-    return mss;
-}
-
 int un_plain_gso_plan(const uint8_t *prefix, size_t P, const uint8_t *f, size_t n, unsigned nested,
                       unsigned max_dg, unsigned gso_size, unsigned flags, un_gso_plan *pl)
 {
@@ -1013,17 +1018,7 @@ int un_plain_gso_plan(const uint8_t *prefix, size_t P, const uint8_t *f, size_t 
     if (inner_tcp(f, n, pos, 1, &L) < 0 || gso_size == 0 || L.hdr_len > UN_MAX_HDR)
         return -1;
     long mss = seg_size((long)max_dg, (long)(P + L.hdr_len), (long)gso_size, (long)(n - L.hdr_len));
-    if (mss < 64 || mss > 65535)
-        return -1;
-    pl->prefix = prefix;
-    pl->P = P;
-    pl->pos = 0;
-    pl->seg_off = 0;
-    pl->L = L;
-    pl->mss = mss;
-    pl->flags = flags;
-    plan_sizes(pl, n);
-    return 0;
+    return plan_set(pl, prefix, P, 0, &L, mss, flags, n);
 }
 
 /* plain_gso(prefix, frame, nested_udp, max_datagram, gso_size, flags)

@@ -151,6 +151,31 @@ static int addr_of(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
     return 0;
 }
 
+/* A full buffer's fallback (Endpoint._flush_batch): sock.send_parts([dg], addr), which waits.  1: sent (a
+ * sendmsg); 0: an OSError (a send_error drop, cleared); -1: another Python error.  dg is a new reference
+ * (stolen; NULL: the error of the call that made it). */
+static int send_one(PyObject *sock, PyObject *dg, PyObject *addr, long long *cnt)
+{
+    PyObject *parts = dg == NULL ? NULL : PyList_New(1);
+    if (parts == NULL) {
+        Py_XDECREF(dg);
+        return -1;
+    }
+    PyList_SET_ITEM(parts, 0, dg);
+    PyObject *r = PyObject_CallMethodObjArgs(sock, s_send_parts, parts, addr, NULL);
+    Py_DECREF(parts);
+    if (r == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError))
+            return -1;
+        PyErr_Clear();
+        cnt[C_SENDERR]++;
+        return 0;
+    }
+    Py_DECREF(r);
+    cnt[C_SENDMSG]++;
+    return 1;
+}
+
 /* Endpoint._flush_batch in C, the same steps and counters: ep._batch is swapped for a new dict, then per
  * socket (in insertion order) one send_batch (sendmmsg, at most 64) at a time; a full buffer (0 sent): that
  * datagram with sock.send_parts (it waits), counted as a sendmsg; an OSError: a send_error drop, that
@@ -204,29 +229,16 @@ static int flush_batch(PyObject *ep, long long *cnt)
             cnt[C_SENDMMSG]++;
             if (sent == 0) {
                 PyObject *item = PyList_GET_ITEM(items, done); /* (datagram, addr) */
-                PyObject *parts = PyList_New(1);
-                if (parts == NULL) {
+                int one = send_one(sock, Py_NewRef(PyTuple_GET_ITEM(item, 0)), PyTuple_GET_ITEM(item, 1), cnt);
+                if (one < 0) {
                     rc = -1;
                     break;
                 }
-                PyObject *dg = PyTuple_GET_ITEM(item, 0);
-                Py_INCREF(dg);
-                PyList_SET_ITEM(parts, 0, dg);
-                PyObject *r2 = PyObject_CallMethodObjArgs(sock, s_send_parts, parts, PyTuple_GET_ITEM(item, 1), NULL);
-                Py_DECREF(parts);
-                if (r2 == NULL) {
-                    if (!PyErr_ExceptionMatches(PyExc_OSError)) {
-                        rc = -1;
-                        break;
-                    }
-                    PyErr_Clear();
-                    cnt[C_SENDERR]++;
+                if (one == 0) { /* a send_error drop: that datagram skipped */
                     done++;
                     continue;
                 }
-                Py_DECREF(r2);
                 sent = 1;
-                cnt[C_SENDMSG]++;
             } else if (sent < 0) {
                 PyErr_Clear();
                 sent = 1;
@@ -389,28 +401,16 @@ static int cb_flush_sock(cbatch *b, Py_ssize_t si, long long *cnt)
         cnt[C_SENDMMSG]++;
         if (r <= 0) {
             cb_item *it = &k->items[done];
-            PyObject *dg = PyBytes_FromStringAndSize((const char *)k->data + it->off, (Py_ssize_t)it->len);
-            PyObject *parts = dg == NULL ? NULL : PyList_New(1);
-            if (parts == NULL) {
-                Py_XDECREF(dg);
+            int one = send_one(sock, PyBytes_FromStringAndSize((const char *)k->data + it->off, (Py_ssize_t)it->len),
+                               it->addr, cnt);
+            if (one < 0) {
                 rc = -1;
                 break;
             }
-            PyList_SET_ITEM(parts, 0, dg);
-            PyObject *r2 = PyObject_CallMethodObjArgs(sock, s_send_parts, parts, it->addr, NULL);
-            Py_DECREF(parts);
-            if (r2 == NULL) {
-                if (!PyErr_ExceptionMatches(PyExc_OSError)) {
-                    rc = -1;
-                    break;
-                }
-                PyErr_Clear();
-                cnt[C_SENDERR]++;
+            if (one == 0) { /* a send_error drop: that datagram skipped */
                 done++;
                 continue;
             }
-            Py_DECREF(r2);
-            cnt[C_SENDMSG]++;
             r = 1;
         }
         done += r;
