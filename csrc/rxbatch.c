@@ -575,12 +575,61 @@ static long long rxb_now(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* The linger wait (GIL released): 1 when fd became readable within the window, 0 when the window ended, the stop
- * flag is set or the socket reports anything but data (a shutdown, an error: the caller's next blocking recvmsg
- * sees it as today), -1 on a poll error (errno; EINTR included: the caller returns so signals are handled).
- * Nothing wakes a poll when the stop flag is set, so it waits in slices of at most RXB_STOP_SLICE_NS. */
-static int rxb_linger(int fd, long long deadline, const uint8_t *stopb)
+/* --- RX queues (udpnest.io.udp.RxQueues): N SO_REUSEPORT sockets, served round robin --- */
+
+#define RXQ_MAX 64
+
+/* sched: [quantum, current index, reads on it since the last switch, fds[n], SO_RXQ_OVFL per socket, reads[n]] */
+typedef struct {
+    int64_t *q;
+    int n;
+} rxq_t;
+
+static void rxq_fill(const rxq_t *Q, struct pollfd *p, short events)
 {
+    for (int i = 0; i < Q->n; i++) {
+        p[i].fd = (int)Q->q[3 + i];
+        p[i].events = events;
+        p[i].revents = 0;
+    }
+}
+
+/* after a poll: the next socket after the current one (the current one last) that reported anything becomes
+ * current (its read count 0); its index, or -1 when none did */
+static int rxq_next(rxq_t *Q, const struct pollfd *p)
+{
+    int cur = (int)Q->q[1];
+    for (int k = 1; k <= Q->n; k++) {
+        int j = (cur + k) % Q->n;
+        if (p[j].revents) {
+            Q->q[1] = j;
+            Q->q[2] = 0;
+            return j;
+        }
+    }
+    return -1;
+}
+
+/* one poll of all the sockets (timeout ms, -1: block): 1 a ready socket became current, 0 none is ready,
+ * -1 a poll error (errno) */
+static int rxq_pick(rxq_t *Q, int timeout)
+{
+    struct pollfd p[RXQ_MAX];
+    rxq_fill(Q, p, POLLIN);
+    int r = poll(p, (nfds_t)Q->n, timeout);
+    if (r < 0)
+        return -1;
+    return r > 0 && rxq_next(Q, p) >= 0;
+}
+
+/* The linger wait (GIL released): 1 when fd (with Q: any of the queues' sockets, which becomes current) became
+ * readable within the window, 0 when the window ended, the stop flag is set or the socket reports anything but
+ * data (a shutdown, an error: the caller's next blocking recvmsg sees it as today), -1 on a poll error (errno;
+ * EINTR included: the caller returns so signals are handled).
+ * Nothing wakes a poll when the stop flag is set, so it waits in slices of at most RXB_STOP_SLICE_NS. */
+static int rxb_linger(int fd, rxq_t *Q, long long deadline, const uint8_t *stopb)
+{
+    struct pollfd p[RXQ_MAX];
     for (;;) {
         if (stopb && stopb[0])
             return 0;
@@ -589,16 +638,27 @@ static int rxb_linger(int fd, long long deadline, const uint8_t *stopb)
             return 0;
         if (left > RXB_STOP_SLICE_NS)
             left = RXB_STOP_SLICE_NS;
-        struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+        int np = 1;
+        if (Q != NULL) {
+            rxq_fill(Q, p, POLLIN | POLLRDHUP);
+            np = Q->n;
+        } else {
+            p[0].fd = fd;
+            p[0].events = POLLIN | POLLRDHUP;
+            p[0].revents = 0;
+        }
         struct timespec ts = {.tv_sec = (time_t)(left / 1000000000LL), .tv_nsec = (long)(left % 1000000000LL)};
-        int r = ppoll(&p, 1, &ts, NULL);
+        int r = ppoll(p, (nfds_t)np, &ts, NULL);
         if (r < 0)
             return -1;
         if (r == 0)
             continue;
         if (stopb && stopb[0])
             return 0;
-        return p.revents == POLLIN ? 1 : 0;
+        if (Q == NULL)
+            return p[0].revents == POLLIN ? 1 : 0;
+        int j = rxq_next(Q, p);
+        return j >= 0 && p[j].revents == POLLIN ? 1 : 0;
     }
 }
 
@@ -607,22 +667,44 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
     int fd, tap_fd, width;
     Py_buffer b, pb, vb, sb = {0};
     long vni, opt_class;
-    PyObject *folds, *stop = Py_None, *flow = NULL;
+    PyObject *folds, *stop = Py_None, *flow = NULL, *queues = Py_None;
     Py_ssize_t single_min, max_count;
     long long linger_ns = 0;
-    if (!PyArg_ParseTuple(args, "iiw*y*illO!nny*|OOL", &fd, &tap_fd, &b, &pb, &width, &vni, &opt_class, &PyList_Type,
-                          &folds, &single_min, &max_count, &vb, &stop, &flow, &linger_ns))
+    Py_buffer qb = {0};
+    if (!PyArg_ParseTuple(args, "iiw*y*illO!nny*|OOLO", &fd, &tap_fd, &b, &pb, &width, &vni, &opt_class,
+                          &PyList_Type, &folds, &single_min, &max_count, &vb, &stop, &flow, &linger_ns, &queues))
         return NULL;
     PyObject *result = NULL, *tpls = NULL;
     rxb_state *S = NULL;
     rxd_run *R = NULL;
     rxd_flow F[RXD_FLOWS];
     memset(F, 0, sizeof(F));
-    int have_stop = 0;
+    int have_stop = 0, have_q = 0;
+    rxq_t Q = {NULL, 0}, *QP = NULL; /* QP: the RX queues when there are several sockets (else fd, as ever) */
     if (stop != Py_None) {
         if (PyObject_GetBuffer(stop, &sb, PyBUF_SIMPLE) < 0)
             goto out;
         have_stop = 1;
+    }
+    if (queues != Py_None) { /* RxQueues.sched (an array('q')): checked once here */
+        if (PyObject_GetBuffer(queues, &qb, PyBUF_WRITABLE) < 0)
+            goto out;
+        have_q = 1;
+        Py_ssize_t m = qb.len / 8;
+        int ok = qb.len % 8 == 0 && m >= 6 && (m - 3) % 3 == 0 && (m - 3) / 3 <= RXQ_MAX && qb.itemsize == 8;
+        if (ok) {
+            Q.q = qb.buf;
+            Q.n = (int)((m - 3) / 3);
+            ok = Q.q[0] >= 1 && Q.q[1] >= 0 && Q.q[1] < Q.n && Q.q[2] >= 0;
+            for (int k = 0; ok && k < Q.n; k++)
+                ok = Q.q[3 + k] >= 0 && Q.q[3 + k] <= INT32_MAX;
+        }
+        if (!ok) {
+            PyErr_SetString(PyExc_ValueError, "rx_batch: queues must be RxQueues.sched (array('q'))");
+            goto out;
+        }
+        if (Q.n > 1)
+            QP = &Q;
     }
     if ((width != 4 && width != 16) || pb.len % width || pb.len / width > RXB_MAX_PEERS || max_count < 1 ||
         max_count > RXB_MAX_COUNT || b.len < 1 || single_min < 0 || (have_stop && sb.len < 1) || linger_ns < 0 ||
@@ -696,11 +778,50 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
         msg.msg_iovlen = 1;
         msg.msg_control = ctl.b;
         msg.msg_controllen = sizeof(ctl.b);
-        ssize_t n = recvmsg(fd, &msg, i ? MSG_DONTWAIT : 0);
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) { /* empty: None, as recv_into's BlockingIOError */
+        ssize_t n;
+        int e = 0;
+        if (QP == NULL) {
+            n = recvmsg(fd, &msg, i ? MSG_DONTWAIT : 0);
+            e = n < 0 ? errno : 0;
+        } else { /* RxQueues' rule: after quantum reads (no run held) one poll picks the next ready socket */
+            int pr = 1;
+            if (Q.q[2] >= Q.q[0] && !(R != NULL && R->held))
+                pr = rxq_pick(QP, i ? 0 : -1);
+            if (pr < 0) {
                 err = errno;
                 break;
+            }
+            if (pr > 0) {
+                n = recvmsg((int)Q.q[3 + Q.q[1]], &msg, MSG_DONTWAIT);
+                e = n < 0 ? errno : 0;
+            } else {
+                n = -1;
+                e = EAGAIN;
+            }
+        }
+        if (n < 0) {
+            if (e != EAGAIN && e != EWOULDBLOCK) { /* empty: None, as recv_into's BlockingIOError */
+                err = e;
+                break;
+            }
+            if (QP != NULL) { /* the current socket is empty: the others (its held run is complete first) */
+                Q.q[2] = Q.q[0];
+                if (i == 0) { /* the call's first datagram: wait on all the sockets (today's blocking recvmsg) */
+                    if (rxq_pick(QP, -1) < 0) {
+                        err = errno;
+                        break;
+                    }
+                    continue;
+                }
+                if (R != NULL && R->held)
+                    rxd_finish(S, F, R, tap_fd);
+                int pr = rxq_pick(QP, 0);
+                if (pr < 0) {
+                    err = errno;
+                    break;
+                }
+                if (pr > 0)
+                    continue;
             }
             empty = 1;
             if (linger_ns == 0 || i == 0)
@@ -709,13 +830,17 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
              * then wait for the socket until the window ends, with nothing held */
             if (R != NULL && R->held)
                 rxd_finish(S, F, R, tap_fd);
-            int w = rxb_linger(fd, deadline, stopb);
+            int w = rxb_linger(fd, QP, deadline, stopb);
             if (w < 0)
                 err = errno;
             if (w <= 0)
                 break;
             empty = 0;
             continue; /* readable: the next recvmsg (MSG_DONTWAIT) */
+        }
+        if (QP != NULL) {
+            Q.q[2]++;
+            Q.q[3 + 2 * Q.n + Q.q[1]]++;
         }
         if (i++ == 0 && linger_ns > 0)
             deadline = rxb_now() + linger_ns;
@@ -735,7 +860,10 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
             } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == RXB_SO_RXQ_OVFL && dl >= 4) {
                 uint32_t v;
                 memcpy(&v, CMSG_DATA(c), 4);
-                S->socket_drops = v;
+                if (QP != NULL) /* per socket (RxQueues.socket_drops sums them) */
+                    Q.q[3 + Q.n + Q.q[1]] = v;
+                else
+                    S->socket_drops = v;
             }
         }
         int trunc = (msg.msg_flags & MSG_TRUNC) != 0;
@@ -835,6 +963,8 @@ out:
     Py_XDECREF(tpls);
     if (have_stop)
         PyBuffer_Release(&sb);
+    if (have_q)
+        PyBuffer_Release(&qb);
     PyBuffer_Release(&b);
     PyBuffer_Release(&pb);
     PyBuffer_Release(&vb);
@@ -844,7 +974,7 @@ out:
 static PyMethodDef rxbatch_methods[] = {
     {"rx_batch", native_rx_batch, METH_VARARGS,
      "rx_batch(fd, tap_fd, buf, peers, width, vni, opt_class, folds, single_min, max_count, vnet, stop=None, "
-     "flows=None, linger_ns=0) -> "
+     "flows=None, linger_ns=0, queues=None) -> "
      "(item, counts, drops, learned, errno): small one-datagram reads from peers received and written to the "
      "TAP in C; item: the first datagram not handled, left in buf as (nbytes, gso_size, sockaddr) or None"},
     {NULL, NULL, 0, NULL},

@@ -70,6 +70,7 @@ class EndpointConfig:
     underlay_netns: str | None = None
     underlay_mtu: int = 1500
     tx_sockets: int = 8
+    rx_queues: int = 4  # underlay receive sockets (SO_REUSEPORT group) served round robin: flow queueing on RX
     tx_path: str = "socket"  # "kernel": hand whole super-packets to the kernel's UDP-tunnel GSO via a TAP
     tx_tap: str | None = None  # name of that TAP (default: <tap>-tx)
     fdb_max: int = 4096
@@ -291,6 +292,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
     for name, lo, hi in (("ttl", 1, 255), ("tos", 0, 255), ("max_levels", 1, 3), ("opt_class", 0, 0xFFFF),
                          ("tap_mtu", 1280 if v6 else 68, 65521), ("underlay_mtu", 1280 if v6 else 576, 65535),
                          ("tx_sockets", 1, 64), ("fdb_max", 1, 1 << 20), ("probe_window", 1, 100),
+                         ("rx_queues", 1, 64),
                          ("tap_txqueuelen", 1, 1 << 20), ("underlay_rate_mbit", 1, 10_000_000),
                          ("learned_max", 16, 1 << 24), ("ipc_queue", 64 << 10, 1 << 30)):
         if name in raw:

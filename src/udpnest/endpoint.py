@@ -42,7 +42,7 @@ from .engine import check as check_engine
 from .fdb import Fdb
 from .io.kernel_tx import KernelTx
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
-from .io.udp import RECV_BUF_SIZE, UdpSocket
+from .io.udp import RECV_BUF_SIZE, RxQueues, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
 from .peers import Prober, ReplyLimiter, TokenBucket
 from .rxguard import Channel, LearnedMacs
@@ -130,6 +130,10 @@ class Endpoint:
         self.caps = CAP_FOLD | CAP_HINT
         self.tap: Tap | None = None
         self.rx: UdpSocket | None = None
+        # rx_queues > 1: the other sockets of the SO_REUSEPORT group (self.rx is the first), served round robin by
+        # the RX loop through self.rxq (io/udp.py RxQueues; built by _rx_loop)
+        self.rx_more: list[UdpSocket] = []
+        self.rxq: RxQueues | None = None
         self.tx: list[UdpSocket] = []
         self.ctl: socket.socket | None = None
         self.ktx: KernelTx | None = None
@@ -167,8 +171,13 @@ class Endpoint:
             # with shutdown(SHUT_RD)
             _set_txqueuelen(self.tap, cfg.tap_txqueuelen)
             # buffers sized from the rate (config.socket_buffer), not a fixed 8 MB: a full buffer is latency
+            nq = getattr(cfg, "rx_queues", 1)
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
-                                bufsize=cfg.socket_buffer, blocking=True)
+                                bufsize=cfg.socket_buffer, blocking=True, reuseport=nq > 1)
+            for _ in range(nq - 1):  # the same address and port (a dstport of 0 in tests: the first's)
+                self.rx_more.append(UdpSocket(cfg.local, self.rx.local_address[1], netns=cfg.underlay_netns,
+                                              gro=True, gso=cfg.udpcsum, bufsize=cfg.socket_buffer, blocking=True,
+                                              reuseport=True))
             self.filter_sources()
             for _ in range(cfg.tx_sockets):
                 s = UdpSocket(cfg.local, 0, netns=cfg.underlay_netns, gro=False, gso=cfg.udpcsum,
@@ -194,9 +203,10 @@ class Endpoint:
         """Drop non-peers in the kernel, before they take receive-buffer space (io/bpf.py); called at open
         and whenever the peer set changes (service.py's reload).  Our own address passes: the status
         wake-up datagram comes from it."""
-        if not self.rx.restrict_sources(list(self.peers) + [self.cfg.local], self.cfg.allow):
-            log.warning("no kernel source filter (%s): non-peers are dropped in userspace only",
-                        self.rx.filter_error)
+        for s in (self.rx, *self.rx_more):
+            if not s.restrict_sources(list(self.peers) + [self.cfg.local], self.cfg.allow):
+                log.warning("no kernel source filter (%s): non-peers are dropped in userspace only",
+                            s.filter_error)
 
     def _tune_tx(self, s: UdpSocket) -> None:
         cfg = self.cfg
@@ -218,9 +228,9 @@ class Endpoint:
     def close(self) -> None:
         self.stop_event.set()
         self._stop_flag[0] = 1
-        if self.rx is not None:
-            with contextlib.suppress(OSError):  # ENOTCONN, but the shutdown still wakes recvmsg
-                self.rx.sock.shutdown(socket.SHUT_RD)
+        for s in (self.rx, *self.rx_more) if self.rx is not None else ():
+            with contextlib.suppress(OSError):  # ENOTCONN, but the shutdown still wakes recvmsg (and poll)
+                s.sock.shutdown(socket.SHUT_RD)
         if self.rx_pid is not None:
             _reap(self.rx_pid, timeout=3.0)
             self.rx_pid = None
@@ -244,6 +254,10 @@ class Endpoint:
         if self.rx is not None:
             self.rx.close()
             self.rx = None
+        for s in self.rx_more:
+            s.close()
+        self.rx_more = []
+        self.rxq = None
         if self.tap is not None:
             self.tap.close()
             self.tap = None
@@ -356,8 +370,15 @@ class Endpoint:
 
     def _push_stats(self) -> None:
         st = self.rx_stats
-        st.c["socket_drops"] = self.rx.socket_drops
-        self._to_parent(("stats", {"c": dict(st.c), "drops": dict(st.drops), "hist": list(st.hist)}))
+        st.c["socket_drops"] = self._socket_drops()
+        self._to_parent(("stats", {"c": dict(st.c), "drops": dict(st.drops), "hist": list(st.hist),
+                                   "queue_reads": self.rxq.reads if self.rxq is not None else None}))
+
+    def _socket_drops(self) -> int:
+        """The kernel's receive drops (SO_RXQ_OVFL) of the underlay socket(s), summed over the RX queues."""
+        if self.rxq is not None:
+            return self.rxq.socket_drops
+        return self.rx.socket_drops + sum(s.socket_drops for s in self.rx_more)
 
     def _send_probes(self) -> None:
         now = self.clock()
@@ -422,7 +443,9 @@ class Endpoint:
             rx.drops.update(self.rx_snapshot.get("drops", {}))
             rx.hist = list(self.rx_snapshot.get("hist", rx.hist))
         elif self.rx is not None:
-            rx.c["socket_drops"] = self.rx.socket_drops
+            rx.c["socket_drops"] = self._socket_drops()
+        queue_reads = self.rx_snapshot.get("queue_reads") if self.rx_pid is not None else (
+            self.rxq.reads if self.rxq is not None else None)
         drops = Counter()
         for st in (tx, rx, self.ctl_stats):
             drops.update(st.drops)
@@ -446,7 +469,11 @@ class Endpoint:
             "underlay": {"gso": bool(self.tx and not self.tx[0].gso_disabled),
                          "gro": bool(self.rx and self.rx.gro_supported),
                          "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx),
-                         "source_filter": bool(self.rx and self.rx.filter_error is None)},
+                         "source_filter": bool(self.rx and self.rx.filter_error is None and
+                                               all(s.filter_error is None for s in self.rx_more)),
+                         "rx_queues": 1 + len(self.rx_more),
+                         # reads per RX queue (socket) since start: how the kernel's hash spread the flows
+                         "rx_queue_reads": queue_reads},
             "tx": dict(tx.c, **self.planner.counters), "rx": dict(rx.c), "control": dict(self.ctl_stats.c),
             "tx_segments_hist": dict(zip(labels, tx.hist, strict=True)),
             "rx_segments_hist": dict(zip(labels, rx.hist, strict=True)),
@@ -713,6 +740,8 @@ class Endpoint:
         child = self.rx_child
         wake = (self.cfg.local, self.cfg.dstport)
         fast = None  # the native fast path for small one-datagram reads (udpnest.rxbatch) while nothing is held
+        rxq = self.rxq = RxQueues([self.rx, *self.rx_more]) if self.rx_more else None
+        recv = self.rx.recv_into if rxq is None else rxq.recv_into  # one socket: exactly today's syscalls
         if rxbatch.enabled(self.engine):
             fast = rxbatch.FastRx(self)
         while True:
@@ -720,7 +749,7 @@ class Endpoint:
                 if fast is not None and drv.pending is None and drv.peers is self.peers and drv_cfg is self.cfg:
                     r = fast.receive(drv, buf)  # None: returned between datagrams (no stop check in C)
                 else:
-                    r = self.rx.recv_into(buf, nowait=drv.holding)
+                    r = recv(buf, nowait=drv.holding)
             except OSError as e:
                 if self.stop_event.is_set() or self._stop_flag[0]:
                     return

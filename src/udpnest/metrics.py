@@ -281,6 +281,15 @@ class StatusCollector:
         f = CounterMetricFamily("udpnest_underlay_gso_eio_errors", "UDP_SEGMENT sends refused with EIO")
         f.add_metric([], u.get("gso_eio_errors", 0))
         yield f
+        if "rx_queues" in u:
+            g = GaugeMetricFamily("udpnest_underlay_rx_queues", "Underlay receive sockets (rx_queues, SO_REUSEPORT)")
+            g.add_metric([], u["rx_queues"])
+            yield g
+            f = CounterMetricFamily("udpnest_underlay_rx_queue_reads", "Reads per underlay receive socket",
+                                    labels=["queue"])
+            for i, v in enumerate(u.get("rx_queue_reads") or ()):
+                f.add_metric([str(i)], v)
+            yield f
 
 
 def registry_for(status: Callable[[], Mapping]) -> CollectorRegistry:

@@ -148,6 +148,7 @@ class FastRx:
         self._flow_key: tuple = (None, None)  # (Receiver.last's ref and args objects) the flow was built from
         self._flow = None
         self._linger = 0
+        self._queues = None  # RxQueues.sched when the endpoint has several RX sockets (rx_queues > 1)
         from .endpoint import _BUCKETS, _KIND_KEYS, _bucket
         from .rxpipe import Kind
 
@@ -164,6 +165,7 @@ class FastRx:
                       rx.folds, drv.single_min, BATCH_MAX, ZERO_VNET_HDR, ep._stop_flag)
         self._drv, self._buf = drv, buf
         self._linger = linger_ns()
+        self._queues = ep.rxq.sched if ep.rxq is not None else None
 
     def receive(self, drv, buf):
         """One call (one wakeup, or several within a linger window): small datagrams from peers go to the TAP
@@ -181,7 +183,11 @@ class FastRx:
             md = drv.max_datagram
             self._flow = (flow_args(entries[0], entries[1], md), flow_args(entries[1], entries[0], md))
         flows = self._flow
-        item, cnt, drops, learned, err, data, held = self.rx_batch(*self._args, flows, self._linger)
+        if self._queues is None:
+            item, cnt, drops, learned, err, data, held = self.rx_batch(*self._args, flows, self._linger)
+        else:  # the RX queues: C serves all the sockets by RxQueues' rule, its state in RxQueues.sched
+            item, cnt, drops, learned, err, data, held = self.rx_batch(*self._args, flows, self._linger,
+                                                                       self._queues)
         reads, nbytes, plain, hint, fold, tap_bytes, tap_errors, tap_errno, truncated, sdrops, handled = cnt
         st = ep.rx_stats
         c = st.c
@@ -230,7 +236,7 @@ class FastRx:
                 raise OSError(err, os.strerror(err))
         if item is None:
             if held is not None:  # max_count or EINTR while holding: the next read, as the Python path polls it
-                return sock.recv_into(buf, nowait=True)
+                return (sock if ep.rxq is None else ep.rxq).recv_into(buf, nowait=True)
             return None
         return item[0], item[1], sockaddr_tuple(item[2])
 

@@ -22,6 +22,7 @@ import socket
 import struct
 import sys
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 
 from .tap import in_netns
@@ -99,6 +100,7 @@ class UdpSocket:
         bufsize: int | None = None,
         blocking: bool = False,
         send_timeout: float = 1.0,
+        reuseport: bool = False,
     ) -> None:
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.netns = netns
@@ -116,6 +118,8 @@ class UdpSocket:
                         sock.setsockopt(socket.SOL_SOCKET, plain, bufsize)
             if self.family == socket.AF_INET:
                 sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 0)  # the default; stated for the record
+            if reuseport:  # one of a group bound to the same address and port (RxQueues): before bind
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.setblocking(blocking)
         except BaseException:
@@ -317,3 +321,96 @@ class UdpSocket:
             f"<UdpSocket {self.sock.getsockname() if self.sock.fileno() >= 0 else 'closed'}"
             f" gso={self.gso_supported and not self.gso_disabled} gro={self.gro_supported}>"
         )
+
+
+#: reads one socket of an :class:`RxQueues` group may give in a row (outside a held run) before the others are
+#: looked at; csrc/rxbatch.c takes it from ``RxQueues.sched``, so C and Python switch at the same reads
+RX_QUANTUM = 8
+RX_QUEUES_MAX = 64
+
+
+class RxQueues:
+    """Flow queueing on receive: N sockets bound to one address and port with SO_REUSEPORT, served round robin.
+
+    The kernel hands each datagram to one socket of the group by a hash of its 4-tuple; a sender puts its inner
+    flow's hash in the outer UDP source port, so one inner flow always lands in the same socket (its order is
+    kept) and a sparse flow mostly lands in another socket than a bulk one: it no longer waits behind the bulk
+    flow's queued data (docs/architecture.md, "RX queues").
+
+    Scheduling (the same in csrc/rxbatch.c): stay on the current socket while a coalesced run is held
+    (``nowait``: RxDriver.holding) and for at most ``quantum`` reads; after ``quantum`` reads, or when the
+    current socket is empty, one ``poll`` of all sockets picks the next ready socket after the current one (the
+    current one last).  Empty and not holding: the poll blocks until any socket is readable (the single socket's
+    blocking recvmsg of today).  Holding and empty: None at once (the caller flushes the run, then asks again).
+
+    ``sched`` (an ``array('q')``, shared with the native RX fast path): ``[quantum, current index, reads on it
+    since the last switch, fd_0 .. fd_N-1, SO_RXQ_OVFL last seen by C per socket (-1: none), reads per socket]``.
+    """
+
+    def __init__(self, socks: Sequence[UdpSocket], quantum: int = RX_QUANTUM) -> None:
+        if not 1 <= len(socks) <= RX_QUEUES_MAX or quantum < 1:
+            raise ValueError(f"RxQueues: 1..{RX_QUEUES_MAX} sockets and a quantum >= 1")
+        n = self.n = len(socks)
+        self.socks = list(socks)
+        fds = [s.fileno() for s in socks]
+        self.sched = array("q", [quantum, 0, 0, *fds] + [-1] * n + [0] * n)
+        self._drops0, self._reads0 = 3 + n, 3 + 2 * n
+        self._poll = select.poll()
+        for fd in fds:
+            self._poll.register(fd, select.POLLIN)
+        self._index = {fd: i for i, fd in enumerate(fds)}
+
+    def _pick(self, timeout: int | None) -> bool:
+        """One poll of all sockets (``timeout`` ms, None: block); the next ready socket after the current one
+        becomes current (its read count 0).  False: none ready."""
+        ev = self._poll.poll(timeout)
+        if not ev:
+            return False
+        q, n, index = self.sched, self.n, self._index
+        ready = [False] * n
+        for fd, _ in ev:
+            ready[index[fd]] = True
+        cur = q[1]
+        for k in range(1, n + 1):
+            j = (cur + k) % n
+            if ready[j]:
+                q[1], q[2] = j, 0
+                return True
+        return False
+
+    def recv_into(self, buf, nowait: bool = False) -> tuple[int, int, tuple] | None:
+        """``UdpSocket.recv_into`` over the group (see the class docstring for which socket); ``nowait``: a run
+        is held (stay on the current socket, None when it is empty)."""
+        q = self.sched
+        if q[2] >= q[0] and not nowait and not self._pick(None):
+            return None
+        i = q[1]
+        r = self.socks[i].recv_into(buf, nowait=True)
+        if r is None:
+            q[2] = q[0]  # empty: the next read that is not holding polls first
+            if nowait or not self._pick(None):
+                return None
+            i = q[1]
+            r = self.socks[i].recv_into(buf, nowait=True)
+            if r is None:  # readable but nothing to read (e.g. a bad checksum): the caller loops
+                q[2] = q[0]
+                return None
+        q[2] += 1
+        q[self._reads0 + i] += 1
+        return r
+
+    @property
+    def socket_drops(self) -> int:
+        """The kernel's drops (SO_RXQ_OVFL) summed over the sockets: each socket's last value seen by either
+        path (the counters only grow)."""
+        q, d = self.sched, self._drops0
+        return sum(max(s.socket_drops, q[d + i]) for i, s in enumerate(self.socks))
+
+    @property
+    def truncated(self) -> int:
+        return sum(s.truncated for s in self.socks)
+
+    @property
+    def reads(self) -> list[int]:
+        """Reads per socket (both paths)."""
+        return list(self.sched[self._reads0 :])
