@@ -610,16 +610,18 @@ static int rxq_next(rxq_t *Q, const struct pollfd *p)
     return -1;
 }
 
-/* one poll of all the sockets (timeout ms, -1: block): 1 a ready socket became current, 0 none is ready,
- * -1 a poll error (errno) */
+/* one poll of all the sockets (timeout ms, -1: block): a ready socket became current: 1 when it has data, 2 when
+ * it reports something else too (a shutdown, an error: its next recvmsg blocks, and so returns at once what
+ * today's blocking recvmsg would); 0 none is ready, -1 a poll error (errno) */
 static int rxq_pick(rxq_t *Q, int timeout)
 {
     struct pollfd p[RXQ_MAX];
-    rxq_fill(Q, p, POLLIN);
+    rxq_fill(Q, p, POLLIN | POLLRDHUP);
     int r = poll(p, (nfds_t)Q->n, timeout);
     if (r < 0)
         return -1;
-    return r > 0 && rxq_next(Q, p) >= 0;
+    int j = r > 0 ? rxq_next(Q, p) : -1;
+    return j < 0 ? 0 : p[j].revents == POLLIN ? 1 : 2;
 }
 
 /* The linger wait (GIL released): 1 when fd (with Q: any of the queues' sockets, which becomes current) became
@@ -763,6 +765,7 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
     struct sockaddr_storage sa;
     socklen_t back_salen = 0;
     long long deadline = 0; /* CLOCK_MONOTONIC ns: the linger window's end (set at the first datagram) */
+    int qpick = 1; /* RX queues: the last pick's outcome for the current socket (2: its next recvmsg blocks) */
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < max_count;) {
         union {
@@ -784,7 +787,8 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
             n = recvmsg(fd, &msg, i ? MSG_DONTWAIT : 0);
             e = n < 0 ? errno : 0;
         } else { /* RxQueues' rule: after quantum reads (no run held) one poll picks the next ready socket */
-            int pr = 1;
+            int pr = qpick;
+            qpick = 1;
             if (Q.q[2] >= Q.q[0] && !(R != NULL && R->held))
                 pr = rxq_pick(QP, i ? 0 : -1);
             if (pr < 0) {
@@ -792,7 +796,7 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
                 break;
             }
             if (pr > 0) {
-                n = recvmsg((int)Q.q[3 + Q.q[1]], &msg, MSG_DONTWAIT);
+                n = recvmsg((int)Q.q[3 + Q.q[1]], &msg, pr == 1 ? MSG_DONTWAIT : 0);
                 e = n < 0 ? errno : 0;
             } else {
                 n = -1;
@@ -807,7 +811,8 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
             if (QP != NULL) { /* the current socket is empty: the others (its held run is complete first) */
                 Q.q[2] = Q.q[0];
                 if (i == 0) { /* the call's first datagram: wait on all the sockets (today's blocking recvmsg) */
-                    if (rxq_pick(QP, -1) < 0) {
+                    qpick = rxq_pick(QP, -1);
+                    if (qpick < 0) {
                         err = errno;
                         break;
                     }
@@ -815,13 +820,14 @@ static PyObject *native_rx_batch(PyObject *self, PyObject *args)
                 }
                 if (R != NULL && R->held)
                     rxd_finish(S, F, R, tap_fd);
-                int pr = rxq_pick(QP, 0);
-                if (pr < 0) {
+                qpick = rxq_pick(QP, 0);
+                if (qpick < 0) {
                     err = errno;
                     break;
                 }
-                if (pr > 0)
+                if (qpick > 0)
                     continue;
+                qpick = 1;
             }
             empty = 1;
             if (linger_ns == 0 || i == 0)

@@ -357,41 +357,48 @@ class RxQueues:
         self._drops0, self._reads0 = 3 + n, 3 + 2 * n
         self._poll = select.poll()
         for fd in fds:
-            self._poll.register(fd, select.POLLIN)
+            self._poll.register(fd, select.POLLIN | select.POLLRDHUP)
         self._index = {fd: i for i, fd in enumerate(fds)}
 
-    def _pick(self, timeout: int | None) -> bool:
+    def _pick(self, timeout: int | None) -> int:
         """One poll of all sockets (``timeout`` ms, None: block); the next ready socket after the current one
-        becomes current (its read count 0).  False: none ready."""
+        becomes current (its read count 0).  0: none ready; 1: it has data; 2: it reports something else too
+        (a shutdown, an error: its next recvmsg blocks, and returns at once what today's blocking one would)."""
         ev = self._poll.poll(timeout)
         if not ev:
-            return False
+            return 0
         q, n, index = self.sched, self.n, self._index
-        ready = [False] * n
-        for fd, _ in ev:
-            ready[index[fd]] = True
+        ready = [0] * n
+        for fd, e in ev:
+            ready[index[fd]] = e
         cur = q[1]
         for k in range(1, n + 1):
             j = (cur + k) % n
             if ready[j]:
                 q[1], q[2] = j, 0
-                return True
-        return False
+                return 1 if ready[j] == select.POLLIN else 2
+        return 0
 
     def recv_into(self, buf, nowait: bool = False) -> tuple[int, int, tuple] | None:
         """``UdpSocket.recv_into`` over the group (see the class docstring for which socket); ``nowait``: a run
         is held (stay on the current socket, None when it is empty)."""
         q = self.sched
-        if q[2] >= q[0] and not nowait and not self._pick(None):
-            return None
+        p = 1
+        if q[2] >= q[0] and not nowait:
+            p = self._pick(None)
+            if not p:
+                return None
         i = q[1]
-        r = self.socks[i].recv_into(buf, nowait=True)
+        r = self.socks[i].recv_into(buf, nowait=p == 1)
         if r is None:
             q[2] = q[0]  # empty: the next read that is not holding polls first
-            if nowait or not self._pick(None):
+            if nowait:
+                return None
+            p = self._pick(None)
+            if not p:
                 return None
             i = q[1]
-            r = self.socks[i].recv_into(buf, nowait=True)
+            r = self.socks[i].recv_into(buf, nowait=p == 1)
             if r is None:  # readable but nothing to read (e.g. a bad checksum): the caller loops
                 q[2] = q[0]
                 return None
