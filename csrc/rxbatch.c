@@ -46,6 +46,15 @@
  *  first datagram it does not take (as above: the wake-up datagram is one), at the stop flag, or when the socket
  *  reports a shutdown or an error.  Everything it returns is then up to one window late; 0: return at EAGAIN.
  *
+ *  With a 15th argument `queues` (udpnest.io.udp.RxQueues.sched, an array('q'): [quantum K, current index, reads on
+ *  it, fds[n], SO_RXQ_OVFL per socket, reads per socket]; n > 1) it serves the n SO_REUSEPORT sockets instead of fd,
+ *  by RxQueues' rule (the Python path's, sharing this state): stay on the current socket while a run is held and
+ *  for at most K reads; after K reads (no run held) or at EAGAIN (the held run finished first) one poll (timeout
+ *  0) of all of them makes the next ready socket after the current one current; none ready: the EAGAIN handling
+ *  above (linger on all the fds), and the call's first datagram waits in a poll of all the fds.  Every recvmsg is
+ *  MSG_DONTWAIT except after a poll that reported more than POLLIN (a shutdown, an error), whose blocking recvmsg
+ *  returns that at once; socket_drops then comes back per socket in `queues` (counts: -1).
+ *
  *  Bounds: every length is checked before a read (rx_one and rx_restore do their own; a flow's offsets once
  *  per call in rxd_parse, the rows' lengths per read); the GIL is released for the whole receive/write loop (the
  *  FOLD templates and flows are parsed first, the buffers are pinned).
