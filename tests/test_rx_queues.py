@@ -204,7 +204,8 @@ def test_sparse_flow_waits_at_most_one_quantum(fast, monkeypatch):
         want = {bytes(b[:n])[-40:] for b, n, _, _ in bulk}
         pos = [i for i, f in enumerate(frames) if f[-40:] not in want]
         assert len(pos) == 1, "the sparse frame is missing or not distinct"
-        assert pos[0] <= RX_QUANTUM, f"the sparse flow waited behind {pos[0]} bulk frames"
+        # the loop starts on socket 0 with no reads on it: exactly one quantum of bulk, then the sparse one
+        assert pos[0] == RX_QUANTUM < len(bulk), f"the sparse flow waited behind {pos[0]} bulk frames"
         assert loop.ep.rxq.reads[0] == 200 and loop.ep.rxq.reads[2] == 1
         loop.stop()
         assert loop.ep.rx_stats.c["reads"] == 201
@@ -438,3 +439,42 @@ def test_one_queue_is_one_plain_socket(monkeypatch):
     finally:
         for x in g:
             x.close()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["C", "python"])
+def test_a_held_run_keeps_its_socket_past_the_quantum(fast, monkeypatch):
+    """Socket 0: RX_QUANTUM - 1 ACKs, then a 40000-byte super-packet as two GRO reads (reads K and K + 1); socket
+    2: one sparse datagram.  The run held at read K stays on socket 0 so the second read merges (one frame,
+    ``merged_reads``); the sparse datagram comes right after it."""
+    _native_or_skip(fast)
+    import packets as P
+    from test_engine_diff_rx import datagrams
+
+    socks = group()
+    loop = Loop(socks, fast=fast, monkeypatch=monkeypatch)
+    snd = senders_for(socks, ADDR[PEER], [0, 2])
+    try:
+        rng = random.Random(11)
+        acks_ = plain_acks(rng, RX_QUANTUM - 1)
+        frame = P.frame([], P.Inner(ip=P.IPSpec(v6=False, ident=7, df=True), payload=rng.randbytes(40000),
+                                    seq=1000, flags="A"))
+        dgs, row = datagrams(rng, frame, "plain", 1400)
+        for buf, n, _, _ in acks_:
+            snd[0].sendto(buf[:n], loop.to)
+        for part in (dgs[:12], dgs[12:]):
+            snd[0].sendmsg([b"".join(part)], [segment_cmsg(row)], 0, loop.to)
+        sparse = plain_acks(random.Random(8), 1)[0]
+        snd[2].sendto(sparse[0][: sparse[1]], loop.to)
+        time.sleep(0.05)
+        loop.start()
+        frames = loop.frames(RX_QUANTUM + 1)
+        loop.stop()
+        assert [len(f) > 40000 for f in frames] == [False] * (RX_QUANTUM - 1) + [True, False]
+        assert frames[-1][-40:] == sparse[0][: sparse[1]][-40:]
+        c = loop.ep.rx_stats.c
+        assert c["merged_reads"] == 1 and c["reads"] == RX_QUANTUM + 2
+        assert loop.ep.rxq.reads[0] == RX_QUANTUM + 1 and loop.ep.rxq.reads[2] == 1
+    finally:
+        for s in snd.values():
+            s.close()
+        loop.close()
