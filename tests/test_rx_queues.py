@@ -478,3 +478,18 @@ def test_a_held_run_keeps_its_socket_past_the_quantum(fast, monkeypatch):
         for s in snd.values():
             s.close()
         loop.close()
+
+
+def test_metrics_export_the_queues():
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from udpnest.metrics import registry_for
+
+    status = {"underlay": {"gso": True, "gro": True, "source_filter": True, "rx_queues": 3,
+                           "rx_queue_reads": [5, 0, 7]}}
+    text = generate_latest(registry_for(lambda: status)).decode()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert got[("udpnest_underlay_rx_queues", ())] == 3
+    assert [got[("udpnest_underlay_rx_queue_reads_total", (("queue", str(i)),))] for i in range(3)] == [5, 0, 7]
