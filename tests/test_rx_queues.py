@@ -493,3 +493,24 @@ def test_metrics_export_the_queues():
            for fam in text_string_to_metric_families(text) for s in fam.samples}
     assert got[("udpnest_underlay_rx_queues", ())] == 3
     assert [got[("udpnest_underlay_rx_queue_reads_total", (("queue", str(i)),))] for i in range(3)] == [5, 0, 7]
+
+
+def test_drops_of_a_socket_that_only_got_junk_are_counted():
+    """A non-peer's datagrams refused by the filter on sockets that never receive anything afterwards (so no
+    SO_RXQ_OVFL cmsg ever reports them) are still in socket_drops (SO_MEMINFO at status time)."""
+    socks = group()
+    cfg = build_config({"id": VNI, "local": LOCAL, "dstport": socks[0].local_address[1], "nested": "fold",
+                        "remote": [f"{ADDR[PEER]}:1"]})
+    ep = Endpoint(cfg, clock=lambda: 100.0)
+    ep.rx, ep.rx_more = socks[0], socks[1:]
+    bad = [sender(ADDR[NOT_PEER]) for _ in range(40)]
+    try:
+        ep.filter_sources()
+        for s in bad:
+            s.sendto(b"not a peer", socks[0].local_address)
+        assert ep._socket_drops() == len(bad)  # before the RX loop built its RxQueues
+        ep.rxq = RxQueues(socks)
+        assert ep._socket_drops() == len(bad) and ep.status()["rx"]["socket_drops"] == len(bad)
+    finally:
+        for s in [*bad, *socks]:
+            s.close()

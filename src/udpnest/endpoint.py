@@ -392,7 +392,9 @@ class Endpoint:
         """The kernel's receive drops (SO_RXQ_OVFL) of the underlay socket(s), summed over the RX queues."""
         if self.rxq is not None:
             return self.rxq.socket_drops
-        return self.rx.socket_drops + sum(s.socket_drops for s in self.rx_more)
+        if self.rx_more:  # (the RX loop has not built its RxQueues yet)
+            return sum(max(s.socket_drops, s.kernel_drops() or 0) for s in (self.rx, *self.rx_more))
+        return self.rx.socket_drops
 
     def _send_probes(self) -> None:
         now = self.clock()

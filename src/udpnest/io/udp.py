@@ -34,6 +34,8 @@ SO_NO_CHECK = 11
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 SO_RXQ_OVFL = 40  # cmsg with the socket's drop counter (sk_drops: filter refusals + receive-buffer overflows)
+SO_MEMINFO = 55  # getsockopt: u32[SK_MEMINFO_VARS]; index 8 (SK_MEMINFO_DROPS) is sk_drops, the same counter
+_SK_MEMINFO_DROPS = 8
 
 #: Datagrams per sendmsg (wireguard-go ``udpSegmentMaxDatagrams``; kernel UDP_MAX_SEGMENTS was 64 until 2024).
 UDP_MAX_SEGMENTS = 64
@@ -284,6 +286,17 @@ class UdpSocket:
         self.filter_error = None
         return True
 
+    def kernel_drops(self) -> int | None:
+        """The socket's drop counter now (SO_MEMINFO's sk_drops: what SO_RXQ_OVFL reports with the next
+        datagram), or None when the kernel does not tell."""
+        try:
+            raw = self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (_SK_MEMINFO_DROPS + 1))
+        except OSError:
+            return None
+        if len(raw) < 4 * (_SK_MEMINFO_DROPS + 1):
+            return None
+        return int.from_bytes(raw[4 * _SK_MEMINFO_DROPS : 4 * _SK_MEMINFO_DROPS + 4], _BYTEORDER)
+
     def recv_batch(self, bufs: Sequence) -> list[tuple[int, int, tuple]]:
         """Fill ``bufs[0]``, ``bufs[1]``, ... until the socket is empty; result ``k`` belongs to ``bufs[k]``."""
         out = []
@@ -408,10 +421,11 @@ class RxQueues:
 
     @property
     def socket_drops(self) -> int:
-        """The kernel's drops (SO_RXQ_OVFL) summed over the sockets: each socket's last value seen by either
-        path (the counters only grow)."""
+        """The kernel's drops (sk_drops) summed over the sockets: each socket's counter now (SO_MEMINFO: a socket
+        that only ever got junk refused by the filter reports no SO_RXQ_OVFL cmsg), at least the last value
+        either path saw in a cmsg (the counters only grow).  Read when status asks, not per datagram."""
         q, d = self.sched, self._drops0
-        return sum(max(s.socket_drops, q[d + i]) for i, s in enumerate(self.socks))
+        return sum(max(s.socket_drops, q[d + i], s.kernel_drops() or 0) for i, s in enumerate(self.socks))
 
     @property
     def truncated(self) -> int:
