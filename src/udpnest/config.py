@@ -91,6 +91,7 @@ class EndpointConfig:
     engine: str | None = None  # "native" | "python" (udpnest.engine); None: native when it is built
     # queue bounds (latency under load): TAP queue in frames, socket buffers from the rate and a delay
     tap_txqueuelen: int = 256
+    tap_queues: int = 4  # TAP queues (IFF_MULTI_QUEUE, one flow per queue, served round robin); 1: one queue
     underlay_rate_mbit: int = 10000
     queue_ms: float = 2.0
     metrics: str | None = None  # ADDR:PORT of the Prometheus exporter (metrics.py); off by default
@@ -292,7 +293,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
                          ("tap_mtu", 1280 if v6 else 68, 65521), ("underlay_mtu", 1280 if v6 else 576, 65535),
                          ("tx_sockets", 1, 64), ("fdb_max", 1, 1 << 20), ("probe_window", 1, 100),
                          ("tap_txqueuelen", 1, 1 << 20), ("underlay_rate_mbit", 1, 10_000_000),
-                         ("learned_max", 16, 1 << 24), ("ipc_queue", 64 << 10, 1 << 30)):
+                         ("learned_max", 16, 1 << 24), ("ipc_queue", 64 << 10, 1 << 30), ("tap_queues", 1, 16)):
         if name in raw:
             out[name] = _int(name, raw[name], lo, hi)
     if out.get("opt_class") == NETDEV_OPT_CLASS:

@@ -43,6 +43,10 @@ MAX_FRAMES = 128
 #: nanoseconds one native call goes on waiting for more frames once the TAP is empty, from its start
 #: (0: return at the first empty TAP, one call per wakeup)
 LINGER_NS = 2_000_000
+#: a multi-queue TAP (``tap_queues``): frames read from one queue per turn at most (K) before the readiness of
+#: all queues is refreshed with one poll(0) and the next ready queue after it is served (csrc/txburst.c and
+#: Endpoint._tx_loop_queues, the same rule)
+QUEUE_FRAMES = 4
 #: an FDB entry is used natively only up to this long before it expires (Python decides at the edge)
 MARGIN = 1e-6
 MODE_INT = {"plain": 0, "hint": 1, "fold": 2}
@@ -52,6 +56,15 @@ COUNT_KEYS = ("frames", "bytes", "datagrams", "super_packets", "sendmsg_calls", 
 #: counts[HIST:HIST + 7] the segments histogram, then the time waited in ppoll and the waits that found frames
 HIST, WAIT_NS, WAKEUPS = 11, 18, 19
 ENV = "UDPNEST_TX_BURST"
+
+
+def next_queue(ready, cur: int, n: int) -> int | None:
+    """The next ready queue after ``cur`` of ``n``, round robin (``cur`` itself last); None when none is."""
+    for k in range(1, n + 1):
+        i = (cur + k) % n
+        if i in ready:
+            return i
+    return None
 
 
 def wanted(ep) -> bool:

@@ -331,7 +331,7 @@ class Tap:
     def close(self) -> None:
         """Close every queue fd; the (non-persistent) device disappears with the last one."""
         if self.fd >= 0:
-            fds, self.fds, self.fd = self.fds or [self.fd], [], -1
+            fds, self.fds, self.fd = getattr(self, "fds", None) or [self.fd], [], -1
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
