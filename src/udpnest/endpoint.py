@@ -448,7 +448,7 @@ class Endpoint:
             "tap": {"name": self.tap.name if self.tap else None, "netns": self.cfg.tap_netns,
                     "offloads": offload_names(self.tap.offloads) if self.tap else [],
                     "refused": offload_names(self.tap.refused) if self.tap else [],
-                    "queues": len(_tap_fds(self.tap)) if self.tap else 0,
+                    "queues": max(1, len(getattr(self.tap, "fds", ()))) if self.tap else 0,
                     "steering": getattr(self.tap, "steering", None) if self.tap else None},
             "underlay": {"gso": bool(self.tx and not self.tx[0].gso_disabled),
                          "gro": bool(self.rx and self.rx.gro_supported),
