@@ -1,7 +1,8 @@
 /* The native TX burst (docs/architecture.md, "The TX burst"): ONE call per TAP wakeup, or per linger window.
  *
- *   tx_burst(fd, buf, ep, snap, conf, linger_ns=0, stop=None, gen=None) -> (rc, n, counts)
+ *   tx_burst(fd, buf, ep, snap, conf, linger_ns=0, stop=None, gen=None, quantum=4, rr=None) -> (rc, n, counts)
  *
+ * fd is the TAP fd, or a tuple of a multi-queue TAP's queue fds (tap_queues; see "the queues" below).
  * reads frames from the non-blocking TAP fd into buf until the queue is empty (linger_ns > 0: and then
  * waits for more, see below), and for each frame whose
  * destination MAC is in the snapshot Python passes in (policy stays in Python: udpnest.txburst builds it
@@ -38,6 +39,14 @@
  * the frame stays queued; after a read: that frame is handed back), at max_frames, for a hand-back.
  * wait_ns is the time spent in ppoll (the caller's busy time excludes it), wakeups the waits that ended
  * with the TAP readable.
+ *
+ * The queues (fd a tuple of N > 1 fds; docs/architecture.md, "A multi-queue TAP"): at most quantum (K)
+ * frames are read from one queue; after K, or when that queue's read finds it empty, ONE poll(timeout 0)
+ * over all N refreshes which are ready and the next ready queue after the current one is served (round
+ * robin, the current one last).  None ready: the TAP is empty, as above (flush, then ppoll on ALL N fds;
+ * their revents say which to serve next, without another poll(0)).  rr, a writable buffer of int32 (cur,
+ * left), keeps the place across calls (a hand-back, max_frames, a generation change).  A single fd (an
+ * int, or a tuple of one) is the single queue: the same read/ppoll calls as before.
  */
 #include "udpnest.h"
 

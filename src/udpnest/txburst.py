@@ -24,6 +24,10 @@ the frame stays queued and Python rebuilds; after a read: that frame is handed b
 thread makes (the main loop's learning or probing, a reload) is honoured for every frame read after its
 bump, lingering or not; without the word (``gen=None``) a snapshot would be at most one call (the linger
 window, :data:`MAX_FRAMES` frames) stale.  A snapshot is never used past an FDB expiry or a fold validity.
+
+A multi-queue TAP (``tap_queues`` > 1): the native call gets all queue fds, :data:`QUEUE_FRAMES` and a
+round-robin state buffer; it serves the queues with the rule of ``Endpoint._tx_loop_queues`` (docs/
+architecture.md, "A multi-queue TAP").
 """
 
 from __future__ import annotations
