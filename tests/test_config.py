@@ -36,6 +36,13 @@ def test_defaults():
     assert c.control_path == "/run/udpnest/udpnest0.sock"
 
 
+def test_nice_default_value_and_off():
+    assert cfg().nice == -10
+    assert build_config({**BASE, "nice": "-5"}).nice == -5
+    assert build_config({**BASE, "nice": 19}).nice == 19
+    assert build_config({**BASE, "nice": "off"}).nice is None
+
+
 def test_ipv6():
     c = build_config(BASE6)
     assert c.family_v6
@@ -204,6 +211,9 @@ def test_frozen():
     ({**BASE, "dstport": 65536}, "dstport", "out of range"),
     ({**BASE, "remote": ["192.0.2.2:0"]}, "remote[0]", "out of range"),
     ({**BASE, "ttl": [1]}, "ttl", "integer"),
+    ({**BASE, "nice": 20}, "nice", "out of range"),
+    ({**BASE, "nice": -21}, "nice", "out of range"),
+    ({**BASE, "nice": "high"}, "nice", "integer"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_errors(values, field, words):
     e = err(values)

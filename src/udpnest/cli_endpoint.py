@@ -52,6 +52,8 @@ def register(sub) -> None:
     up.add_argument("--dataplane", choices=("userspace", "kernel"),
                     help="userspace (default): udpnest carries the tunnel; kernel: create a Linux >= 7.0 geneve "
                     "device with the GRO hint and GSO partial instead (docs/operations.md)")
+    up.add_argument("--nice", help="nice value of the TX thread and RX process (-20..19, default -10; "
+                                   "'off' leaves them as started)")
     up.add_argument("--control", help="unix socket for 'udpnest status' (default /run/udpnest/TAP.sock)")
     up.add_argument("--metrics", metavar="ADDR:PORT",
                     help="serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; e.g. 127.0.0.1:9108)")

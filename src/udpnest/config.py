@@ -94,6 +94,9 @@ class EndpointConfig:
     tap_queues: int = 4  # TAP queues (IFF_MULTI_QUEUE, one flow per queue, served round robin); 1: one queue
     underlay_rate_mbit: int = 10000
     queue_ms: float = 2.0
+    # CPU priority of the TX thread and the RX process (io/sched.py): below the workloads' 0, so the
+    # dataplane is not queued behind the traffic it carries; None leaves the threads as they start
+    nice: int | None = -10
     metrics: str | None = None  # ADDR:PORT of the Prometheus exporter (metrics.py); off by default
     dataplane: str = "userspace"  # "kernel": a Linux >= 7.0 geneve device with the GRO hint (kernelmode.py)
 
@@ -296,6 +299,8 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
                          ("learned_max", 16, 1 << 24), ("ipc_queue", 64 << 10, 1 << 30), ("tap_queues", 1, 16)):
         if name in raw:
             out[name] = _int(name, raw[name], lo, hi)
+    if "nice" in raw:
+        out["nice"] = None if raw["nice"] in ("off", "none") else _int("nice", raw["nice"], -20, 19)
     if out.get("opt_class") == NETDEV_OPT_CLASS:
         raise ConfigError("opt_class", f"0x{NETDEV_OPT_CLASS:04x} is the Linux netdev class (GRO hint); "
                                        "choose another class")

@@ -42,6 +42,7 @@ from .config import EndpointConfig
 from .engine import check as check_engine
 from .fdb import Fdb
 from .io.kernel_tx import KernelTx
+from .io.sched import set_thread_nice, thread_nice
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
 from .io.udp import RECV_BUF_SIZE, UdpSocket
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
@@ -134,6 +135,7 @@ class Endpoint:
         self.tx: list[UdpSocket] = []
         self.ctl: socket.socket | None = None
         self.ktx: KernelTx | None = None
+        self._tx_tid: int | None = None  # the TX thread's kernel thread id (status: its nice value)
         self.local_bytes = ipaddress.ip_address(cfg.local).packed
         self.peer_bytes = {k: ipaddress.ip_address(k).packed for k in self.peers}
         self.outer_len = OUTER_V6_LEN if cfg.family_v6 else OUTER_V4_LEN
@@ -271,7 +273,7 @@ class Endpoint:
         else:
             loops.append(("udpnest-rx", self._rx_loop))
         for name, fn in loops:
-            t = threading.Thread(target=self._guard, args=(fn,), name=name, daemon=True)
+            t = threading.Thread(target=self._guard, args=(fn, True), name=name, daemon=True)
             t.start()
             self.threads.append(t)
 
@@ -291,6 +293,7 @@ class Endpoint:
                 self.rx_child, self.rx_chan = True, child
                 self._chan = Channel(child, cfg_ipc_queue)
                 _die_with_parent()
+                self._dataplane_nice()
                 self._rx_loop()
             except BaseException:
                 log.exception("udpnest-rx process crashed")
@@ -301,8 +304,19 @@ class Endpoint:
         parent.setblocking(False)
         self.rx_pid, self.rx_chan = pid, parent
 
-    def _guard(self, fn) -> None:
+    def _dataplane_nice(self) -> None:
+        """Give the calling dataplane thread (TX thread, RX process or thread) the ``nice`` setting."""
+        value, err = set_thread_nice(self.cfg.nice)
+        if err:
+            log.warning("%s keeps nice %d (%s): it waits behind the workloads for a CPU when they saturate it",
+                        threading.current_thread().name, value, err)
+
+    def _guard(self, fn, dataplane: bool = False) -> None:
         try:
+            if dataplane:
+                if fn == self._tx_loop:
+                    self._tx_tid = threading.get_native_id()
+                self._dataplane_nice()
             fn()
         except Exception:
             log.exception("%s crashed; stopping", threading.current_thread().name)
@@ -442,6 +456,9 @@ class Endpoint:
             "pid": os.getpid(),
             "engine": self.engine,
             "uptime_s": round(time.time() - self.started, 3),
+            "nice": {"setting": self.cfg.nice,
+                     "tx": thread_nice(os.getpid(), self._tx_tid) if self._tx_tid is not None else None,
+                     "rx": thread_nice(self.rx_pid) if self.rx_pid is not None else None},
             "config": {"id": self.cfg.id, "local": self.cfg.local, "dstport": self.cfg.dstport,
                        "nested": self.cfg.nested, "fallback": self.cfg.fallback,
                        "underlay_mtu": self.cfg.underlay_mtu},

@@ -109,6 +109,22 @@ def up_pair(lab, endpoints, a: nestlab.Endpoint) -> nestlab.Endpoint:
     return b
 
 
+def test_dataplane_threads_get_the_nice_setting(lab_v4, endpoints):
+    """``--nice`` reaches the TX thread and the RX process and nothing else; the default is -10."""
+    from udpnest.io.sched import thread_nice
+
+    lab = lab_v4
+    a = start_a(lab, extra=(*PROBE, "--nice", "-7"))
+    b = up_pair(lab, endpoints, a)
+    sa, sb = a.status(), b.status()
+    assert sa["nice"] == {"setting": -7, "tx": -7, "rx": -7}
+    assert sb["nice"] == {"setting": -10, "tx": -10, "rx": -10}
+    for st in (sa, sb):  # the main thread (control socket, probes) keeps the nice it was started with
+        assert thread_nice(st["pid"]) == os.getpriority(os.PRIO_PROCESS, 0)
+    sent, got = nestlab.tcp_transfer(lab.spec, 4 * nestlab.MIB, port=5330)  # still forwards
+    assert got["sha256"] == sent["sha256"]
+
+
 def test_metrics_scrape_counts_drops_and_traffic(lab_v4, endpoints):
     lab = lab_v4
     a = start_a(lab, extra=(*PROBE, "--metrics", METRICS))
