@@ -154,3 +154,30 @@ def test_multiqueue_tap_settings_per_device(netns_factory):
 def test_queues_validated():
     with pytest.raises(ValueError, match="queues"):
         Tap("untq3", queues=0)
+
+
+@pytest.mark.root
+def test_a_refused_steering_program_falls_back_to_automq(netns_factory, monkeypatch):
+    ns = netns_factory("untq")
+
+    def refuse(fd):
+        raise OSError(1, "bpf(BPF_PROG_LOAD): Operation not permitted")
+
+    monkeypatch.setattr(steering, "attach", refuse)
+    with Tap("untq4", netns=ns, queues=2) as tap:
+        assert len(tap.fds) == 2
+        assert tap.steering == "automq" and "BPF_PROG_LOAD" in tap.steering_error
+
+
+def test_tap_queues_needs_a_restart():
+    from udpnest.config import ConfigError, build_config
+    from udpnest.service import reload_changes
+
+    base = {"id": 1, "local": "192.0.2.1", "remote": ["192.0.2.2"]}
+    old = build_config(base)
+    assert old.tap_queues == 4
+    with pytest.raises(ConfigError, match="tap_queues"):
+        reload_changes(old, build_config({**base, "tap_queues": 1}))
+    for bad in (0, 17, "x"):
+        with pytest.raises(ConfigError, match="tap_queues"):
+            build_config({**base, "tap_queues": bad})
