@@ -1,7 +1,8 @@
 /* The native TX burst (docs/architecture.md, "The TX burst"): ONE call per TAP wakeup, or per linger window.
  *
- *   tx_burst(fd, buf, ep, snap, conf, linger_ns=0, stop=None, gen=None) -> (rc, n, counts)
+ *   tx_burst(fd, buf, ep, snap, conf, linger_ns=0, stop=None, gen=None, quantum=4, rr=None) -> (rc, n, counts)
  *
+ * fd is the TAP fd, or a tuple of a multi-queue TAP's queue fds (tap_queues; see "the queues" below).
  * reads frames from the non-blocking TAP fd into buf until the queue is empty (linger_ns > 0: and then
  * waits for more, see below), and for each frame whose
  * destination MAC is in the snapshot Python passes in (policy stays in Python: udpnest.txburst builds it
@@ -38,6 +39,14 @@
  * the frame stays queued; after a read: that frame is handed back), at max_frames, for a hand-back.
  * wait_ns is the time spent in ppoll (the caller's busy time excludes it), wakeups the waits that ended
  * with the TAP readable.
+ *
+ * The queues (fd a tuple of N > 1 fds; docs/architecture.md, "A multi-queue TAP"): at most quantum (K)
+ * frames are read from one queue; after K, or when that queue's read finds it empty, ONE poll(timeout 0)
+ * over all N refreshes which are ready and the next ready queue after the current one is served (round
+ * robin, the current one last).  None ready: the TAP is empty, as above (flush, then ppoll on ALL N fds;
+ * their revents say which to serve next, without another poll(0)).  rr, a writable buffer of int32 (cur,
+ * left), keeps the place across calls (a hand-back, max_frames, a generation change).  A single fd (an
+ * int, or a tuple of one) is the single queue: the same read/ppoll calls as before.
  */
 #include "udpnest.h"
 
@@ -75,6 +84,43 @@ static long long gen_now(const Py_buffer *g)
     long long v;
     memcpy(&v, g->buf, sizeof v);
     return v;
+}
+
+/* the queues of a multi-queue TAP: at most TXQ_MAX; K (quantum) frames per queue turn unless told */
+#define TXQ_MAX 64
+#define TXQ_QUANTUM 4
+
+static uint64_t ready_mask(const struct pollfd *p, int nq)
+{
+    uint64_t m = 0;
+    for (int i = 0; i < nq; i++)
+        if (p[i].revents) /* POLLIN, or an error the read reports */
+            m |= (uint64_t)1 << i;
+    return m;
+}
+
+/* a Python int as an fd (-1 with an exception set: not an int, or out of range) */
+static int as_fd(PyObject *o)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "tx_burst: a TAP fd out of range");
+        return -1;
+    }
+    return (int)v;
+}
+
+/* the next ready queue after cur, round robin (cur itself last); -1: none ready */
+static int next_ready(uint64_t ready, int cur, int nq)
+{
+    for (int k = 1; k <= nq; k++) {
+        int i = (cur + k) % nq;
+        if (ready >> i & 1)
+            return i;
+    }
+    return -1;
 }
 
 static PyObject *f_send_batch;
@@ -635,9 +681,14 @@ static int grow(uint8_t **p, size_t *cap, size_t need)
 static PyObject *tx_burst(PyObject *self, PyObject *args)
 {
     int fd;
-    Py_buffer b, sb = {0}, gb = {0};
-    PyObject *ep, *snap, *conf, *stop = Py_None, *gen = Py_None;
+    Py_buffer b, sb = {0}, gb = {0}, rb = {0};
+    PyObject *fdo, *ep, *snap, *conf, *stop = Py_None, *gen = Py_None, *rro = Py_None;
     long long linger = 0, snap_gen = 0;
+    int quantum = TXQ_QUANTUM;
+    /* the TAP's queues (more than one: the round robin, see "the queues" above) */
+    int qfds[TXQ_MAX] = {-1}, nq = 1, cur = 0, left = 0, fresh = 0, have_rr = 0;
+    uint64_t ready = 0;
+    struct pollfd pfds[TXQ_MAX];
     /* C-owned scratch: a frame with its checksum finished, a super-packet's rows (freed at the end) */
     uint8_t *work = NULL, *rows = NULL;
     size_t work_cap = 0, rows_cap = 0;
@@ -650,9 +701,35 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         struct sockaddr_storage ss;
         socklen_t sl;
     } *pc = NULL;
-    if (!PyArg_ParseTuple(args, "iw*OO!O!|LOO", &fd, &b, &ep, &PyTuple_Type, &snap, &PyTuple_Type, &conf, &linger,
-                          &stop, &gen))
+    if (!PyArg_ParseTuple(args, "Ow*OO!O!|LOOiO", &fdo, &b, &ep, &PyTuple_Type, &snap, &PyTuple_Type, &conf,
+                          &linger, &stop, &gen, &quantum, &rro))
         return NULL;
+    if (PyTuple_Check(fdo)) {
+        nq = (int)PyTuple_GET_SIZE(fdo);
+        if (nq < 1 || nq > TXQ_MAX) {
+            PyErr_Format(PyExc_ValueError, "tx_burst: %d TAP queues (1..%d)", nq, TXQ_MAX);
+            PyBuffer_Release(&b);
+            return NULL;
+        }
+        for (int i = 0; i < nq; i++) {
+            qfds[i] = as_fd(PyTuple_GET_ITEM(fdo, i));
+            if (qfds[i] == -1 && PyErr_Occurred()) {
+                PyBuffer_Release(&b);
+                return NULL;
+            }
+            pfds[i].fd = qfds[i];
+            pfds[i].events = POLLIN;
+        }
+    } else {
+        qfds[0] = as_fd(fdo);
+        if (qfds[0] == -1 && PyErr_Occurred()) {
+            PyBuffer_Release(&b);
+            return NULL;
+        }
+    }
+    fd = qfds[0];
+    if (quantum < 1)
+        quantum = 1;
     PyObject *macs, *peers, *ports, *plain, *socks;
     double deadline;
     long max_frames;
@@ -682,6 +759,20 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "tx_burst: the generation word is shorter than 8 bytes");
             goto fail;
         }
+    }
+    if (rro != Py_None && nq > 1) { /* the round robin's place, kept across calls: int32 cur, int32 left */
+        if (PyObject_GetBuffer(rro, &rb, PyBUF_WRITABLE) < 0)
+            goto fail;
+        have_rr = 1;
+        if (rb.len < 8) {
+            PyErr_SetString(PyExc_ValueError, "tx_burst: the round-robin state is shorter than 8 bytes");
+            goto fail;
+        }
+        int32_t st[2];
+        memcpy(st, rb.buf, sizeof st);
+        cur = st[0] >= 0 && st[0] < nq ? st[0] : 0;
+        left = st[1] > 0 && st[1] <= quantum ? st[1] : 0;
+        ready = left > 0 ? (uint64_t)1 << cur : 0; /* go on with the current queue; a failed read polls */
     }
     if (max_frames < 1)
         max_frames = 1; /* every call makes progress */
@@ -733,10 +824,50 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         }
         ssize_t n;
         int e;
-        Py_BEGIN_ALLOW_THREADS
-        n = read(fd, buf, cap);
-        e = errno;
-        Py_END_ALLOW_THREADS
+        int rfd = fd;
+        if (nq > 1 && (left <= 0 || !(ready >> cur & 1))) {
+            /* the current queue's turn is over (K frames, or it was empty): ONE poll(0) over all queues
+             * (none after a linger wait: its revents are fresh), then the next ready queue after it */
+            if (!fresh) {
+                int pr, pe;
+                Py_BEGIN_ALLOW_THREADS
+                pr = poll(pfds, (nfds_t)nq, 0);
+                pe = errno;
+                Py_END_ALLOW_THREADS
+                if (pr < 0) {
+                    rc = pe == EINTR ? RC_EINTR : RC_READ_ERROR;
+                    rn = pe == EINTR ? 0 : pe;
+                    break;
+                }
+                ready = ready_mask(pfds, nq);
+            }
+            fresh = 0;
+            int nx = next_ready(ready, cur, nq);
+            left = 0;
+            if (nx >= 0) {
+                cur = nx;
+                left = quantum;
+            }
+        }
+        if (nq > 1 && left <= 0) {
+            n = -1; /* every queue is empty: as an empty single queue */
+            e = EAGAIN;
+        } else {
+            if (nq > 1)
+                rfd = qfds[cur];
+            Py_BEGIN_ALLOW_THREADS
+            n = read(rfd, buf, cap);
+            e = errno;
+            Py_END_ALLOW_THREADS
+            if (nq > 1) {
+                if (n < 0 && (e == EAGAIN || e == EWOULDBLOCK)) {
+                    ready &= ~((uint64_t)1 << cur); /* this queue ran dry: poll, the next one */
+                    left = 0;
+                    continue;
+                }
+                left--;
+            }
+        }
         if (n < 0) {
             if (e == EAGAIN || e == EWOULDBLOCK) {
                 rc = RC_EMPTY;
@@ -761,9 +892,14 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
                 struct timespec to = {.tv_sec = (time_t)(wait / 1000000000LL), .tv_nsec = (long)(wait % 1000000000LL)};
                 int pr, pe;
                 Py_BEGIN_ALLOW_THREADS
-                pr = ppoll(&pfd, 1, &to, NULL);
+                pr = nq > 1 ? ppoll(pfds, (nfds_t)nq, &to, NULL) : ppoll(&pfd, 1, &to, NULL);
                 pe = errno;
                 Py_END_ALLOW_THREADS
+                if (nq > 1 && pr >= 0) { /* the wait's revents: which queues to serve next (no poll(0)) */
+                    ready = pr > 0 ? ready_mask(pfds, nq) : 0;
+                    fresh = 1;
+                    left = 0;
+                }
                 cnt[C_WAIT_NS] += mono_ns() - now;
                 if (pr < 0) {
                     if (pe == EINTR) {
@@ -960,6 +1096,11 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
         PyBuffer_Release(&sb);
     if (have_gen)
         PyBuffer_Release(&gb);
+    if (have_rr) {
+        int32_t st[2] = {cur, left};
+        memcpy(rb.buf, st, sizeof st);
+        PyBuffer_Release(&rb);
+    }
     PyObject *ct = PyTuple_New(C_N);
     if (ct == NULL)
         return NULL;
@@ -989,6 +1130,11 @@ fail:
         PyBuffer_Release(&sb);
     if (have_gen)
         PyBuffer_Release(&gb);
+    if (have_rr) {
+        int32_t st[2] = {cur, left};
+        memcpy(rb.buf, st, sizeof st);
+        PyBuffer_Release(&rb);
+    }
     return NULL;
 }
 
@@ -1026,5 +1172,7 @@ int udpnest_txburst_init(PyObject *module)
     PyModule_AddIntConstant(module, "TXB_LIMIT", RC_LIMIT);
     PyModule_AddIntConstant(module, "TXB_STALE", RC_STALE);
     PyModule_AddIntConstant(module, "TXB_STOP", RC_STOP);
+    PyModule_AddIntConstant(module, "TXB_QUANTUM", TXQ_QUANTUM);
+    PyModule_AddIntConstant(module, "TXB_MAX_QUEUES", TXQ_MAX);
     return PyModule_AddFunctions(module, txburst_methods);
 }

@@ -92,6 +92,7 @@ class EndpointConfig:
     engine: str | None = None  # "native" | "python" (udpnest.engine); None: native when it is built
     # queue bounds (latency under load): TAP queue in frames, socket buffers from the rate and a delay
     tap_txqueuelen: int = 256
+    tap_queues: int = 4  # TAP queues (IFF_MULTI_QUEUE, one flow per queue, served round robin); 1: one queue
     underlay_rate_mbit: int = 10000
     queue_ms: float = 2.0
     # CPU priority of the TX thread and the RX process (io/sched.py): below the workloads' 0, so the
@@ -297,7 +298,7 @@ def build_config(values: Mapping[str, Any]) -> EndpointConfig:
                          ("tx_sockets", 1, 64), ("fdb_max", 1, 1 << 20), ("probe_window", 1, 100),
                          ("rx_queues", 1, 64),
                          ("tap_txqueuelen", 1, 1 << 20), ("underlay_rate_mbit", 1, 10_000_000),
-                         ("learned_max", 16, 1 << 24), ("ipc_queue", 64 << 10, 1 << 30)):
+                         ("learned_max", 16, 1 << 24), ("ipc_queue", 64 << 10, 1 << 30), ("tap_queues", 1, 16)):
         if name in raw:
             out[name] = _int(name, raw[name], lo, hi)
     if "nice" in raw:

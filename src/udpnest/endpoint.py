@@ -18,6 +18,7 @@ Only this module and :mod:`udpnest.io` make syscalls; everything they call is pu
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ipaddress
 import itertools
@@ -165,7 +166,11 @@ class Endpoint:
         cfg = self.cfg
         try:
             self.tap = Tap(cfg.tap, netns=cfg.tap_netns, offloads=DEFAULT_OFFLOADS, mtu=cfg.tap_mtu,
-                           addresses=cfg.tap_addresses, mac=cfg.effective_tap_mac, up=True)
+                           addresses=cfg.tap_addresses, mac=cfg.effective_tap_mac, up=True,
+                           queues=cfg.tap_queues)
+            if self.tap.steering == "automq":
+                log.warning("TAP %s: no steering program (%s): tun's automq picks the %d queues (flows udpnest "
+                            "writes stay on queue 0)", self.tap.name, self.tap.steering_error, cfg.tap_queues)
             if self.tap.refused:
                 log.warning("TAP %s: kernel refused offloads %s; using %s", self.tap.name,
                             offload_names(self.tap.refused), offload_names(self.tap.offloads))
@@ -484,7 +489,9 @@ class Endpoint:
                        "underlay_mtu": self.cfg.underlay_mtu},
             "tap": {"name": self.tap.name if self.tap else None, "netns": self.cfg.tap_netns,
                     "offloads": offload_names(self.tap.offloads) if self.tap else [],
-                    "refused": offload_names(self.tap.refused) if self.tap else []},
+                    "refused": offload_names(self.tap.refused) if self.tap else [],
+                    "queues": max(1, len(getattr(self.tap, "fds", ()))) if self.tap else 0,
+                    "steering": getattr(self.tap, "steering", None) if self.tap else None},
             "underlay": {"gso": bool(self.tx and not self.tx[0].gso_disabled),
                          "gro": bool(self.rx and self.rx.gro_supported),
                          "gso_eio_errors": sum(s.gso_eio_errors for s in self.tx),
@@ -511,6 +518,8 @@ class Endpoint:
             return self._tx_loop_burst(self._tx_burst)
         # native engine: single datagrams (ACKs) of one read burst leave in one sendmmsg per socket
         self._batch = {} if self.engine == "native" else None
+        if len(_tap_fds(self.tap)) > 1:  # tap_queues > 1: the queues served round robin
+            return self._tx_loop_queues()
         buf = bytearray(TAP_BUF)
         mv = memoryview(buf)
         poll = select.poll()
@@ -537,6 +546,52 @@ class Endpoint:
                 self._flush_batch()
             c["time_frame_ns"] += clock() - t0
 
+    def _tx_loop_queues(self) -> None:
+        """_tx_loop for a multi-queue TAP (``tap_queues`` > 1; the per-frame loop, csrc/txburst.c has the same
+        rule): at most txburst.QUEUE_FRAMES (K) frames from one queue, then ONE poll(0) over all queues and the
+        next ready queue after it; when none is ready the round is over (the batch is flushed, the loop blocks
+        in poll on all queues).  A sparse flow's frame waits behind at most K frames of each other busy queue
+        instead of behind a bulk flow's whole ring."""
+        fds = _tap_fds(self.tap)
+        index = {fd: i for i, fd in enumerate(fds)}
+        readers = self.tap.readers()
+        k_frames, next_queue = txburst.QUEUE_FRAMES, txburst.next_queue
+        buf = bytearray(TAP_BUF)
+        mv = memoryview(buf)
+        poll = select.poll()
+        for fd in fds:
+            poll.register(fd, select.POLLIN)
+        clock, tx_frame = time.perf_counter_ns, self._tx_frame
+        c = self.tx_stats.c
+        stop = self.stop_event
+        cur, nq = 0, len(fds)
+        while not stop.is_set():
+            ev = poll.poll(250)
+            if not ev:
+                continue
+            t0 = clock()
+            failed = False
+            while not failed:
+                q = next_queue({index[fd] for fd, _ in ev}, cur, nq)
+                if q is None:
+                    break
+                cur, read = q, readers[q]
+                for _ in range(k_frames):
+                    try:
+                        n = read(buf)  # None: this queue is empty
+                    except OSError as e:
+                        c["tap_read_errors"] += 1
+                        log.warning("TAP read (queue %d): %s", q, e)
+                        failed = True  # the round ends (as the single-queue loop's burst)
+                        break
+                    if not n:
+                        break
+                    tx_frame(mv[:n])
+                ev = poll.poll(0)
+            if self._batch:
+                self._flush_batch()
+            c["time_frame_ns"] += clock() - t0
+
     def _tx_loop_burst(self, burst) -> None:
         """_tx_loop with the native TX burst (csrc/txburst.c): one call reads and sends the steady state of a
         wakeup; a frame it hands back (flooding, a drop, a deferred build, ...) runs _tx_frame here, in order,
@@ -552,7 +607,11 @@ class Endpoint:
         mv = memoryview(buf)
         poll = select.poll()
         fd = self.tap.fd
-        poll.register(fd, select.POLLIN)
+        fds = _tap_fds(self.tap)
+        for f in fds:
+            poll.register(f, select.POLLIN)
+        # tap_queues > 1: every queue's fd, the round robin's K and its place kept across calls (int32 cur, left)
+        queues = (tuple(fds), txburst.QUEUE_FRAMES, array.array("i", [0, 0])) if len(fds) > 1 else None
         clock, now, tx_frame = time.perf_counter_ns, self.clock, self._tx_frame
         snapshot, account = burst.snapshot, burst.account
         c = self.tx_stats.c
@@ -563,7 +622,10 @@ class Endpoint:
             t0, waited = clock(), 0
             while True:
                 snap, conf = snapshot(now())
-                rc, n, counts = run(fd, buf, self, snap, conf, linger, stop_flag, gen)
+                if queues is None:
+                    rc, n, counts = run(fd, buf, self, snap, conf, linger, stop_flag, gen)
+                else:
+                    rc, n, counts = run(queues[0], buf, self, snap, conf, linger, stop_flag, gen, queues[1], queues[2])
                 account(counts)
                 waited += counts[wait_ns]
                 if rc == handback:
@@ -911,6 +973,11 @@ def probing(cfg: EndpointConfig, keys: list, now: float) -> tuple[Prober | None,
 
 
 _TX_SRC_MAC = bytes.fromhex("02756e657374")  # locally administered; only the kernel TX TAP sees it
+
+
+def _tap_fds(tap) -> list[int]:
+    """The TAP's queue fds (``Tap.fds``; a stand-in with only ``fd`` has one)."""
+    return list(getattr(tap, "fds", None) or [tap.fd])
 
 
 def _set_txqueuelen(tap, qlen: int) -> None:

@@ -24,6 +24,10 @@ the frame stays queued and Python rebuilds; after a read: that frame is handed b
 thread makes (the main loop's learning or probing, a reload) is honoured for every frame read after its
 bump, lingering or not; without the word (``gen=None``) a snapshot would be at most one call (the linger
 window, :data:`MAX_FRAMES` frames) stale.  A snapshot is never used past an FDB expiry or a fold validity.
+
+A multi-queue TAP (``tap_queues`` > 1): the native call gets all queue fds, :data:`QUEUE_FRAMES` and a
+round-robin state buffer; it serves the queues with the rule of ``Endpoint._tx_loop_queues`` (docs/
+architecture.md, "A multi-queue TAP").
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ MAX_FRAMES = 128
 #: nanoseconds one native call goes on waiting for more frames once the TAP is empty, from its start
 #: (0: return at the first empty TAP, one call per wakeup)
 LINGER_NS = 2_000_000
+#: a multi-queue TAP (``tap_queues``): frames read from one queue per turn at most (K) before the readiness of
+#: all queues is refreshed with one poll(0) and the next ready queue after it is served (csrc/txburst.c and
+#: Endpoint._tx_loop_queues, the same rule)
+QUEUE_FRAMES = 4
 #: an FDB entry is used natively only up to this long before it expires (Python decides at the edge)
 MARGIN = 1e-6
 MODE_INT = {"plain": 0, "hint": 1, "fold": 2}
@@ -52,6 +60,15 @@ COUNT_KEYS = ("frames", "bytes", "datagrams", "super_packets", "sendmsg_calls", 
 #: counts[HIST:HIST + 7] the segments histogram, then the time waited in ppoll and the waits that found frames
 HIST, WAIT_NS, WAKEUPS = 11, 18, 19
 ENV = "UDPNEST_TX_BURST"
+
+
+def next_queue(ready, cur: int, n: int) -> int | None:
+    """The next ready queue after ``cur`` of ``n``, round robin (``cur`` itself last); None when none is."""
+    for k in range(1, n + 1):
+        i = (cur + k) % n
+        if i in ready:
+            return i
+    return None
 
 
 def wanted(ep) -> bool:

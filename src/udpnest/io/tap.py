@@ -7,6 +7,14 @@ The device is opened ``IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`` with a 24-byte vnet 
 features are dropped one group at a time (:data:`FALLBACK_STEPS`).  The result is kept in
 ``Tap.offloads`` (accepted) and ``Tap.refused`` (requested but refused) for logging and ``status``.
 
+With ``queues=N > 1`` the device is opened ``IFF_MULTI_QUEUE`` with N queue fds (``Tap.fds``; ``Tap.fd`` is
+queue 0), and the steering program of :mod:`udpnest.io.steering` is set so that each flow's frames come out
+of one queue (``Tap.steering``: "ebpf", or "automq" with ``Tap.steering_error`` when the kernel refused it).
+In tun.c the vnet header size, the TUN_F_* offloads, the IFF_* flags and the steering program are per
+DEVICE (set once, on queue 0; every TUNSETIFF that attaches a queue must repeat the same flags, they
+overwrite the device's); each queue has its own ring of ``txqueuelen`` frames.  ``queues=1`` is the
+single-queue TAP exactly as before (no IFF_MULTI_QUEUE).
+
 The TAP is not persistent: closing the fd removes the device.  With ``netns=`` the device is created
 inside that (named) network namespace: the calling thread enters it for the open and the ioctls and goes
 back; the fd stays valid and the device stays in the namespace.
@@ -148,11 +156,16 @@ def set_offloads(fd: int, wanted: int) -> tuple[int, int]:
             mask = 0
 
 
-class Tap:
-    """A non-blocking TAP fd carrying 24-byte vnet headers.
+#: most queues a TAP may have here (tun allows 256; the TX loop's ready mask is 64 bits)
+MAX_QUEUES = 64
 
-    Attributes: ``name``, ``ifindex``, ``netns``, ``fd``, ``vnet_hdr_sz``, ``offloads`` (accepted TUN_F_*
-    mask), ``requested`` and ``refused`` (requested bits the kernel would not take).
+
+class Tap:
+    """A non-blocking TAP fd carrying 24-byte vnet headers (or N queue fds, ``queues=N``).
+
+    Attributes: ``name``, ``ifindex``, ``netns``, ``fd`` (queue 0), ``fds`` (every queue, ``fds[0] == fd``),
+    ``steering`` (None with one queue, "ebpf" or "automq"), ``steering_error``, ``vnet_hdr_sz``, ``offloads``
+    (accepted TUN_F_* mask), ``requested`` and ``refused`` (requested bits the kernel would not take).
     """
 
     def __init__(
@@ -165,17 +178,25 @@ class Tap:
         addresses: Iterable[str] = (),
         mac: str | None = None,
         up: bool = False,
+        queues: int = 1,
     ) -> None:
         if len(name.encode()) >= 16:
             raise ValueError(f"interface name {name!r} longer than 15 bytes")
+        if not 1 <= queues <= MAX_QUEUES:
+            raise ValueError(f"queues {queues} not in 1..{MAX_QUEUES}")
         self.netns = netns
         self.requested = offloads
         self.vnet_hdr_sz = VNET_HDR_LEN
         self.fd = -1
+        self.fds: list[int] = []
+        self.steering: str | None = None
+        self.steering_error: str | None = None
+        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
         with in_netns(netns):
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            more: list[int] = []
             try:
-                ifr = bytearray(_IFREQ.pack(name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+                ifr = bytearray(_IFREQ.pack(name.encode(), flags))
                 fcntl.ioctl(fd, TUNSETIFF, ifr)
                 self.name = bytes(ifr[:16]).split(b"\0", 1)[0].decode()
                 fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
@@ -184,10 +205,19 @@ class Tap:
                     raise OSError(errno.EINVAL, f"TUNSETVNETHDRSZ: kernel kept {got}, wanted {VNET_HDR_LEN}")
                 self.offloads, self.refused = set_offloads(fd, offloads)
                 self.ifindex = socket.if_nametoindex(self.name)
+                if queues > 1:
+                    # the same flags again (tun_set_iff overwrites the device's flags with each attach)
+                    for _ in range(queues - 1):
+                        q = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                        more.append(q)
+                        fcntl.ioctl(q, TUNSETIFF, bytearray(_IFREQ.pack(self.name.encode(), flags)))
+                    self._steer(fd)
             except BaseException:
-                os.close(fd)
+                for q in [fd, *more]:
+                    os.close(q)
                 raise
         self.fd = fd
+        self.fds = [fd, *more]
         addresses = list(addresses)
         if mtu is not None or addresses or mac is not None or up:
             try:
@@ -195,6 +225,17 @@ class Tap:
             except BaseException:
                 self.close()
                 raise
+
+    def _steer(self, fd: int) -> None:
+        """Set the steering program (udpnest.io.steering); without it tun's automq decides (logged by the
+        endpoint: flows written on queue 0, which is every flow udpnest receives, then stay on queue 0)."""
+        from . import steering
+
+        try:
+            steering.attach(fd)
+            self.steering = "ebpf"
+        except OSError as e:
+            self.steering, self.steering_error = "automq", str(e)
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -240,7 +281,16 @@ class Tap:
     # -- data path ---------------------------------------------------------------------------------------
 
     def fileno(self) -> int:
+        """Queue 0's fd: every write (the RX path's frames) goes there.  With the steering program tun does
+        not record which queue a flow was written on (tun_get_user updates its flow table only without a
+        program), so the queue written to does not move any flow; and tun has no per-queue state on the
+        write path that one fd would contend on (no IFF_NAPI here).  Under the automq fallback it does pin
+        the written flows to queue 0 (see :meth:`_steer`)."""
         return self.fd
+
+    def readers(self) -> list:
+        """One :meth:`reader` per queue (``fds`` order)."""
+        return [io.FileIO(fd, "rb", closefd=False).readinto for fd in self.fds]
 
     def read_into(self, buf) -> int:
         """Read one frame (vnet header + Ethernet frame) into ``buf``; 0 if none is pending.
@@ -279,10 +329,12 @@ class Tap:
     # -- lifetime ----------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the fd; the (non-persistent) device disappears with it."""
+        """Close every queue fd; the (non-persistent) device disappears with the last one."""
         if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+            fds, self.fds, self.fd = getattr(self, "fds", None) or [self.fd], [], -1
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     @property
     def closed(self) -> bool:
@@ -300,7 +352,8 @@ class Tap:
 
     def __repr__(self) -> str:
         where = f" netns={self.netns}" if self.netns else ""
+        queues = len(getattr(self, "fds", ())) or 1
         return (
-            f"<Tap {getattr(self, 'name', '?')}{where} fd={self.fd} offloads=0x{getattr(self, 'offloads', 0):x}"
-            f" refused=0x{getattr(self, 'refused', 0):x}>"
+            f"<Tap {getattr(self, 'name', '?')}{where} fd={self.fd} queues={queues}"
+            f" offloads=0x{getattr(self, 'offloads', 0):x} refused=0x{getattr(self, 'refused', 0):x}>"
         )
