@@ -515,3 +515,31 @@ def test_drops_of_a_socket_that_only_got_junk_are_counted():
     finally:
         for s in [*bad, *socks]:
             s.close()
+
+
+def test_a_port_held_by_another_group_is_refused():
+    """check_port_free (called before the group binds): a second endpoint, or a leftover process, that holds
+    the port with or without SO_REUSEPORT makes it fail as a single socket would, instead of joining it."""
+    import errno
+
+    from udpnest.io.udp import check_port_free
+
+    g = group(2)
+    port = g[0].local_address[1]
+    try:
+        with pytest.raises(OSError) as e:
+            check_port_free(LOCAL, port)
+        assert e.value.errno == errno.EADDRINUSE and f"{LOCAL}:{port}" in str(e.value)
+        extra = UdpSocket(LOCAL, port, reuseport=True)  # what the check prevents: a silent joiner
+        extra.close()
+    finally:
+        for x in g:
+            x.close()
+    plain = UdpSocket(LOCAL, 0)
+    try:
+        with pytest.raises(OSError, match="already in use"):
+            check_port_free(LOCAL, plain.local_address[1])
+    finally:
+        plain.close()
+    check_port_free(LOCAL, port)  # free again: no error
+    check_port_free(LOCAL, 0)  # an ephemeral port (tests): nothing to check

@@ -44,7 +44,7 @@ from .fdb import Fdb
 from .io.kernel_tx import KernelTx
 from .io.sched import set_thread_nice, thread_nice
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
-from .io.udp import RECV_BUF_SIZE, RxQueues, UdpSocket
+from .io.udp import RECV_BUF_SIZE, RxQueues, UdpSocket, check_port_free
 from .outer import OUTER_V4_LEN, OUTER_V6_LEN, outer_headers, source_port, tunnel_gso_vnet
 from .peers import Prober, ReplyLimiter, TokenBucket
 from .rxguard import Channel, LearnedMacs
@@ -179,6 +179,8 @@ class Endpoint:
             _set_txqueuelen(self.tap, cfg.tap_txqueuelen)
             # buffers sized from the rate (config.socket_buffer), not a fixed 8 MB: a full buffer is latency
             nq = getattr(cfg, "rx_queues", 1)
+            if nq > 1:  # a group would silently share the port with another SO_REUSEPORT holder
+                check_port_free(cfg.local, cfg.dstport, cfg.underlay_netns)
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
                                 bufsize=cfg.socket_buffer, blocking=True, reuseport=nq > 1)
             for _ in range(nq - 1):  # the same address and port (a dstport of 0 in tests: the first's)

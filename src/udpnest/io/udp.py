@@ -83,6 +83,30 @@ def iter_segments(buf, nbytes: int, gso_size: int) -> Iterator[memoryview]:
         yield mv[off : off + gso_size]
 
 
+def check_port_free(host: str, port: int, netns: str | None = None) -> None:
+    """Raise ``OSError(EADDRINUSE)`` naming ``host:port`` if any socket holds it, with or without
+    ``SO_REUSEPORT``.
+
+    A socket group bound with ``SO_REUSEPORT`` (``rx_queues`` > 1) would otherwise silently share the port
+    with a second endpoint, or a leftover process of an old one, that bound it the same way: each would get
+    a share of the other's datagrams.  A plain bind first fails as the single socket always did.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with in_netns(netns):
+        probe = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.bind((host, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE, f"underlay {host}:{port} is already in use (another udpnest, or a "
+                                            f"leftover process of an old one? `ss -uanp sport = :{port}`)") from None
+        raise
+    finally:
+        probe.close()
+
+
 class UdpSocket:
     """A bound UDP socket (IPv4 or IPv6, chosen by ``host``), optionally created inside a named netns.
 
