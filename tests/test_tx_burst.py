@@ -173,6 +173,10 @@ class Harness:
     def burst(self, reads: list[bytes]) -> list[tuple[int, int, bytes]]:
         for r in reads:
             self.b.send(r)
+        return self.one_round()
+
+    def one_round(self) -> list[tuple[int, int, bytes]]:
+        """One TX loop round over what is queued: (peer, TX socket, datagram) in the order received."""
         self.ep.stop_event = _OneWakeup()
         self.ep._tx_loop()
         got = []

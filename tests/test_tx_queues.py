@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from test_tx_burst import MAC_A, MAC_B2, Harness, _Loop, _OneWakeup, _recv, ack, ack_csum, small, sp
+from test_tx_burst import MAC_A, MAC_B2, Harness, _Loop, _recv, ack, ack_csum, small, sp
 from udpnest import engine, generation, txburst
 from udpnest.io.tap import Tap
 
@@ -45,17 +45,7 @@ class QHarness(Harness):
         """One TX loop round with ``reads`` (queue, frame) queued first: what each peer received, in order."""
         for q, r in reads:
             self.send(q, r)
-        self.ep.stop_event = _OneWakeup()
-        self.ep._tx_loop()
-        got = []
-        for i, s in enumerate(self.rx):
-            while True:
-                try:
-                    data, addr = s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-                got.append((i, [t.local_address[1] for t in self.ep.tx].index(addr[1]), data))
-        return got
+        return self.one_round()
 
     def close(self) -> None:
         super().close()
