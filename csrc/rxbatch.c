@@ -607,16 +607,12 @@ static void rxq_fill(const rxq_t *Q, struct pollfd *p, short events)
  * current (its read count 0); its index, or -1 when none did */
 static int rxq_next(rxq_t *Q, const struct pollfd *p)
 {
-    int cur = (int)Q->q[1];
-    for (int k = 1; k <= Q->n; k++) {
-        int j = (cur + k) % Q->n;
-        if (p[j].revents) {
-            Q->q[1] = j;
-            Q->q[2] = 0;
-            return j;
-        }
+    int j = un_next_ready(un_poll_ready(p, Q->n), (int)Q->q[1], Q->n);
+    if (j >= 0) {
+        Q->q[1] = j;
+        Q->q[2] = 0;
     }
-    return -1;
+    return j;
 }
 
 /* one poll of all the sockets (timeout ms, -1: block): a ready socket became current: 1 when it has data, 2 when

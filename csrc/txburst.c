@@ -90,15 +90,6 @@ static long long gen_now(const Py_buffer *g)
 #define TXQ_MAX 64
 #define TXQ_QUANTUM 4
 
-static uint64_t ready_mask(const struct pollfd *p, int nq)
-{
-    uint64_t m = 0;
-    for (int i = 0; i < nq; i++)
-        if (p[i].revents) /* POLLIN, or an error the read reports */
-            m |= (uint64_t)1 << i;
-    return m;
-}
-
 /* a Python int as an fd (-1 with an exception set: not an int, or out of range) */
 static int as_fd(PyObject *o)
 {
@@ -110,17 +101,6 @@ static int as_fd(PyObject *o)
         return -1;
     }
     return (int)v;
-}
-
-/* the next ready queue after cur, round robin (cur itself last); -1: none ready */
-static int next_ready(uint64_t ready, int cur, int nq)
-{
-    for (int k = 1; k <= nq; k++) {
-        int i = (cur + k) % nq;
-        if (ready >> i & 1)
-            return i;
-    }
-    return -1;
 }
 
 static PyObject *f_send_batch;
@@ -839,10 +819,10 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
                     rn = pe == EINTR ? 0 : pe;
                     break;
                 }
-                ready = ready_mask(pfds, nq);
+                ready = un_poll_ready(pfds, nq);
             }
             fresh = 0;
-            int nx = next_ready(ready, cur, nq);
+            int nx = un_next_ready(ready, cur, nq);
             left = 0;
             if (nx >= 0) {
                 cur = nx;
@@ -896,7 +876,7 @@ static PyObject *tx_burst(PyObject *self, PyObject *args)
                 pe = errno;
                 Py_END_ALLOW_THREADS
                 if (nq > 1 && pr >= 0) { /* the wait's revents: which queues to serve next (no poll(0)) */
-                    ready = pr > 0 ? ready_mask(pfds, nq) : 0;
+                    ready = pr > 0 ? un_poll_ready(pfds, nq) : 0;
                     fresh = 1;
                     left = 0;
                 }

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 /* Each half registers its functions on the module (module.c calls both). */
@@ -27,6 +28,27 @@ int un_sockaddr(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len);
 ssize_t un_send_segments(int fd, const struct sockaddr_storage *ss, socklen_t sl, const void *buf, size_t len,
                          unsigned seg, int flags, int *err);
 int udpnest_rxbatch_init(PyObject *module);
+
+/* Round robin over the fds of one poll (the TAP's queues in txburst.c, the RX queues' sockets in rxbatch.c; at
+ * most 64): which reported anything, as a bit mask, and the next of those after cur (cur itself last), -1: none. */
+static inline uint64_t un_poll_ready(const struct pollfd *p, int n)
+{
+    uint64_t m = 0;
+    for (int i = 0; i < n; i++)
+        if (p[i].revents) /* POLLIN, or an error the next read reports */
+            m |= (uint64_t)1 << i;
+    return m;
+}
+
+static inline int un_next_ready(uint64_t ready, int cur, int n)
+{
+    for (int k = 1; k <= n; k++) {
+        int i = (cur + k) % n;
+        if (ready >> i & 1)
+            return i;
+    }
+    return -1;
+}
 
 /* ---- The TX cores of csrc/tx.c (pure: pointers, lengths, plain C values, caller-provided buffers; no
  * Python objects).  The Python entries (vnet_check, finish_csum, hint_prefix, fold_one, fold_gso,

@@ -13,6 +13,7 @@ import pytest
 
 from test_tx_burst import MAC_A, MAC_B2, Harness, _Loop, _recv, ack, ack_csum, small, sp
 from udpnest import engine, generation, txburst
+from udpnest.io import next_ready
 from udpnest.io.tap import Tap
 
 pytestmark = pytest.mark.skipif(not engine.native_available(), reason="native core not built")
@@ -69,11 +70,11 @@ def qrun(script, burst: bool, monkeypatch, nq: int = 3):
 
 
 def test_next_queue_is_round_robin():
-    assert txburst.next_queue({0, 1, 2}, 0, 3) == 1
-    assert txburst.next_queue({0, 2}, 0, 3) == 2
-    assert txburst.next_queue({0}, 0, 3) == 0  # the current queue itself last
-    assert txburst.next_queue({1}, 2, 3) == 1
-    assert txburst.next_queue(set(), 1, 3) is None
+    assert next_ready({0, 1, 2}, 0, 3) == 1
+    assert next_ready({0, 2}, 0, 3) == 2
+    assert next_ready({0}, 0, 3) == 0  # the current queue itself last
+    assert next_ready({1}, 2, 3) == 1
+    assert next_ready(set(), 1, 3) is None
 
 
 BULK = 20  # super-packets of the bulk flow

@@ -41,6 +41,7 @@ from .announce import announcements
 from .config import EndpointConfig
 from .engine import check as check_engine
 from .fdb import Fdb
+from .io import next_ready
 from .io.kernel_tx import KernelTx
 from .io.sched import set_thread_nice, thread_nice
 from .io.tap import DEFAULT_OFFLOADS, Tap, offload_names
@@ -178,7 +179,7 @@ class Endpoint:
             # with shutdown(SHUT_RD)
             _set_txqueuelen(self.tap, cfg.tap_txqueuelen)
             # buffers sized from the rate (config.socket_buffer), not a fixed 8 MB: a full buffer is latency
-            nq = getattr(cfg, "rx_queues", 1)
+            nq = cfg.rx_queues
             if nq > 1:  # a group would silently share the port with another SO_REUSEPORT holder
                 check_port_free(cfg.local, cfg.dstport, cfg.underlay_netns)
             self.rx = UdpSocket(cfg.local, cfg.dstport, netns=cfg.underlay_netns, gro=True, gso=cfg.udpcsum,
@@ -557,7 +558,7 @@ class Endpoint:
         fds = _tap_fds(self.tap)
         index = {fd: i for i, fd in enumerate(fds)}
         readers = self.tap.readers()
-        k_frames, next_queue = txburst.QUEUE_FRAMES, txburst.next_queue
+        k_frames = txburst.QUEUE_FRAMES
         buf = bytearray(TAP_BUF)
         mv = memoryview(buf)
         poll = select.poll()
@@ -574,7 +575,7 @@ class Endpoint:
             t0 = clock()
             failed = False
             while not failed:
-                q = next_queue({index[fd] for fd, _ in ev}, cur, nq)
+                q = next_ready({index[fd] for fd, _ in ev}, cur, nq)
                 if q is None:
                     break
                 cur, read = q, readers[q]

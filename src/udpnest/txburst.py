@@ -62,15 +62,6 @@ HIST, WAIT_NS, WAKEUPS = 11, 18, 19
 ENV = "UDPNEST_TX_BURST"
 
 
-def next_queue(ready, cur: int, n: int) -> int | None:
-    """The next ready queue after ``cur`` of ``n``, round robin (``cur`` itself last); None when none is."""
-    for k in range(1, n + 1):
-        i = (cur + k) % n
-        if i in ready:
-            return i
-    return None
-
-
 def wanted(ep) -> bool:
     """The burst runs with the native engine on the socket TX path, unless ``UDPNEST_TX_BURST=0``."""
     if os.environ.get(ENV, "1").strip().lower() in ("0", "off", "no", "false"):

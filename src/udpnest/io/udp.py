@@ -25,6 +25,7 @@ import time
 from array import array
 from collections.abc import Iterator, Sequence
 
+from . import next_ready
 from .tap import in_netns
 
 SOL_UDP = 17
@@ -404,17 +405,13 @@ class RxQueues:
         ev = self._poll.poll(timeout)
         if not ev:
             return 0
-        q, n, index = self.sched, self.n, self._index
-        ready = [0] * n
-        for fd, e in ev:
-            ready[index[fd]] = e
-        cur = q[1]
-        for k in range(1, n + 1):
-            j = (cur + k) % n
-            if ready[j]:
-                q[1], q[2] = j, 0
-                return 1 if ready[j] == select.POLLIN else 2
-        return 0
+        q, index = self.sched, self._index
+        ready = {index[fd]: e for fd, e in ev}
+        j = next_ready(ready, q[1], self.n)
+        if j is None:
+            return 0
+        q[1], q[2] = j, 0
+        return 1 if ready[j] == select.POLLIN else 2
 
     def recv_into(self, buf, nowait: bool = False) -> tuple[int, int, tuple] | None:
         """``UdpSocket.recv_into`` over the group (see the class docstring for which socket); ``nowait``: a run
