@@ -29,8 +29,11 @@ from .wire import csum
 from .wire.errors import ParseError, Reason
 from .wire.eth import ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, ETH_P_TEB, VLAN_HLEN, parse_eth
 from .wire.geneve import MAX_OPT_DATA, MAX_OPTS_LEN, OPT_HLEN, build_geneve, build_option, parse_geneve
+from .wire.ipv4 import CSUM_OFF as IPV4_CSUM_OFF
 from .wire.ipv4 import PROTO_UDP, parse_ipv4
+from .wire.ipv4 import TOTAL_LEN_OFF as IPV4_TOTAL_LEN_OFF
 from .wire.ipv6 import IPV6_HLEN, parse_ipv6
+from .wire.ipv6 import PAYLOAD_LEN_OFF as IPV6_PAYLOAD_LEN_OFF
 from .wire.options import (
     DEFAULT_OPT_CLASS,
     GRO_HINT_PROTO,
@@ -40,6 +43,8 @@ from .wire.options import (
     parse_packet,
     validate_gro_hint,
 )
+from .wire.udp import CSUM_OFF as UDP_CSUM_OFF
+from .wire.udp import LEN_OFF as UDP_LEN_OFF
 from .wire.udp import UDP_HLEN, parse_udp
 from .wire.vxlan import GPE_NP_ETHERNET, GPE_NP_IPV4, GPE_NP_IPV6, VXLAN_HLEN, parse_vxlan
 
@@ -67,6 +72,7 @@ F_KNOWN = F_V6 | F_UDP_CSUM | F_LEN_ZEROED | F_CSUM_ZEROED | F_RCO
 FOLD_META_LEN = 6
 FOLD_VERSION = 0
 _META = struct.Struct("!BBBBBB")
+_U16 = struct.Struct("!H")
 _GPE_NEXT = {GPE_NP_ETHERNET: ETH_P_TEB, GPE_NP_IPV4: ETH_P_IPV4, GPE_NP_IPV6: ETH_P_IPV6}
 _NEXT_OK = (ETH_P_TEB, ETH_P_IPV4, ETH_P_IPV6)
 _L2_LENS = (0, ETH_HLEN, ETH_HLEN + VLAN_HLEN)
@@ -294,8 +300,16 @@ def restore_headers(carried: list[_Carried], inner_len: int, inner_sum: int = 0,
     checksum is computed (every level in "compute" mode, levels below the outermost in "partial" mode).
     Returns the headers and, in "partial" mode, the offset of the outermost nested UDP header whose
     checksum field holds the pseudo-header sum (None if that level has no checksum).
+
+    The levels are restored innermost first, so each UDP checksum can include what follows it.  The
+    checksums use the RFC 1071 sum in its arithmetic form (as :func:`csum.ones_sum` does for small
+    buffers): the one's complement sum of 16-bit words equals the integer value of the bytes modulo
+    0xFFFF (2**16 == 1 mod 0xFFFF), with 0xFFFF standing for a non-zero multiple.  Every carried part is
+    an even number of bytes (L2 0/14/18, IP and tunnel headers whole words, UDP 8), so a part of the
+    frame can be summed as one integer and the sums of consecutive parts simply added.
     """
-    suffix_sum = inner_sum
+    partial = udp_csum == "partial"
+    suffix_sum = inner_sum  # sum of everything after the level being restored (reduced modulo 0xFFFF)
     suffix_len = inner_len
     out: list[bytes] = []
     partial_off = None
@@ -304,29 +318,31 @@ def restore_headers(carried: list[_Carried], inner_len: int, inner_sum: int = 0,
         h = bytearray(c.hdr)
         ip, u = c.l2, c.l2 + c.l3
         udp_len = UDP_HLEN + c.tun + suffix_len
-        v6 = bool(c.flags & F_V6)
+        v6 = c.flags & F_V6
         ip_len = (c.l3 - IPV6_HLEN if v6 else c.l3) + udp_len
         if udp_len > 0xFFFF or ip_len > 0xFFFF:
             raise ParseError(Reason.FOLD_TOO_LARGE, f"level {i}: nested UDP length {udp_len}, IP length {ip_len}")
         if c.flags & F_LEN_ZEROED:
-            if v6:
-                h[ip + 4 : ip + 6] = ip_len.to_bytes(2, "big")
-            else:
-                h[ip + 2 : ip + 4] = ip_len.to_bytes(2, "big")
-            h[u + 4 : u + 6] = udp_len.to_bytes(2, "big")
+            _U16.pack_into(h, ip + (IPV6_PAYLOAD_LEN_OFF if v6 else IPV4_TOTAL_LEN_OFF), ip_len)
+            _U16.pack_into(h, u + UDP_LEN_OFF, udp_len)
         if c.flags & F_CSUM_ZEROED:
             if not v6:
-                h[ip + 10 : ip + 12] = csum.checksum(h[ip : ip + c.l3]).to_bytes(2, "big")
+                # IPv4 header checksum: ~sum of the header (checksum field zero).  The header is never all
+                # zero (version 4), so its sum is v % 0xFFFF or 0xFFFF, and ~sum & 0xFFFF is -v % 0xFFFF.
+                _U16.pack_into(h, ip + IPV4_CSUM_OFF, -int.from_bytes(h[ip:u], "big") % 0xFFFF)
             if c.flags & F_UDP_CSUM:
-                src, dst = csum.ip_addresses(h, ip, v6)
-                pseudo = csum.pseudo_sum(src, dst, PROTO_UDP, udp_len)
-                if udp_csum == "partial" and i == 0:
-                    value = pseudo
+                # pseudo-header: source and destination address (adjacent in IPv4 and IPv6), 17, UDP length
+                addrs = h[ip + 8 : ip + 40] if v6 else h[ip + 12 : ip + 20]
+                pseudo = int.from_bytes(addrs, "big") + PROTO_UDP + udp_len
+                if partial and i == 0:
+                    value = pseudo % 0xFFFF or 0xFFFF  # the folded pseudo-header sum (> 0: it counts 17)
                     partial_off = u
                 else:
-                    value = csum.checksum(h[u:], csum.add(pseudo, suffix_sum)) or 0xFFFF
-                h[u + 6 : u + 8] = value.to_bytes(2, "big")
-        suffix_sum = csum.add(csum.ones_sum(h), suffix_sum)
+                    # ~(pseudo + UDP header and tunnel header + suffix); a total > 0 whose sum is s gives
+                    # 0xFFFF - s, which is never 0, so RFC 768's "a computed 0 is sent as 0xFFFF" holds.
+                    value = 0xFFFF - (pseudo + int.from_bytes(h[u:], "big") + suffix_sum) % 0xFFFF
+                _U16.pack_into(h, u + UDP_CSUM_OFF, value)
+        suffix_sum = (int.from_bytes(h, "big") + suffix_sum) % 0xFFFF
         suffix_len += len(h)
         out.append(bytes(h))
     out.reverse()
