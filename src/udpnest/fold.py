@@ -285,7 +285,13 @@ def unfold(payload, *, opt_class: int = DEFAULT_OPT_CLASS, udp_csum: str = "comp
         return Unfolded(b"", inner, 0, None, False)
     if carried is None:
         carried = decode_folds(pkt)
-    need_sum = any(c.flags & F_UDP_CSUM and (udp_csum == "compute" or i > 0) for i, c in enumerate(carried))
+    # the innermost frame's sum is needed where a nested UDP checksum is computed: at every level with
+    # UDP_CSUM in "compute" mode, below the outermost level in "partial" mode
+    need_sum = False
+    for c in carried if udp_csum == "compute" else carried[1:]:
+        if c.flags & F_UDP_CSUM:
+            need_sum = True
+            break
     headers, partial_off = restore_headers(carried, len(inner), csum.ones_sum(inner) if need_sum else 0, udp_csum)
     return Unfolded(headers, inner, len(carried), partial_off, bool(carried[0].flags & F_RCO))
 
@@ -326,23 +332,23 @@ def restore_headers(carried: list[_Carried], inner_len: int, inner_sum: int = 0,
     out: list[bytes] = []
     partial_off = None
     for i in range(len(carried) - 1, -1, -1):
-        c = carried[i]
-        h = bytearray(c.hdr)
-        ip, u = c.l2, c.l2 + c.l3
-        udp_len = UDP_HLEN + c.tun + suffix_len
-        v6 = c.flags & F_V6
-        ip_len = (c.l3 - IPV6_HLEN if v6 else c.l3) + udp_len
+        hdr, flags, ip, l3, tun, _ = carried[i]
+        h = bytearray(hdr)
+        u = ip + l3  # the IP header starts after L2 (ip == l2), UDP after it
+        udp_len = UDP_HLEN + tun + suffix_len
+        v6 = flags & F_V6
+        ip_len = (l3 - IPV6_HLEN if v6 else l3) + udp_len
         if udp_len > 0xFFFF or ip_len > 0xFFFF:
             raise ParseError(Reason.FOLD_TOO_LARGE, f"level {i}: nested UDP length {udp_len}, IP length {ip_len}")
-        if c.flags & F_LEN_ZEROED:
+        if flags & F_LEN_ZEROED:
             _U16.pack_into(h, ip + (IPV6_PAYLOAD_LEN_OFF if v6 else IPV4_TOTAL_LEN_OFF), ip_len)
             _U16.pack_into(h, u + UDP_LEN_OFF, udp_len)
-        if c.flags & F_CSUM_ZEROED:
+        if flags & F_CSUM_ZEROED:
             if not v6:
                 # IPv4 header checksum: ~sum of the header (checksum field zero).  The header is never all
                 # zero (version 4), so its sum is v % 0xFFFF or 0xFFFF, and ~sum & 0xFFFF is -v % 0xFFFF.
                 _U16.pack_into(h, ip + IPV4_CSUM_OFF, -int.from_bytes(h[ip:u], "big") % 0xFFFF)
-            if c.flags & F_UDP_CSUM:
+            if flags & F_UDP_CSUM:
                 # pseudo-header: source and destination address (adjacent in IPv4 and IPv6), 17, UDP length
                 addrs = h[ip + 8 : ip + 40] if v6 else h[ip + 12 : ip + 20]
                 pseudo = int.from_bytes(addrs, "big") + PROTO_UDP + udp_len
