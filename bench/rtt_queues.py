@@ -10,17 +10,23 @@ root, iperf3 (and dumpcap for ``--hops``); run on an otherwise idle machine::
     .venv/bin/python bench/rtt_queues.py --rate 3G          # the bulk flow held to 3 Gbit/s (iperf3 -b)
     .venv/bin/python bench/rtt_queues.py --pingpong-nice -10 # the ping-pong's processes at nice -10
     .venv/bin/python bench/rtt_queues.py --hops --reps 1    # + one-way delays TAP A -> TAP B and back
+    .venv/bin/python bench/rtt_queues.py --sched            # + time each process group waited for a CPU
 
 Prints one line per mode (Gbit/s, RTT p50/p99, retransmits, CPU s/GB), the receive queue's quantiles and,
 with ``--hops``, per udpnest mode the ping-pong's one-way delays between the two endpoints' TAPs (dumpcap on
 each TAP, frames matched by the inner TCP sequence number): the request direction (the bulk flow's) is TAP
 ring A + TX A + underlay + Geneve socket B + RX B, the reply direction the same the other way; what the RTT
 has beyond their sum is the workloads' side (the ping-pong processes, their kernel stacks, their VXLAN).
+With ``--sched``, per mode, the time the ping-pong's client and server waited runnable for a CPU per round
+trip, and per second of the run the CPU time and the run-queue wait of the iperf3 pair and of the udpnest
+endpoints (all their threads and the forked RX processes): ``/proc/<pid>/task/<tid>/schedstat`` (run ns,
+run-queue wait ns, timeslices), sampled every 0.1 s, deltas over each run (the ping-pong client's lifetime).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import struct
 import subprocess
@@ -66,12 +72,99 @@ def read_pcap(path: Path) -> dict[tuple[str, bytes], float]:
     return out
 
 
+SCHED_GROUPS = ("client", "server", "iperf3", "udpnest")
+
+
+def sched_group(cmdline: list[str]) -> str | None:
+    """Which process group of the bench a command line belongs to (None: not one of them)."""
+    if "udpnest.lab.pingpong" in cmdline:
+        return "client" if "client" in cmdline else "server"
+    if cmdline and cmdline[0].endswith("iperf3"):
+        return "iperf3"
+    if "udpnest.cli" in cmdline and "up" in cmdline:
+        return "udpnest"
+    return None
+
+
+def sched_snapshot() -> dict[int, tuple[str, int, int]]:
+    """tid -> (group, run ns, run-queue wait ns) for every thread of the bench's processes."""
+    out: dict[int, tuple[str, int, int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            group = sched_group((proc / "cmdline").read_bytes().decode(errors="replace").split("\0"))
+            if group is None:
+                continue
+            for task in (proc / "task").iterdir():
+                run, wait, _ = (task / "schedstat").read_text().split()
+                out[int(task.name)] = (group, int(run), int(wait))
+        except (OSError, ValueError):
+            continue  # the process or thread ended while being read
+    return out
+
+
+def sample_sched(stop: threading.Event, windows: list[dict]) -> None:
+    """One window per ping-pong client lifetime (= one bench run): per group, run and wait ns summed over
+    the threads seen at the window's first and last sample (threads seen later count from first sight)."""
+    first: dict[int, tuple[str, int, int]] = {}
+    last: dict[int, tuple[str, int, int]] = {}
+    t0 = 0.0
+    while not stop.wait(0.1):
+        snap = sched_snapshot()
+        client = any(g == "client" for g, _, _ in snap.values())
+        if client:
+            if not first:
+                t0 = time.monotonic()
+            for tid, v in snap.items():
+                first.setdefault(tid, v)
+            last.update(snap)
+        elif first:
+            w = {g: [0, 0] for g in SCHED_GROUPS}
+            for tid, (g, run, wait) in last.items():
+                w[g][0] += run - first[tid][1]
+                w[g][1] += wait - first[tid][2]
+            w["seconds"] = time.monotonic() - t0
+            windows.append(w)
+            first, last = {}, {}
+
+
 def quantiles(xs: list[float]) -> str:
     if not xs:
         return "no samples"
     xs = sorted(xs)
     q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
     return f"n {len(xs)}  p50 {q(0.5):.0f}  p90 {q(0.9):.0f}  p99 {q(0.99):.0f} us"
+
+
+def print_sched(runs: list[dict], windows: list[dict], client: list[dict]) -> None:
+    """Per mode and underlay (means over its runs): the ping-pong's run-queue wait per round trip (the
+    client's inside its timed round trips, from its own ``--sched-out``; the server's over the whole run,
+    it wakes for nothing else), and CPU / run-queue wait per second of iperf3 and of the endpoints."""
+    if not (len(windows) == len(runs) == len(client)):
+        print(f"sched: {len(windows)} sampling windows and {len(client)} client records for {len(runs)} runs, "
+              "not attributed")
+        return
+    per: dict[tuple[str, str], list[tuple[dict, int]]] = {}
+    for r, w, c in zip(runs, windows, client, strict=True):
+        w["client"] = [c["run_ns"], c["wait_ns"]]
+        per.setdefault((r["mode"], r["underlay"]), []).append((w, max(1, c["round_trips"])))
+
+    def mean(ws, f):
+        return statistics.mean(f(w, n) for w, n in ws)
+
+    print("run-queue wait: ping-pong client and server us per round trip; iperf3 pair and udpnest endpoints "
+          "(all threads) CPU and wait ms per s")
+    for (mode, underlay), ws in per.items():
+        cw = mean(ws, lambda w, n: w["client"][1] / n / 1e3)
+        sw = mean(ws, lambda w, n: w["server"][1] / n / 1e3)
+        parts = [f"client wait {cw:5.0f} us/RTT", f"server wait {sw:5.0f} us/RTT"]
+        for g in ("iperf3", "udpnest"):
+            run = mean(ws, lambda w, n, g=g: w[g][0] / w["seconds"] / 1e6)
+            wait = mean(ws, lambda w, n, g=g: w[g][1] / w["seconds"] / 1e6)
+            if run or wait:
+                parts.append(f"{g} run {run:4.0f} wait {wait:4.0f} ms/s")
+        print(f"{mode:28s} {underlay:8s} " + "  ".join(parts))
 
 
 def main() -> int:
@@ -84,6 +177,8 @@ def main() -> int:
     ap.add_argument("--rate", help="hold the bulk flow to this rate (iperf3 -b, e.g. 3G); default free-running")
     ap.add_argument("--pingpong-nice", type=int, help="run the ping-pong's client and server at this nice value")
     ap.add_argument("--hops", action="store_true", help="capture on both TAPs: one-way delays per direction")
+    ap.add_argument("--sched", action="store_true",
+                    help="run-queue wait of the ping-pong per round trip, of iperf3 and the endpoints per second")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="udpnest-rtt-"))
     modes = ["kernel-vxlan-in-vxlan", "udpnest-fold"]
@@ -102,6 +197,8 @@ def main() -> int:
         argv = list(argv)
         if args.rate and argv[:1] == ["iperf3"] and "-c" in argv:
             argv += ["-b", args.rate]
+        if args.sched and "udpnest.lab.pingpong" in argv and "client" in argv:
+            argv += ["--sched-out", str(tmp / "client-sched.jsonl")]
         if args.pingpong_nice is not None and "udpnest.lab.pingpong" in argv:
             argv = ["nice", "-n", str(args.pingpong_nice)] + argv
         return ns_argv(ns, argv)
@@ -139,11 +236,17 @@ def main() -> int:
     ns = f"{topology.DEFAULT_PREFIX}-hb"
     t = threading.Thread(target=sample_queue, args=(ns, topology.GENEVE_PORT, stop, queue), daemon=True)
     t.start()
+    windows: list[dict] = []
+    ts = threading.Thread(target=sample_sched, args=(stop, windows), daemon=True)
+    if args.sched:
+        ts.start()
     try:
         res = bench.run(cfg, sys.stderr)
     finally:
         stop.set()
         t.join()
+        if args.sched:
+            ts.join()
     for m, per in res["modes"].items():
         for u, s in per.items():
             print(f"{m:28s} {u:8s} {s['gbps']:6.2f} Gbit/s  RTT p50 {s['rtt_p50_us']:7.0f} "
@@ -161,6 +264,10 @@ def main() -> int:
         d = hops.setdefault((name, underlay), {"request": [], "reply": []})
         d["request"] += [(b[k] - a[k]) * 1e6 for k in a if k[0] == "request" and k in b]
         d["reply"] += [(a[k] - b[k]) * 1e6 for k in b if k[0] == "reply" and k in a]
+    if args.sched:
+        path = tmp / "client-sched.jsonl"
+        client = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        print_sched(res["runs"], windows, client)
     for (name, underlay), d in hops.items():
         print(f"{name:28s} {underlay:8s} request TAP A -> TAP B: {quantiles(d['request'])}")
         print(f"{name:28s} {underlay:8s} reply   TAP B -> TAP A: {quantiles(d['reply'])}")

@@ -5,12 +5,15 @@
 ``python3 -m udpnest.lab.pingpong client --connect ADDR --port P --duration S``
     Sends a ``--size``-byte request, waits for the full echo, sleeps ``--interval-ms``, repeats for
     ``--duration`` seconds; prints ``{"rtt_us": [...]}`` (one value per request) on stdout.
+    ``--sched-out FILE`` appends one JSON line to FILE: the client's own CPU time and run-queue wait
+    (``/proc/thread-self/schedstat``) summed over the timed part of every round trip, and their count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -41,8 +44,32 @@ def serve(bind: str, port: int, size: int) -> None:
                     conn.sendall(msg)
 
 
+class SchedStat:
+    """The calling thread's ``/proc/thread-self/schedstat``: CPU ns, run-queue wait ns (summed by ``mark``)."""
+
+    def __init__(self) -> None:
+        self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        self.run_ns = self.wait_ns = 0
+        self._start = (0, 0)
+
+    def read(self) -> tuple[int, int]:
+        run, wait, _ = os.pread(self._fd, 128, 0).split()
+        return int(run), int(wait)
+
+    def start(self) -> None:
+        self._start = self.read()
+
+    def stop(self) -> None:
+        run, wait = self.read()
+        self.run_ns += run - self._start[0]
+        self.wait_ns += wait - self._start[1]
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 def run_client(connect: str, port: int, duration: float, interval_ms: float, size: int,
-               connect_timeout: float = 5.0) -> list[float]:
+               connect_timeout: float = 5.0, sched: SchedStat | None = None) -> list[float]:
     family = socket.AF_INET6 if ":" in connect else socket.AF_INET
     deadline = time.monotonic() + connect_timeout
     while True:
@@ -62,11 +89,15 @@ def run_client(connect: str, port: int, duration: float, interval_ms: float, siz
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         end = time.monotonic() + duration
         while time.monotonic() < end:
+            if sched:
+                sched.start()
             t0 = time.perf_counter_ns()
             sock.sendall(payload)
             if _recv_exact(sock, size) is None:
                 break
             rtts.append((time.perf_counter_ns() - t0) / 1000.0)
+            if sched:
+                sched.stop()
             if interval_ms > 0:
                 time.sleep(interval_ms / 1000.0)
     return rtts
@@ -86,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--size", type=int, default=64)
     c.add_argument("--duration", type=float, default=5.0)
     c.add_argument("--interval-ms", type=float, default=1.0)
+    c.add_argument("--sched-out", help="append the client's CPU and run-queue wait inside the round trips")
     a = p.parse_args(argv)
     if a.role == "server":
         try:
@@ -93,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
-    rtts = run_client(a.connect, a.port, a.duration, a.interval_ms, a.size)
+    sched = SchedStat() if a.sched_out else None
+    rtts = run_client(a.connect, a.port, a.duration, a.interval_ms, a.size, sched=sched)
+    if sched:
+        sched.close()
+        with open(a.sched_out, "a") as f:
+            json.dump({"round_trips": len(rtts), "run_ns": sched.run_ns, "wait_ns": sched.wait_ns}, f)
+            f.write("\n")
     json.dump({"rtt_us": [round(x, 1) for x in rtts]}, sys.stdout)
     sys.stdout.write("\n")
     return 0
