@@ -356,8 +356,10 @@ def restore_headers(carried: list[_Carried], inner_len: int, inner_sum: int = 0,
                     value = pseudo % 0xFFFF or 0xFFFF  # the folded pseudo-header sum (> 0: it counts 17)
                     partial_off = u
                 else:
-                    # ~(pseudo + UDP header and tunnel header + suffix); a total > 0 whose sum is s gives
-                    # 0xFFFF - s, which is never 0, so RFC 768's "a computed 0 is sent as 0xFFFF" holds.
+                    # ~sum of pseudo-header + UDP header and tunnel header + suffix.  The total T is > 0
+                    # (it counts 17): its sum is T % 0xFFFF, or 0xFFFF for a multiple, whose ~ would be 0;
+                    # 0xFFFF - T % 0xFFFF gives 0xFFFF there instead: RFC 768's "a computed 0 is sent as
+                    # 0xFFFF", and the field value otherwise.
                     value = 0xFFFF - (pseudo + int.from_bytes(h[u:], "big") + suffix_sum) % 0xFFFF
                 _U16.pack_into(h, u + UDP_CSUM_OFF, value)
         suffix_sum = (int.from_bytes(h, "big") + suffix_sum) % 0xFFFF
