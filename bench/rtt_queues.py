@@ -148,17 +148,19 @@ def print_sched(runs: list[dict], windows: list[dict], client: list[dict]) -> No
     per: dict[tuple[str, str], list[tuple[dict, int]]] = {}
     for r, w, c in zip(runs, windows, client, strict=True):
         w["client"] = [c["run_ns"], c["wait_ns"]]
+        w["rtt_sum_us"] = c.get("rtt_sum_us", 0.0)
         per.setdefault((r["mode"], r["underlay"]), []).append((w, max(1, c["round_trips"])))
 
     def mean(ws, f):
         return statistics.mean(f(w, n) for w, n in ws)
 
-    print("run-queue wait: ping-pong client and server us per round trip; iperf3 pair and udpnest endpoints "
-          "(all threads) CPU and wait ms per s")
+    print("run-queue wait: ping-pong client and server us per round trip (beside the mean RTT); iperf3 pair and "
+          "udpnest endpoints (all threads) CPU and wait ms per s")
     for (mode, underlay), ws in per.items():
+        rtt = mean(ws, lambda w, n: w["rtt_sum_us"] / n)
         cw = mean(ws, lambda w, n: w["client"][1] / n / 1e3)
         sw = mean(ws, lambda w, n: w["server"][1] / n / 1e3)
-        parts = [f"client wait {cw:5.0f} us/RTT", f"server wait {sw:5.0f} us/RTT"]
+        parts = [f"mean RTT {rtt:5.0f} us", f"client wait {cw:5.0f} us/RTT", f"server wait {sw:5.0f} us/RTT"]
         for g in ("iperf3", "udpnest"):
             run = mean(ws, lambda w, n, g=g: w[g][0] / w["seconds"] / 1e6)
             wait = mean(ws, lambda w, n, g=g: w[g][1] / w["seconds"] / 1e6)

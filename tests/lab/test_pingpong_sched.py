@@ -78,18 +78,19 @@ def test_print_sched_attributes_runs_in_order(capsys):
                 "udpnest": [ud_run_ns, 0], "seconds": 2.0}
 
     windows = [window(1_000_000, 0), window(30_000_000, 2_000_000_000), window(10_000_000, 1_000_000_000)]
-    client = [{"round_trips": 1000, "run_ns": 5, "wait_ns": 25_000_000},
-              {"round_trips": 100, "run_ns": 5, "wait_ns": 20_000_000},
-              {"round_trips": 100, "run_ns": 5, "wait_ns": 40_000_000}]
+    client = [{"round_trips": 1000, "rtt_sum_us": 80_000, "run_ns": 5, "wait_ns": 25_000_000},
+              {"round_trips": 100, "rtt_sum_us": 50_000, "run_ns": 5, "wait_ns": 20_000_000},
+              {"round_trips": 100, "rtt_sum_us": 70_000, "run_ns": 5, "wait_ns": 40_000_000}]
     m.print_sched(runs, windows, client)
     lines = capsys.readouterr().out.splitlines()
     kernel = next(x for x in lines if x.startswith("kernel-vxlan-in-vxlan"))
     fold = next(x for x in lines if x.startswith("udpnest-fold"))
+    assert "mean RTT    80 us" in kernel
     assert "client wait    25 us/RTT" in kernel and "server wait     1 us/RTT" in kernel
     assert "udpnest" not in kernel.split("us/RTT")[-1]  # no endpoint CPU in the kernel's runs
     assert "iperf3 run  500 wait  250 ms/s" in kernel
     # means over the two fold runs: client (200 + 400) / 2, server (300 + 100) / 2, endpoints (1000 + 500) / 2
-    assert "client wait   300 us/RTT" in fold and "server wait   200 us/RTT" in fold
+    assert "mean RTT   600 us" in fold and "client wait   300 us/RTT" in fold and "server wait   200 us/RTT" in fold
     assert "udpnest run  750 wait    0 ms/s" in fold
 
 

@@ -6,7 +6,8 @@
     Sends a ``--size``-byte request, waits for the full echo, sleeps ``--interval-ms``, repeats for
     ``--duration`` seconds; prints ``{"rtt_us": [...]}`` (one value per request) on stdout.
     ``--sched-out FILE`` appends one JSON line to FILE: the client's own CPU time and run-queue wait
-    (``/proc/thread-self/schedstat``) summed over the timed part of every round trip, and their count.
+    (``/proc/thread-self/schedstat``) summed over the timed part of every round trip, their count and the
+    sum of their RTTs.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if sched:
         sched.close()
         with open(a.sched_out, "a") as f:
-            json.dump({"round_trips": len(rtts), "run_ns": sched.run_ns, "wait_ns": sched.wait_ns}, f)
+            json.dump({"round_trips": len(rtts), "rtt_sum_us": round(sum(rtts), 1), "run_ns": sched.run_ns,
+                       "wait_ns": sched.wait_ns}, f)
             f.write("\n")
     json.dump({"rtt_us": [round(x, 1) for x in rtts]}, sys.stdout)
     sys.stdout.write("\n")
