@@ -106,7 +106,8 @@ def sched_snapshot() -> dict[int, tuple[str, int, int]]:
 
 def sample_sched(stop: threading.Event, windows: list[dict]) -> None:
     """One window per ping-pong client lifetime (= one bench run): per group, run and wait ns summed over
-    the threads seen at the window's first and last sample (threads seen later count from first sight)."""
+    the threads seen at the window's first and last sample (threads seen later count from first sight).
+    The client's own figures replace its sampled ones in :func:`print_sched`; here it marks the window."""
     first: dict[int, tuple[str, int, int]] = {}
     last: dict[int, tuple[str, int, int]] = {}
     t0 = 0.0
@@ -148,7 +149,7 @@ def print_sched(runs: list[dict], windows: list[dict], client: list[dict]) -> No
     per: dict[tuple[str, str], list[tuple[dict, int]]] = {}
     for r, w, c in zip(runs, windows, client, strict=True):
         w["client"] = [c["run_ns"], c["wait_ns"]]
-        w["rtt_sum_us"] = c.get("rtt_sum_us", 0.0)
+        w["rtt_sum_us"] = c["rtt_sum_us"]
         per.setdefault((r["mode"], r["underlay"]), []).append((w, max(1, c["round_trips"])))
 
     def mean(ws, f):

@@ -46,7 +46,8 @@ def serve(bind: str, port: int, size: int) -> None:
 
 
 class SchedStat:
-    """The calling thread's ``/proc/thread-self/schedstat``: CPU ns, run-queue wait ns (summed by ``mark``)."""
+    """The calling thread's ``/proc/thread-self/schedstat``: CPU ns and run-queue wait ns, summed over the
+    intervals between each ``start`` and ``stop``."""
 
     def __init__(self) -> None:
         self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
